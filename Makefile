@@ -1,0 +1,48 @@
+# Two commands on a fresh machine:  `make demo` (set up + train + evaluate)  and  `make test`.
+VENV       ?= .venv
+PYTHON     := $(VENV)/bin/python
+DATA_ROOT  ?= Dataset
+OUTPUT_DIR ?= outputs
+export DATA_ROOT OUTPUT_DIR PYTHON
+
+.PHONY: install data train evaluate baseline demo test bench clean
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+
+# Reinstalled whenever the dependency list changes.
+$(VENV)/.installed: pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install --upgrade pip
+	$(PYTHON) -m pip install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+data: install
+	@test -e $(DATA_ROOT) || $(PYTHON) -m real20m.datasets.synthetic --out $(DATA_ROOT) --seed 0
+
+train: data
+	sh train.sh
+
+evaluate: install
+	sh video2goods_evaluate.sh
+	sh goods2video_evaluate.sh
+
+# The untrained model through the same pipeline, into a separate output folder.
+baseline: data
+	CKPT=init OUTPUT_DIR=$(OUTPUT_DIR)/baseline sh video2goods_evaluate.sh
+	CKPT=init OUTPUT_DIR=$(OUTPUT_DIR)/baseline sh goods2video_evaluate.sh
+
+demo: train evaluate
+
+test: install
+	$(PYTHON) -m pytest
+
+bench: install
+	$(PYTHON) benchmarks/bench_annotations.py --lines 2000000
+	$(PYTHON) benchmarks/bench_loader.py
+	$(PYTHON) benchmarks/bench_train.py
+	$(PYTHON) benchmarks/bench_eval.py
+
+clean:
+	rm -rf $(OUTPUT_DIR)

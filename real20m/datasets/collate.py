@@ -1,0 +1,49 @@
+"""Collate samples into the batch dict the model and the training loop read."""
+from __future__ import annotations
+
+import torch
+
+
+class Collator:
+    """callable(list of sample dicts) -> batch dict.
+
+    Texts are tokenised with padding to the longest in the batch and truncated at
+    ``max_query_len`` / ``max_title_len``. In a batch mixing clip lengths (evaluation of a mixed
+    file) one-frame items (goods) are repeated to T frames, which the model treats identically."""
+
+    def __init__(self, tokenizer, max_query_len: int = 32, max_title_len: int = 32):
+        self.tokenizer = tokenizer
+        self.max_query_len = max_query_len
+        self.max_title_len = max_title_len
+
+    def __call__(self, samples: list[dict]) -> dict:
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        titles = [sample["title"] for sample in samples]
+        sources = [sample["source"] for sample in samples]
+        batch = {
+            "pids": torch.tensor([sample["pid"] for sample in samples], dtype=torch.long),
+            "source": sources[0] if len(set(sources)) == 1 else sources,
+            "pixels": stack_frames([sample["frames"] for sample in samples]),
+            "titles": titles,
+            "issues": [issue for sample in samples for issue in sample["issues"]],
+        }
+        batch["title_ids"], batch["title_mask"] = self._tokenize(titles, self.max_title_len)
+        if all("query" in sample for sample in samples):
+            batch["queries"] = [sample["query"] for sample in samples]
+            batch["query_ids"], batch["query_mask"] = self._tokenize(batch["queries"], self.max_query_len)
+        return batch
+
+    def _tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = self.tokenizer(texts, padding="longest", truncation=True, max_length=max_length,
+                                 return_tensors="pt")
+        return encoded["input_ids"].long(), encoded["attention_mask"].long()
+
+
+def stack_frames(clips: list[torch.Tensor]) -> torch.Tensor:
+    """(B, T, 3, H, W) from (T_i, 3, H, W) clips; T = max T_i, single frames repeated to T."""
+    length = max(clip.shape[0] for clip in clips)
+    for clip in clips:
+        if clip.shape[0] not in (1, length):
+            raise ValueError(f"cannot batch clips of {clip.shape[0]} and {length} frames")
+    return torch.stack([clip.expand(length, *clip.shape[1:]) for clip in clips])

@@ -1,0 +1,164 @@
+"""Train and evaluation datasets over the compact annotation tables.
+
+Both hold numpy tables and a small ``ItemLoader``, so they pickle cheaply into DataLoader workers
+and fork() shares the tables without copy-on-write churn.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .annotations import SOURCES, AnnotationError, ItemTable, QueryGroups, detect_format, load_items, \
+    load_query_groups
+from .items import ItemLoader, ItemRoots, item_text, shard_path
+from .transforms import build_eval_transform, build_train_transform
+
+MAX_REPLACEMENTS = 10
+MAX_REJECTIONS = 10_000
+
+
+def item_roots(cfg) -> ItemRoots:
+    return ItemRoots(cfg.goods_img_root, cfg.goods_text_root, cfg.photo_img_root, cfg.photo_text_root,
+                     getattr(cfg, "frameid_root", None))
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Training samples addressed by ``SampleKey(row, source, member, seed)`` (see samplers.py).
+
+    ``__getitem__`` returns ``{"pid","source","query","title","frames","issues"}``. An item with no
+    readable frame is replaced by a random item of the same source (drawn from the key's seed,
+    so deterministic) and reported as ``("replaced_item", <its image path>)``."""
+
+    def __init__(self, table: QueryGroups | ItemTable, loader: ItemLoader, cluster_file: str | None = None):
+        self.table = table
+        self.loader = loader
+        self.cluster_file = cluster_file
+
+    @property
+    def grouped(self) -> bool:
+        return isinstance(self.table, QueryGroups)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def epoch_samples(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(source, member) of every row for one epoch: one sample per query row / per item line."""
+        rows = len(self.table)
+        if not self.grouped:
+            return self.table.sources.astype(np.int8), np.zeros(rows, dtype=np.int64)
+        goods, videos = self.table.member_counts(0), self.table.member_counts(1)
+        sources = np.where(goods > 0, 0, 1).astype(np.int8)
+        both = (goods > 0) & (videos > 0)
+        sources[both] = rng.integers(0, 2, size=int(both.sum()), dtype=np.int8)
+        counts = np.where(sources == 0, goods, videos)
+        members = np.minimum((rng.random(rows) * counts).astype(np.int64), counts - 1)
+        return sources, members
+
+    def row_queries(self) -> Iterator[str]:
+        return (self.table.query(row) for row in range(len(self.table)))
+
+    def __getitem__(self, key) -> dict:
+        row, source, member, seed = key
+        rng = np.random.default_rng(seed)
+        generator = torch.Generator().manual_seed(int(seed))
+        issues = []
+        for _ in range(MAX_REPLACEMENTS + 1):
+            pid, query, frame_paths, text_path = self._describe(row, source, member)
+            sample = self.loader.load(pid, source, rng, generator, frame_paths, text_path, issues)
+            if sample is not None:
+                sample["query"] = query
+                return sample
+            issues.append(("replaced_item", shard_path(self.loader.roots.image_root(source), pid, "jpg")))
+            row, member = self._random_member(source, rng)
+        raise RuntimeError(f"no readable frames in {MAX_REPLACEMENTS + 1} {SOURCES[source]} items in a row: {issues}")
+
+    def training_texts(self, limit: int | None = None) -> Iterator[str]:
+        """Queries and item titles (evaluation-style text), for training the WordPiece tokenizer."""
+        produced = 0
+        for row in range(len(self.table)):
+            for text in self._row_texts(row):
+                if limit is not None and produced >= limit:
+                    return
+                produced += 1
+                yield text
+
+    def _row_texts(self, row: int) -> Iterator[str]:
+        if not self.grouped:
+            query, _, text_path = self.table.fields(row)
+            yield query
+            yield self._title(int(self.table.pids[row]), int(self.table.sources[row]), text_path)
+            return
+        yield self.table.query(row)
+        for source in range(len(SOURCES)):
+            for member in range(int(self.table.member_counts_at(row, source))):
+                yield self._title(self.table.member(row, source, member), source, None)
+
+    def _title(self, pid: int, source: int, text_path: str | None) -> str:
+        path = self.loader.text_file(pid, source, text_path)
+        return item_text(path, source, issues=[])
+
+    def _describe(self, row: int, source: int, member: int):
+        """(pid, query, explicit frame paths or None, explicit text path or None) of a key."""
+        if self.grouped:
+            return self.table.member(row, source, member), self.table.query(row), None, None
+        query, frame_paths, text_path = self.table.fields(row)
+        return int(self.table.pids[row]), query, frame_paths, text_path
+
+    def _random_member(self, source: int, rng: np.random.Generator) -> tuple[int, int]:
+        """A uniformly drawn (row, member) holding an item of ``source`` (rejection sampling)."""
+        for _ in range(MAX_REJECTIONS):
+            row = int(rng.integers(len(self.table)))
+            if self.grouped:
+                count = self.table.member_counts_at(row, source)
+                if count:
+                    return row, int(rng.integers(count))
+            elif self.table.sources[row] == source:
+                return row, 0
+        raise RuntimeError(f"{self.table.path}: found no {SOURCES[source]} item to replace an unreadable one")
+
+
+class EvalDataset(torch.utils.data.Dataset):
+    """Items of a test file in file order; deterministic (middle frames, no text augmentation).
+
+    An item with no readable frame keeps its pid and text and gets black frames, reported as
+    ``("blank_frames", <its image path>)``: replacing it by another item would give this pid the
+    features of a different item."""
+
+    def __init__(self, table: ItemTable, loader: ItemLoader):
+        self.table = table
+        self.loader = loader
+        self.pids = table.pids
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict:
+        pid, source = int(self.table.pids[index]), int(self.table.sources[index])
+        _, frame_paths, text_path = self.table.fields(index)
+        issues = []
+        sample = self.loader.load(pid, source, None, None, frame_paths, text_path, issues)
+        if sample is None:
+            issues.append(("blank_frames", shard_path(self.loader.roots.image_root(source), pid, "jpg")))
+            sample = self.loader.load_with_blank_frames(pid, source, text_path, issues)
+        return sample
+
+
+def build_train_dataset(cfg) -> TrainDataset:
+    """Train dataset of ``cfg.train_file``: query-grouped (3 fields) or item file (5 fields)."""
+    table = load_query_groups(cfg.train_file) if detect_format(cfg.train_file) == "query_groups" else \
+        load_items(cfg.train_file)
+    loader = ItemLoader(item_roots(cfg), build_train_transform(cfg.image_size), cfg.clip_length,
+                        text_aug=bool(getattr(cfg, "text_aug", False)))
+    return TrainDataset(table, loader, getattr(cfg, "cluster_file", None))
+
+
+def build_eval_dataset(cfg, test_file: str) -> EvalDataset:
+    """Evaluation dataset of an item file (``pid \\t source \\t query \\t frame_paths \\t text_path``)."""
+    if detect_format(test_file) != "items":
+        raise AnnotationError(f"{test_file}: evaluation needs the one-item-a-line format (5 fields)")
+    transform = build_eval_transform(cfg.image_size, getattr(cfg, "compat", "default"))
+    loader = ItemLoader(item_roots(cfg), transform, cfg.clip_length, text_aug=False)
+    return EvalDataset(load_items(test_file), loader)
+

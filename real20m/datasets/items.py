@@ -1,0 +1,244 @@
+"""Loading one item (a goods product or a micro-video) from the Real400K / Real20M layout.
+
+Text: goods use the title (line 5 of 6); videos join title, text[:40] and caption with ``|`` and
+cut at 80 characters; a field that is the word ``null`` is missing and left out of the join.
+Frames: a video is ``clip_length`` frames, one per equal segment of its available frames
+(random inside the segment for training, the middle one for evaluation); goods are one image.
+
+Data problems never crash a worker: they are repaired and reported as ``(kind, path)`` issues:
+``missing_text`` / ``non_utf8`` (text file), ``corrupt_image`` (frame replaced by a readable
+neighbour), and the caller replaces items whose frames are all unreadable (``replaced_item``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .annotations import GOODS, PHOTO, SOURCES, safe_join
+
+SHARD = 50000  # files live under <root>/<pid % 50000>/
+MAX_TEXT_CHARS = 80
+VIDEO_BODY_CHARS = 40
+MISSING_FIELD = "null"
+FIELD_DROP_PROB = 0.2
+PERTURB_PROB = 0.5
+CHAR_EDIT_PROB = 0.05
+
+
+def shard_path(root: str, pid: int, ext: str) -> str:
+    return os.path.join(root, str(pid % SHARD), f"{pid}.{ext}")
+
+
+# --------------------------------------------------------------------------- text
+
+
+def read_text_lines(path: str, issues: list) -> list[str]:
+    """Lines of a text file; a missing file gives [] and a non-UTF-8 one is decoded with replacement."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        issues.append(("missing_text", path))
+        return []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        issues.append(("non_utf8", path))
+        text = raw.decode("utf-8", errors="replace")
+    return text.splitlines()
+
+
+def _field(lines: list[str], index: int) -> str:
+    value = lines[index].strip() if index < len(lines) else ""
+    return "" if value == MISSING_FIELD else value
+
+
+def goods_text(lines: list[str], rng: np.random.Generator | None = None) -> str:
+    """Title of a goods text file (itemid, category, brand, entity, title, description)."""
+    title = _field(lines, 4)
+    return perturb_title(title, rng) if rng is not None else title
+
+
+def video_text(lines: list[str], rng: np.random.Generator | None = None) -> str:
+    """``title|text[:40]|caption`` of a video text file (caption, title, text), cut at 80 characters.
+
+    With ``rng`` (training) each present field is dropped with probability 0.2 (one always stays)
+    and the title is perturbed."""
+    caption, title, body = _field(lines, 0), _field(lines, 1), _field(lines, 2)[:VIDEO_BODY_CHARS]
+    if rng is not None:
+        title = perturb_title(title, rng)
+    fields = [value for value in (title, body, caption) if value]
+    if rng is not None and len(fields) > 1:
+        kept = [value for value in fields if rng.random() >= FIELD_DROP_PROB]
+        fields = kept or [fields[rng.integers(len(fields))]]
+    return "|".join(fields)[:MAX_TEXT_CHARS]
+
+
+def perturb_title(title: str, rng: np.random.Generator) -> str:
+    """With probability 0.5, delete or duplicate each character with probability 0.05 (typo noise)."""
+    if not title or rng.random() >= PERTURB_PROB:
+        return title
+    edits = rng.random(len(title))
+    pieces = []
+    for char, edit in zip(title, edits):
+        if edit < CHAR_EDIT_PROB:
+            continue  # deletion
+        pieces.append(char * 2 if edit < 2 * CHAR_EDIT_PROB else char)
+    return "".join(pieces) or title
+
+
+def item_text(path: str, source: int, issues: list, rng: np.random.Generator | None = None) -> str:
+    lines = read_text_lines(path, issues)
+    return goods_text(lines, rng) if source == GOODS else video_text(lines, rng)
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def segment_frame_indices(num_frames: int, clip_length: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """One frame index per equal segment: random in the segment with ``rng``, else its middle.
+
+    With fewer frames than ``clip_length`` segments are narrower than a frame and indices repeat."""
+    if num_frames < 1:
+        raise ValueError("a video needs at least one frame")
+    bounds = np.arange(clip_length + 1) * num_frames // clip_length
+    starts = np.minimum(bounds[:-1], num_frames - 1)
+    ends = np.maximum(bounds[1:], starts + 1)
+    if rng is None:
+        return starts + (ends - starts) // 2
+    return rng.integers(starts, ends)
+
+
+def video_frame_paths(pid: int, image_root: str, frameid_root: str | None = None,
+                      explicit: list[str] | None = None) -> list[str]:
+    """Available frames of a video, in order.
+
+    Explicit paths (item file) win; then the frame list ``<frameid_root>/<pid%50000>/<pid>.txt``;
+    then ``<pid>_<k>.jpg`` for k = 0, 1, ... until one is missing; then the cover ``<pid>.jpg``."""
+    if explicit:
+        return [safe_join(image_root, relative) for relative in explicit]
+    if frameid_root:
+        list_file = shard_path(frameid_root, pid, "txt")
+        if os.path.exists(list_file):
+            with open(list_file, encoding="utf-8") as handle:
+                listed = [p.strip() for p in handle.readline().strip().split(",") if p.strip()]
+            if listed:
+                return [safe_join(image_root, relative) for relative in listed]
+    folder = os.path.join(image_root, str(pid % SHARD))
+    frames = []
+    while os.path.exists(candidate := os.path.join(folder, f"{pid}_{len(frames)}.jpg")):
+        frames.append(candidate)
+    return frames or [shard_path(image_root, pid, "jpg")]
+
+
+def read_image(path: str) -> Image.Image | None:
+    """RGB image, or None when the file is missing, empty or not decodable."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def read_frames(paths: list[str], indices, issues: list) -> list[Image.Image] | None:
+    """Images at ``indices``; an unreadable one is replaced by the nearest readable frame.
+
+    Returns None when no frame of the video is readable."""
+    cache: dict[int, Image.Image | None] = {}
+
+    def load(index: int):
+        if index not in cache:
+            cache[index] = read_image(paths[index])
+            if cache[index] is None:
+                issues.append(("corrupt_image", paths[index]))
+        return cache[index]
+
+    frames = []
+    for index in map(int, indices):
+        image = load(index)
+        for offset in range(1, len(paths)):
+            if image is not None:
+                break
+            for neighbour in (index - offset, index + offset):
+                if 0 <= neighbour < len(paths) and (image := load(neighbour)) is not None:
+                    break
+        if image is None:
+            return None
+        frames.append(image)
+    return frames
+
+
+# --------------------------------------------------------------------------- one item
+
+
+@dataclass
+class ItemRoots:
+    goods_img_root: str
+    goods_text_root: str
+    photo_img_root: str
+    photo_text_root: str
+    frameid_root: str | None = None
+
+    def image_root(self, source: int) -> str:
+        return self.goods_img_root if source == GOODS else self.photo_img_root
+
+    def text_root(self, source: int) -> str:
+        return self.goods_text_root if source == GOODS else self.photo_text_root
+
+
+@dataclass
+class ItemLoader:
+    """Reads and transforms one item; ``load`` returns None when none of its frames is readable."""
+
+    roots: ItemRoots
+    transform: object  # callable(image, generator=None) -> Tensor(3, H, W)
+    clip_length: int = 5
+    text_aug: bool = False
+
+    def load(self, pid: int, source: int, rng: np.random.Generator | None = None,
+             generator: torch.Generator | None = None, frame_paths: list[str] | None = None,
+             text_path: str | None = None, issues: list | None = None) -> dict | None:
+        """Sample dict ``{"pid","source","title","frames","issues"}``; ``rng`` set = training randomness.
+
+        Problems met are appended to ``issues`` (a fresh list when not given), which becomes the
+        sample's ``"issues"``; the caller's list keeps them even when None is returned."""
+        issues = [] if issues is None else issues
+        title = item_text(self.text_file(pid, source, text_path), source, issues, rng if self.text_aug else None)
+        images = self._images(pid, source, rng, frame_paths, issues)
+        if images is None:
+            return None
+        frames = torch.stack([self._transform(image, generator) for image in images])
+        return {"pid": int(pid), "source": SOURCES[source], "title": title, "frames": frames, "issues": issues}
+
+    def load_with_blank_frames(self, pid: int, source: int, text_path: str | None = None,
+                               issues: list | None = None) -> dict:
+        """Deterministic sample whose frames are black images (evaluation of an unreadable item)."""
+        issues = [] if issues is None else issues
+        title = item_text(self.text_file(pid, source, text_path), source, [])  # text issues already counted
+        black = Image.new("RGB", (32, 32))  # any size: the transform resizes it to image_size
+        frames = self.transform(black).unsqueeze(0).repeat(self.clip_length if source == PHOTO else 1, 1, 1, 1)
+        return {"pid": int(pid), "source": SOURCES[source], "title": title, "frames": frames, "issues": issues}
+
+    def text_file(self, pid: int, source: int, text_path: str | None = None) -> str:
+        """Explicit text path (relative to the source's text root) or ``<text_root>/<pid%50000>/<pid>.txt``."""
+        if text_path:
+            return safe_join(self.roots.text_root(source), text_path)
+        return shard_path(self.roots.text_root(source), pid, "txt")
+
+    def _images(self, pid, source, rng, frame_paths, issues):
+        image_root = self.roots.image_root(source)
+        if source == PHOTO:
+            paths = video_frame_paths(pid, image_root, self.roots.frameid_root, frame_paths)
+            indices = segment_frame_indices(len(paths), self.clip_length, rng)
+        else:
+            paths = ([safe_join(image_root, frame_paths[0])] if frame_paths
+                     else [shard_path(image_root, pid, "jpg")])
+            indices = [0]
+        return read_frames(paths, indices, issues)
+
+    def _transform(self, image, generator):
+        return self.transform(image, generator) if generator is not None else self.transform(image)

@@ -1,0 +1,156 @@
+"""Batch samplers: every batch holds one source only (all goods or all videos).
+
+One epoch, for a given (seed, epoch), independent of the number of ranks:
+  1. the dataset draws its samples (``TrainDataset.epoch_samples``): with the query-grouped file
+     every query gives ONE sample (source drawn when it has both goods and videos, then a random
+     member of that list); with the item file every line is one sample;
+  2. samples are bucketed (by source; by source and query cluster for ``ClusterBatchSampler``),
+     shuffled, and each bucket is cut into batches of ``batch_size`` (remainder dropped when
+     ``drop_last``, else kept as a smaller batch);
+  3. the batch order is shuffled.
+Ranks receive the global batches round-robin: rank r gets batches r, r + W, r + 2W, ...; the
+trailing batches that cannot be shared equally are dropped (``drop_last``) or the first batches
+are dealt again to fill the last round.
+
+The yielded dataset keys are ``SampleKey(row, source, member, seed)``: the annotation row, the
+source index (0 goods, 1 photo), the member of that row's id list (0 for item files) and a
+per-sample seed that makes frame choice, text augmentation and crops reproducible whatever the
+worker count.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .annotations import load_clusters
+
+
+class SampleKey(NamedTuple):
+    row: int
+    source: int
+    member: int
+    seed: int
+
+
+class SourceBatchSampler:
+    def __init__(self, dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 drop_last: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start_batch = 0
+        self._plan_epoch = None
+        self._plan = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_start_batch(self, index: int) -> None:
+        """Make the next iteration start at this rank's batch ``index`` (mid-epoch resume)."""
+        if index < 0:
+            raise ValueError(f"start batch must be >= 0, got {index}")
+        self.start_batch = index
+
+    def __len__(self) -> int:
+        """Batches per rank in the whole epoch (a resumed iteration yields ``len - start_batch``)."""
+        return len(self._epoch_plan()["rank_batches"])
+
+    def __iter__(self):
+        plan = self._epoch_plan()
+        start, self.start_batch = self.start_batch, 0
+        for global_index in plan["rank_batches"][start:]:
+            begin, end = plan["batch_starts"][global_index], plan["batch_ends"][global_index]
+            samples = plan["order"][begin:end]
+            seeds = np.random.default_rng([self.seed, self.epoch, int(global_index)]).integers(
+                0, 2**62, size=len(samples))
+            yield [SampleKey(int(row), int(plan["sources"][row]), int(plan["members"][row]), int(seed))
+                   for row, seed in zip(samples, seeds)]
+
+    def group_labels(self, sources: np.ndarray) -> np.ndarray:
+        """Bucket of each sample (sample i is annotation row i); a batch never mixes buckets."""
+        return sources.astype(np.int64)
+
+    def _epoch_plan(self) -> dict:
+        if self._plan_epoch != self.epoch:
+            self._plan = self._make_plan()
+            self._plan_epoch = self.epoch
+        return self._plan
+
+    def _make_plan(self) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        sources, members = self.dataset.epoch_samples(rng)
+        order, starts, ends = bucket_batches(self.group_labels(sources), self.batch_size, self.drop_last, rng)
+        shuffled = rng.permutation(len(starts))
+        return {
+            "sources": sources, "members": members, "order": order,
+            "batch_starts": starts[shuffled], "batch_ends": ends[shuffled],
+            "rank_batches": deal_batches(len(starts), self.rank, self.world_size, self.drop_last),
+        }
+
+
+class ClusterBatchSampler(SourceBatchSampler):
+    """Hard-sample batches: every batch within one query cluster of ``cluster.txt`` and one source.
+
+    Queries missing from the cluster file share one extra "unclustered" bucket per source."""
+
+    def __init__(self, dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 drop_last: bool = True, cluster_file: str | None = None, level: int = 0):
+        super().__init__(dataset, batch_size, rank, world_size, seed, drop_last)
+        cluster_file = cluster_file or getattr(dataset, "cluster_file", None)
+        if not cluster_file:
+            raise ValueError("ClusterBatchSampler needs a cluster file (cfg.cluster_file)")
+        if level not in (0, 1, 2):
+            raise ValueError(f"cluster level must be 0, 1 or 2, got {level}")
+        self.row_clusters = load_clusters(cluster_file).labels_for(dataset.row_queries(), level)
+
+    def group_labels(self, sources: np.ndarray) -> np.ndarray:
+        clusters = self.row_clusters + 1  # -1 (unclustered) -> 0
+        return clusters * 2 + sources
+
+
+def bucket_batches(labels: np.ndarray, batch_size: int, drop_last: bool, rng: np.random.Generator):
+    """Shuffle samples within buckets and cut each bucket into batches.
+
+    Returns (order, batch_starts, batch_ends): ``order[batch_starts[b]:batch_ends[b]]`` are the
+    sample indices of batch b; batches are listed bucket by bucket."""
+    order = rng.permutation(len(labels))
+    order = order[np.argsort(labels[order], kind="stable")]  # bucket-contiguous, random inside
+    sorted_labels = labels[order]
+    bucket_starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]) if len(order) else \
+        np.zeros(0, dtype=np.int64)
+    bucket_ends = np.r_[bucket_starts[1:], len(order)]
+    starts, ends = [], []
+    for begin, end in zip(bucket_starts, bucket_ends):
+        last = end if not drop_last else begin + (end - begin) // batch_size * batch_size
+        batch_begins = np.arange(begin, last, batch_size)
+        starts.append(batch_begins)
+        ends.append(np.minimum(batch_begins + batch_size, end))
+    if not starts:
+        return order, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return order, np.concatenate(starts), np.concatenate(ends)
+
+
+def deal_batches(num_batches: int, rank: int, world_size: int, drop_last: bool) -> np.ndarray:
+    """Global batch indices of ``rank``: round-robin, every rank the same number of batches."""
+    if drop_last:
+        per_rank = num_batches // world_size
+    else:
+        per_rank = -(-num_batches // world_size)
+    return np.arange(rank, rank + per_rank * world_size, world_size) % max(num_batches, 1)
+
+
+def build_batch_sampler(dataset, cfg, rank: int, world_size: int) -> SourceBatchSampler:
+    """``ClusterBatchSampler`` when ``cfg.hard_sample`` else ``SourceBatchSampler``."""
+    if getattr(cfg, "hard_sample", False):
+        return ClusterBatchSampler(dataset, cfg.batch_size, rank, world_size, cfg.seed,
+                                   cluster_file=cfg.cluster_file, level=getattr(cfg, "cluster_level", 0))
+    return SourceBatchSampler(dataset, cfg.batch_size, rank, world_size, cfg.seed)

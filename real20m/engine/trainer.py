@@ -1,0 +1,290 @@
+"""The training loop: one process per GPU under torchrun, or a single CPU process.
+
+Order of events: distributed set-up -> data -> tokenizer -> model + objective -> optimizer and
+schedule -> (resume) -> epochs of source-homogeneous batches -> atomic checkpoints.
+Everything random is seeded from ``--seed`` and every RNG state goes into the checkpoint, so a
+resumed run continues the same stream.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import inspect
+import logging
+import os
+import time
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from real20m.datasets import ClusterBatchSampler, Collator, SourceBatchSampler, build_train_dataset
+from real20m.engine.builders import make_model, prepare_tokenizer, tokenizer_files
+from real20m.engine.checkpoint import CheckpointManager, load_checkpoint
+from real20m.engine.distributed import DistEnv, cleanup_distributed, init_distributed
+from real20m.engine.optim import build_optimizer, build_scheduler
+from real20m.losses import QCDLoss
+from real20m.models.convert import load_weights_into
+from real20m.utils.logging import setup_logging
+from real20m.utils.meters import AverageMeter
+from real20m.utils.seeding import rng_state, seed_everything, set_rng_state
+
+logger = logging.getLogger(__name__)
+
+# Issue kinds reported at the end of each epoch, with the first few paths of each.
+MAX_LOGGED_PATHS = 5
+
+
+class TrainStep(nn.Module):
+    """Model + objective as one module, so DDP sees (and averages) every trained parameter,
+    the caption decoder and a learnable logit scale included."""
+
+    def __init__(self, model: nn.Module, criterion: QCDLoss):
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, batch: dict):
+        out = self.model(batch)
+        caption = self.model.caption_loss(out["visual"], batch["query_ids"], batch["query_mask"])
+        return self.criterion(out, caption)
+
+
+class DataIssueLog:
+    """Counts the data problems the loader met (corrupt frames, missing texts...) over an epoch."""
+
+    def __init__(self):
+        self.counts: collections.Counter = collections.Counter()
+        self.examples: dict[str, list[str]] = collections.defaultdict(list)
+
+    def add(self, issues) -> None:
+        for kind, path in issues:
+            self.counts[kind] += 1
+            if len(self.examples[kind]) < MAX_LOGGED_PATHS:
+                self.examples[kind].append(path)
+
+    def report(self, epoch: int) -> None:
+        if not self.counts:
+            return
+        for kind, count in sorted(self.counts.items()):
+            logger.warning("epoch %d: %d x %s, e.g. %s", epoch, count, kind, ", ".join(self.examples[kind]))
+        self.counts.clear()
+        self.examples.clear()
+
+
+def move_to_device(batch: dict, device: torch.device) -> dict:
+    return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+            for key, value in batch.items()}
+
+
+def autocast_context(cfg: argparse.Namespace, device: torch.device):
+    """Mixed precision only on CUDA: fp16 (with a GradScaler) or bf16. CPU runs stay fp32."""
+    if cfg.mixed_precision_training and device.type == "cuda":
+        dtype = torch.float16 if cfg.amp_dtype == "fp16" else torch.bfloat16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def no_buffer_resync() -> dict:
+    """DDP option that stops rank 0 resending buffers every step: the only buffers are the XBM
+    memory, filled with gathered embeddings and so already identical on every rank. The option
+    was renamed in recent PyTorch releases."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
+def build_sampler(cfg: argparse.Namespace, dataset, dist: DistEnv):
+    sampler_cls = ClusterBatchSampler if cfg.hard_sample else SourceBatchSampler
+    return sampler_cls(dataset, cfg.batch_size, dist.rank, dist.world_size, cfg.seed)
+
+
+def build_loader(cfg: argparse.Namespace, dataset, sampler, collate, dist: DistEnv, epoch: int) -> DataLoader:
+    """A loader whose worker seeds depend only on (seed, epoch), so a resumed epoch replays."""
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_009 + dist.rank)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.workers,
+                      pin_memory=dist.device.type == "cuda", generator=generator,
+                      persistent_workers=False)
+
+
+class Trainer:
+    def __init__(self, cfg: argparse.Namespace, dist: DistEnv):
+        self.cfg = cfg
+        self.dist = dist
+        seed_everything(cfg.seed)
+        self.dataset = build_train_dataset(cfg)
+        self.tokenizer = prepare_tokenizer(cfg, self.dataset.training_texts(), dist.is_main, self._barrier)
+        self.collate = Collator(self.tokenizer, cfg.max_query_len, cfg.max_title_len)
+        self.sampler = build_sampler(cfg, self.dataset, dist)
+        if len(self.sampler) == 0:
+            raise ValueError(f"{cfg.train_file}: too few samples for one batch of {cfg.batch_size} "
+                             f"per source on each of {dist.world_size} process(es)")
+
+        self.model = make_model(cfg.model, self.tokenizer, cfg.seed, cfg.compat).to(dist.device)
+        self.criterion = QCDLoss(
+            weights=cfg.loss_weights, logit_scale=cfg.logit_scale, learnable_scale=cfg.learnable_scale,
+            delta=cfg.delta, xbm_size=cfg.xbm_size if cfg.is_xbm else 0,
+            embed_dim=self.model.embed_dim).to(dist.device)
+        self.step_module = TrainStep(self.model, self.criterion)
+        if dist.world_size > 1:
+            device_ids = [dist.local_rank] if dist.device.type == "cuda" else None
+            self.step_module = DistributedDataParallel(self.step_module, device_ids=device_ids,
+                                                       **no_buffer_resync())
+
+        self.optimizer = build_optimizer(self.model, cfg, extra_params=list(self.criterion.parameters()))
+        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.sampler))
+        use_scaler = cfg.mixed_precision_training and dist.device.type == "cuda" and cfg.amp_dtype == "fp16"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.global_step = 0
+        self.checkpoints = CheckpointManager(cfg.checkpoints) if dist.is_main else None
+        self.writer = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard")) if dist.is_main else None
+        self.issues = DataIssueLog()
+        self._tokenizer_files = tokenizer_files(os.path.join(cfg.output_dir, "tokenizer")) \
+            if dist.is_main and not (cfg.tokenizer or cfg.model.get("pretrained")) else {}
+
+        if cfg.resume:
+            self.resume(cfg.resume)
+        elif cfg.finetune:
+            load_weights_into(self.model, load_checkpoint(cfg.finetune))
+            logger.info("initialised the weights from %s", cfg.finetune)
+
+    def _barrier(self) -> None:
+        if self.dist.world_size > 1:
+            torch.distributed.barrier()
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def gather_rng_states(self) -> list[dict]:
+        """Every rank's RNG state (a collective: all ranks call it), so each resumes its own stream."""
+        if self.dist.world_size == 1:
+            return [rng_state()]
+        states: list = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(states, rng_state())
+        return states
+
+    def state_dict(self, rng_states: list[dict]) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "world_size": self.dist.world_size,
+            "rng": rng_states,
+            "model_cfg": self.cfg.model,
+            "tokenizer_files": self._tokenizer_files,
+            "args": {key: value for key, value in vars(self.cfg).items()},
+        }
+
+    def save(self) -> None:
+        rng_states = self.gather_rng_states()
+        if self.dist.is_main:
+            path = self.checkpoints.save(self.state_dict(rng_states), self.epoch, self.global_step)
+            logger.info("saved %s", path)
+        self._barrier()
+
+    def resume(self, path: str) -> None:
+        state = load_checkpoint(path)
+        if "optimizer" not in state or "model" not in state:
+            # A release checkpoint or exported weights: start training from those weights.
+            load_weights_into(self.model, state)
+            logger.info("loaded weights from %s (no training state in it: starting at step 0)", path)
+            return
+        self.model.load_state_dict(state["model"])
+        self.criterion.load_state_dict(state["criterion"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.global_step = state["global_step"]
+        if state.get("world_size", 1) == self.dist.world_size:
+            set_rng_state(state["rng"][self.dist.rank])
+        else:
+            logger.warning("resuming with %d processes instead of %d: the data order and RNG streams change",
+                           self.dist.world_size, state.get("world_size"))
+        logger.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch,
+                    self.batch_in_epoch, self.global_step)
+
+    # ---- training ----------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> dict[str, float]:
+        batch = move_to_device(batch, self.dist.device)
+        with autocast_context(self.cfg, self.dist.device):
+            loss, terms = self.step_module(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return terms
+
+    def log_step(self, terms: dict[str, float], meters: dict[str, AverageMeter]) -> None:
+        for name, value in terms.items():
+            meters.setdefault(name, AverageMeter()).update(value)
+        if self.writer is None or self.global_step % self.cfg.print_freq:
+            return
+        for name, meter in meters.items():
+            self.writer.add_scalar(f"train/{name}", meter.avg, self.global_step)
+        for group in self.optimizer.param_groups:
+            self.writer.add_scalar(f"lr/{group['name']}", group["lr"], self.global_step)
+        logger.info("epoch %d step %d  %s", self.epoch, self.global_step,
+                    "  ".join(f"{name} {meter.avg:.4f}" for name, meter in meters.items()))
+        meters.clear()
+
+    def run_epoch(self) -> None:
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_start_batch(self.batch_in_epoch)
+        loader = build_loader(self.cfg, self.dataset, self.sampler, self.collate, self.dist, self.epoch)
+        self.step_module.train()
+        meters: dict[str, AverageMeter] = {}
+        progress = tqdm(loader, total=len(self.sampler), initial=self.batch_in_epoch,
+                        desc=f"epoch {self.epoch}", disable=not self.dist.is_main, dynamic_ncols=True)
+        for batch in progress:
+            self.issues.add(batch["issues"])
+            terms = self.train_step(batch)
+            self.global_step += 1
+            self.batch_in_epoch += 1
+            progress.set_postfix(loss=f"{terms['total']:.3f}", top1=f"{terms['top1']:.2f}")
+            self.log_step(terms, meters)
+            if self.cfg.save_freq and self.global_step % self.cfg.save_freq == 0:
+                self.save()
+            if self.reached_max_steps():
+                return
+        self.issues.report(self.epoch)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+
+    def reached_max_steps(self) -> bool:
+        return bool(self.cfg.max_steps) and self.global_step >= self.cfg.max_steps
+
+    def fit(self) -> None:
+        logger.info("training on %s: %d batches of %d per process per epoch, %d process(es), device %s",
+                    self.cfg.train_file, len(self.sampler), self.cfg.batch_size, self.dist.world_size,
+                    self.dist.device)
+        start = time.time()
+        while self.epoch < self.cfg.epochs and not self.reached_max_steps():
+            self.run_epoch()
+            self.save()
+        if self.writer is not None:
+            self.writer.close()
+        logger.info("training finished after %d steps in %.1f s", self.global_step, time.time() - start)
+
+
+def train(cfg: argparse.Namespace) -> None:
+    dist = init_distributed(cfg.dist_timeout)
+    setup_logging(cfg.output_dir, dist.rank)
+    try:
+        Trainer(cfg, dist).fit()
+    finally:
+        cleanup_distributed()

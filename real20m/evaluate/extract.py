@@ -1,0 +1,87 @@
+"""Embed every item of an evaluation dataset and write one feature shard per rank.
+
+Each rank embeds a contiguous, disjoint slice of the dataset, with no padding
+(DistributedSampler would repeat items to even out the ranks, and a repeated
+gallery item changes Recall@K). Rank 0 then checks that the shards together
+hold every pid of the dataset exactly once.
+"""
+
+import collections
+import contextlib
+import logging
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from real20m.evaluate.feature_io import FeatureFileError, load_shard_folder, write_feature_meta, write_feature_shard
+
+logger = logging.getLogger(__name__)
+
+
+def rank_slice(num_items, rank, world_size):
+    """The contiguous block of item indices this rank embeds (blocks differ in size by at most one)."""
+    return range(num_items * rank // world_size, num_items * (rank + 1) // world_size)
+
+
+def _barrier(world_size):
+    if world_size > 1 and torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+
+
+@torch.no_grad()
+def _embed(model, loader, device, use_amp, is_main):
+    ids, feats, issues = [], [], collections.Counter()
+    autocast = (torch.autocast("cuda", dtype=torch.float16) if use_amp and device.type == "cuda"
+                else contextlib.nullcontext())
+    for batch in tqdm(loader, desc="extract features", disable=not is_main):
+        with autocast:
+            fused = model.encode_items(batch["title_ids"].to(device, non_blocking=True),
+                                       batch["title_mask"].to(device, non_blocking=True),
+                                       batch["pixels"].to(device, non_blocking=True)).fused
+        feats.append(F.normalize(fused.float(), dim=-1).cpu().numpy())
+        ids.append(batch["pids"].cpu().numpy().astype(np.int64))
+        issues.update(kind for kind, _ in batch.get("issues", ()))
+    return ids, feats, issues
+
+
+def verify_shards(out_dir, expected_pids):
+    """Every expected pid exactly once across the shards (duplicates are caught while loading)."""
+    features = load_shard_folder(out_dir)
+    expected = np.sort(np.asarray(expected_pids, dtype=np.int64))
+    written = np.sort(features.ids)
+    if not np.array_equal(written, expected):
+        missing = np.setdiff1d(expected, written)
+        extra = np.setdiff1d(written, expected)
+        raise FeatureFileError(
+            f"{out_dir}: shards hold {len(written)} pids, dataset has {len(expected)}; "
+            f"missing {len(missing)} (e.g. {missing[:5].tolist()}), unexpected {len(extra)} (e.g. {extra[:5].tolist()})")
+    return len(written)
+
+
+def extract_features(model, dataset, collate_fn, dist_env, out_dir, batch_size, workers, dtype="float32",
+                     use_amp=False):
+    """Write ``out_dir/{ids,feats}_rank<r>.npy`` + meta.json; returns the number of items embedded.
+
+    The count is verified on rank 0 (every pid of ``dataset.pids`` exactly once); other ranks
+    return the dataset size without waiting for that check.
+    """
+    model.eval()
+    indices = rank_slice(len(dataset), dist_env.rank, dist_env.world_size)
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_fn, pin_memory=dist_env.device.type == "cuda")
+    ids, feats, issues = _embed(model, loader, dist_env.device, use_amp, dist_env.is_main)
+    dim = feats[0].shape[1] if feats else 0
+    write_feature_shard(out_dir, dist_env.rank,
+                        np.concatenate(ids) if ids else np.empty(0, np.int64),
+                        np.concatenate(feats) if feats else np.empty((0, dim), np.float32), dtype)
+    if issues:
+        logger.warning("rank %d: data issues while embedding: %s", dist_env.rank, dict(issues))
+    _barrier(dist_env.world_size)
+    if not dist_env.is_main:
+        return len(dataset)
+    write_feature_meta(out_dir, dist_env.world_size)
+    return verify_shards(out_dir, dataset.pids)

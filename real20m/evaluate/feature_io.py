@@ -1,0 +1,427 @@
+"""Feature files: the native sharded binary format and the legacy text format.
+
+Native format: a folder with one pair of ``.npy`` files per writer rank
+(``ids_rank<r>.npy`` int64 and ``feats_rank<r>.npy`` float32/float16) plus a
+``meta.json`` with the dimension, dtype and the row count of every shard.
+Shards are memory-mapped on load, so a 20M-item gallery is never read whole.
+
+Legacy format: ``pid \\t f1,f2,...,fD`` one item a line, as the original
+release wrote them. We write every value as a fixed-width ``%+.8e`` token
+(nine significant digits: enough to parse float32 back bitwise). Fixed width
+lets the reader parse whole blocks with a handful of vectorised byte
+operations; files written by other tools take a slower general path.
+"""
+
+import collections
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+META_FILE = "meta.json"
+FORMAT_NAME = "real20m-features-v1"
+SUPPORTED_DTYPES = ("float32", "float16")
+
+TOKEN_WIDTH = 16            # "+1.23456789e-02" plus the separator
+READ_BLOCK_BYTES = 4 << 20  # small blocks keep parse temporaries in cache and out of the RSS peak
+PARSE_THREADS = 2
+
+
+class FeatureFileError(ValueError):
+    """A feature file or folder that cannot be read; the message names it."""
+
+
+@dataclass
+class FeatureSet:
+    ids: np.ndarray         # (N,) int64
+    feats: object           # (N, D): ndarray, np.memmap or ShardedArray
+    source: str
+
+    def __len__(self):
+        return len(self.ids)
+
+    @property
+    def dim(self):
+        return self.feats.shape[1]
+
+
+class ShardedArray:
+    """Row-wise concatenation of memory-mapped shards without copying them.
+
+    Supports what search needs: ``shape``, ``dtype``, ``len`` and row slices.
+    """
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.offsets[-1]), parts[0].shape[1])
+        self.dtype = parts[0].dtype
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        if not isinstance(rows, slice):
+            raise TypeError("ShardedArray supports row slices only")
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise TypeError("ShardedArray supports contiguous row slices only")
+        pieces = []
+        for part, offset in zip(self.parts, self.offsets[:-1]):
+            lo, hi = max(start - offset, 0), min(stop - offset, len(part))
+            if lo < hi:
+                pieces.append(part[lo:hi])
+        if len(pieces) == 1:
+            return pieces[0]
+        if not pieces:
+            return np.empty((0, self.shape[1]), self.dtype)
+        return np.concatenate(pieces)
+
+    def take_rows(self, rows):
+        """Rows at sorted indices ``rows`` (e.g. a random training sample), as one array."""
+        rows = np.asarray(rows, dtype=np.int64)
+        owner = np.searchsorted(self.offsets, rows, side="right") - 1
+        return np.concatenate([self.parts[p][rows[owner == p] - self.offsets[p]] for p in np.unique(owner)])
+
+
+# --------------------------------------------------------------------- native shards
+
+def _shard_paths(out_dir, rank):
+    return (os.path.join(out_dir, f"ids_rank{rank}.npy"),
+            os.path.join(out_dir, f"feats_rank{rank}.npy"))
+
+
+def _save_npy_atomic(path, array):
+    tmp = path + ".tmp.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def write_feature_shard(out_dir, rank, ids, feats, dtype="float32"):
+    """Write one rank's shard; files appear atomically so readers never see half a shard."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    feats = np.ascontiguousarray(feats, dtype=dtype)
+    if feats.ndim != 2 or len(feats) != len(ids):
+        raise ValueError(f"feats must be (N, D) with N = len(ids) = {len(ids)}, got {feats.shape}")
+    os.makedirs(out_dir, exist_ok=True)
+    ids_path, feats_path = _shard_paths(out_dir, rank)
+    _save_npy_atomic(feats_path, feats)
+    _save_npy_atomic(ids_path, ids)
+
+
+def write_feature_meta(out_dir, world_size):
+    """Describe the shards of ranks 0..world_size-1 in meta.json (called once, after all wrote)."""
+    counts, dim, dtype = {}, None, None
+    for rank in range(world_size):
+        ids_path, feats_path = _shard_paths(out_dir, rank)
+        feats = np.load(feats_path, mmap_mode="r")
+        ids = np.load(ids_path, mmap_mode="r")
+        if len(ids) != len(feats):
+            raise FeatureFileError(f"{feats_path}: {len(feats)} rows but {ids_path} has {len(ids)} ids")
+        counts[str(rank)] = int(len(ids))
+        if len(ids) == 0:   # a rank with no items says nothing about dim or dtype
+            continue
+        dim = feats.shape[1] if dim is None else dim
+        dtype = str(feats.dtype) if dtype is None else dtype
+        if feats.shape[1] != dim or str(feats.dtype) != dtype:
+            raise FeatureFileError(f"{feats_path}: shape {feats.shape} {feats.dtype} differs from rank 0 ({dim}, {dtype})")
+    if dim is None:
+        raise FeatureFileError(f"{out_dir}: all {world_size} shards are empty")
+    meta = {"format": FORMAT_NAME, "dim": int(dim), "dtype": dtype, "counts": counts}
+    tmp = os.path.join(out_dir, META_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, META_FILE))
+    return meta
+
+
+def _check_unique_ids(ids, source):
+    unique, counts = np.unique(ids, return_counts=True)
+    duplicated = unique[counts > 1]
+    if len(duplicated):
+        raise FeatureFileError(
+            f"{source}: {len(duplicated)} pids appear more than once "
+            f"(e.g. {duplicated[:5].tolist()}); every item must be written exactly once")
+
+
+def load_shard_folder(folder):
+    meta_path = os.path.join(folder, META_FILE)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise FeatureFileError(f"{meta_path}: cannot read feature meta file: {err}") from err
+    id_parts, feat_parts = [], []
+    for rank, count in sorted(meta["counts"].items(), key=lambda kv: int(kv[0])):
+        ids_path, feats_path = _shard_paths(folder, int(rank))
+        ids = np.load(ids_path, mmap_mode="r")
+        feats = np.load(feats_path, mmap_mode="r")
+        if count == 0 and len(ids) == 0:
+            continue
+        if len(ids) != count or feats.shape != (count, meta["dim"]) or str(feats.dtype) != meta["dtype"]:
+            raise FeatureFileError(
+                f"{feats_path}: shard holds {len(ids)} ids and {feats.shape} {feats.dtype} features, "
+                f"meta.json says {count} x {meta['dim']} {meta['dtype']}")
+        id_parts.append(np.asarray(ids))
+        feat_parts.append(feats)
+    ids = np.concatenate(id_parts).astype(np.int64, copy=False)
+    _check_unique_ids(ids, folder)
+    feats = feat_parts[0] if len(feat_parts) == 1 else ShardedArray(feat_parts)
+    return FeatureSet(ids=ids, feats=feats, source=folder)
+
+
+def load_features(path):
+    """A shard folder (memory-mapped) or a legacy text file -> FeatureSet."""
+    if os.path.isdir(path):
+        return load_shard_folder(path)
+    if not os.path.isfile(path):
+        raise FeatureFileError(f"{path}: no such feature file or folder")
+    return read_legacy_features(path)
+
+
+# --------------------------------------------------------------------- legacy text: writing
+
+def _format_tokens(feats):
+    """(n, D) float32 -> (n, D, 16) uint8 of '%+.8e' tokens, ',' separated, '\\n' at the end."""
+    values = feats.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("features contain NaN or infinity; refusing to write them")
+    magnitude = np.abs(values)
+    nonzero = magnitude > 0
+    exponent = np.zeros(values.shape, np.int64)
+    exponent[nonzero] = np.floor(np.log10(magnitude[nonzero])).astype(np.int64)
+    mantissa = np.rint(magnitude * 10.0 ** (8 - exponent)).astype(np.int64)
+    # log10 can be off by one next to powers of ten: renormalise to exactly 9 digits.
+    over = mantissa >= 10**9
+    under = nonzero & (mantissa < 10**8)
+    exponent[over] += 1
+    exponent[under] -= 1
+    fix = over | under
+    mantissa[fix] = np.rint(magnitude[fix] * 10.0 ** (8 - exponent[fix])).astype(np.int64)
+    out = np.empty(values.shape + (TOKEN_WIDTH,), np.uint8)
+    out[..., 0] = np.where(np.signbit(values), ord("-"), ord("+"))
+    for position in (10, 9, 8, 7, 6, 5, 4, 3, 1):
+        mantissa, digit = np.divmod(mantissa, 10)
+        out[..., position] = digit + ord("0")
+    out[..., 2] = ord(".")
+    out[..., 11] = ord("e")
+    out[..., 12] = np.where(exponent < 0, ord("-"), ord("+"))
+    tens, ones = np.divmod(np.abs(exponent), 10)
+    out[..., 13] = tens + ord("0")
+    out[..., 14] = ones + ord("0")
+    out[..., 15] = ord(",")
+    out[:, -1, 15] = ord("\n")
+    return out
+
+
+def write_legacy_features(path, ids, feats, rows_per_block=4096):
+    """Write ``pid \\t f1,...,fD`` lines; float32 values parse back bitwise identical."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) != len(feats):
+        raise ValueError(f"{len(ids)} ids but {len(feats)} feature rows")
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        for start in range(0, len(ids), rows_per_block):
+            block = np.asarray(feats[start:start + rows_per_block], dtype=np.float32)
+            tokens = _format_tokens(block).reshape(len(block), -1)
+            f.write(b"".join(b"%d\t%s" % (pid, row.tobytes())
+                             for pid, row in zip(ids[start:start + rows_per_block].tolist(), tokens)))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------- legacy text: reading
+
+_POW10 = np.array([10.0 ** e for e in range(-60, 61)])   # index e + 60; float32 needs -45..38
+_ASCII_ZERO = np.uint64(0x3030303030303030)
+
+
+def _parse_eight_digits(words):
+    """uint64 words holding 8 ASCII digits (first digit in the low byte) -> their value.
+
+    The SWAR trick: combine digit pairs, then pairs of pairs, in three multiplies.
+    """
+    v = words - _ASCII_ZERO
+    v = (v * np.uint64(10) + (v >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+    v = (v * np.uint64(100) + (v >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+    return (v * np.uint64(10000) + (v >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+
+
+def _all_digits(words):
+    """True when every byte of every uint64 word is an ASCII digit."""
+    high_nibbles_ok = (words & np.uint64(0xF0F0F0F0F0F0F0F0)) == _ASCII_ZERO
+    below_ten = ((words + np.uint64(0x0606060606060606)) & np.uint64(0xF0F0F0F0F0F0F0F0)) == _ASCII_ZERO
+    return bool(np.all(high_nibbles_ok & below_ten))
+
+
+def _parse_fixed_tokens(block, offset, n_rows, row_stride, dim, out):
+    """Parse fixed-width tokens of n_rows lines starting at byte offset into out (n_rows, dim).
+
+    Returns False (leaving out unspecified) when a token is not in the fixed-width layout.
+    """
+    def column(dtype, byte):   # one field of every token, as a strided view into the block
+        return np.ndarray((n_rows, dim), dtype=dtype, buffer=block,
+                          offset=offset + byte, strides=(row_stride, TOKEN_WIDTH))
+    layout = column(np.uint8, 2) == ord(".")
+    layout &= column(np.uint8, 11) == ord("e")
+    separators = column(np.uint8, 15)
+    if not (layout.all() and (separators[:, :-1] == ord(",")).all() and (separators[:, -1] == ord("\n")).all()):
+        return False
+    low_digits = column("<u8", 3)
+    lead = column(np.uint8, 1) - np.uint8(ord("0"))
+    exp_tens = column(np.uint8, 13) - np.uint8(ord("0"))
+    exp_ones = column(np.uint8, 14) - np.uint8(ord("0"))
+    sign = column(np.uint8, 0).astype(np.int8)
+    exp_sign = column(np.uint8, 12).astype(np.int8)
+    signs_ok = (np.abs(sign - 44) == 1).all() and (np.abs(exp_sign - 44) == 1).all()
+    if not (signs_ok and _all_digits(low_digits) and (lead < 10).all()
+            and (exp_tens < 10).all() and (exp_ones < 10).all()):
+        return False
+    mantissa = _parse_eight_digits(low_digits).astype(np.float64)
+    mantissa += lead * 1e8
+    # '+' is 43 and '-' is 45, so 44 - byte is the sign as +1 / -1.
+    exponent = (44 - exp_sign) * (exp_tens * 10 + exp_ones).astype(np.int16) - 8
+    if np.abs(exponent).max() > 60:
+        return False
+    mantissa *= _POW10[exponent + 60]
+    mantissa *= 44 - sign
+    out[...] = mantissa
+    return True
+
+
+def _line_error(path, lineno, reason, line):
+    text = line[:120].decode("utf-8", "replace")
+    return FeatureFileError(f"{path}:{lineno}: {reason}: {text!r}")
+
+
+def _parse_general_lines(path, lines, first_lineno, dim, ids_out, feats_out):
+    """Parse lines of any float spelling; on bad input find and name the offending line."""
+    text = b",".join(lines).replace(b"\t", b",")
+    try:
+        values = np.fromstring(text, dtype=np.float64, sep=",")
+    except ValueError:
+        values = None
+    tabs_ok = sum(line.count(b"\t") for line in lines) == len(lines)
+    if values is not None and tabs_ok and values.size == len(lines) * (dim + 1):
+        values = values.reshape(len(lines), dim + 1)
+        ids_out[:] = values[:, 0]
+        if np.array_equal(ids_out, values[:, 0]):   # pids must be integers
+            feats_out[:] = values[:, 1:]
+            return
+    for i, line in enumerate(lines):
+        _check_general_line(path, first_lineno + i, line, dim)
+    raise FeatureFileError(f"{path}:{first_lineno}-{first_lineno + len(lines) - 1}: cannot parse feature lines")
+
+
+def _check_general_line(path, lineno, line, dim):
+    pid_text, tab, values_text = line.partition(b"\t")
+    if not tab:
+        raise _line_error(path, lineno, "expected 'pid<TAB>f1,...,fD'", line)
+    if not pid_text.strip().isdigit():
+        raise _line_error(path, lineno, "pid is not a non-negative integer", line)
+    fields = values_text.split(b",")
+    if len(fields) != dim:
+        raise _line_error(path, lineno, f"expected {dim} values, found {len(fields)}", line)
+    for field in fields:
+        try:
+            float(field)
+        except ValueError:
+            raise _line_error(path, lineno, f"value {field[:30].decode('utf-8', 'replace')!r} is not a number",
+                              line) from None
+
+
+class _LegacyReader:
+    """Reads a legacy text feature file block by block into preallocated arrays."""
+
+    def __init__(self, path):
+        self.path = path
+        self.size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            first_line = f.readline(1 << 24)
+        if not first_line.strip():
+            raise FeatureFileError(f"{path}: empty feature file (expected 'pid<TAB>f1,...,fD' lines)")
+        if not first_line.endswith(b"\n"):
+            raise _line_error(path, 1, "line is truncated (no newline at the end of the file)", first_line)
+        _, _, values_text = first_line.partition(b"\t")
+        self.dim = values_text.count(b",") + 1
+        # Every line holds at least a 1-digit pid, a tab and dim 2-byte values.
+        capacity = self.size // (2 * self.dim + 2) + 1
+        # np.empty pages that are never written cost no resident memory.
+        self.ids = np.empty(capacity, np.int64)
+        self.feats = np.empty((capacity, self.dim), np.float32)
+        self.count = 0
+        self.lineno = 0
+
+    def read(self, progress=None):
+        """Parse blocks on PARSE_THREADS threads (numpy releases the GIL); each block owns its rows."""
+        leftover = b""
+        with open(self.path, "rb") as f, ThreadPoolExecutor(PARSE_THREADS) as pool:
+            jobs = collections.deque()
+            for chunk in iter(lambda: f.read(READ_BLOCK_BYTES), b""):
+                block = leftover + chunk
+                cut = block.rfind(b"\n") + 1
+                leftover = block[cut:]
+                if cut:
+                    n_lines = block.count(b"\n", 0, cut)
+                    if self.count + n_lines > len(self.ids):   # only a malformed file can get here
+                        raise FeatureFileError(f"{self.path}:{self.lineno + 1}: more lines than the file size allows")
+                    jobs.append(pool.submit(self._parse_block, memoryview(block)[:cut], self.count,
+                                            self.lineno + 1, n_lines))
+                    self.count += n_lines
+                    self.lineno += n_lines
+                while len(jobs) > PARSE_THREADS:   # bounds the blocks held in memory
+                    jobs.popleft().result()
+                if progress is not None:
+                    progress.update(len(chunk))
+            for job in jobs:
+                job.result()
+        if leftover.strip():
+            raise _line_error(self.path, self.lineno + 1, "line is truncated (no newline at the end of the file)",
+                              leftover)
+        if self.count == 0:
+            raise FeatureFileError(f"{self.path}: empty feature file (no feature lines)")
+        return FeatureSet(ids=self.ids[:self.count], feats=self.feats[:self.count], source=self.path)
+
+    def _parse_block(self, block, first_row, first_lineno, n_lines):
+        rows = slice(first_row, first_row + n_lines)
+        first_end = bytes(block[:TOKEN_WIDTH * self.dim + 64]).find(b"\n") + 1
+        if first_end and first_end * n_lines == len(block) and self._parse_uniform_block(block, rows, first_end):
+            return
+        lines = bytes(block).split(b"\n")[:-1]
+        _parse_general_lines(self.path, lines, first_lineno, self.dim, self.ids[rows], self.feats[rows])
+
+    def _parse_uniform_block(self, block, rows, line_len):
+        """Lines of equal length (same pid width, fixed-width tokens): parse without a Python loop."""
+        n_rows = rows.stop - rows.start
+        pid_width = line_len - 1 - TOKEN_WIDTH * self.dim
+        if not 1 <= pid_width <= 18:
+            return False
+        lines = np.frombuffer(block, np.uint8).reshape(n_rows, line_len)
+        if not (lines[:, pid_width] == ord("\t")).all():
+            return False
+        pid_digits = lines[:, :pid_width] - np.uint8(ord("0"))
+        if not (pid_digits < 10).all():
+            return False
+        if not _parse_fixed_tokens(block, pid_width + 1, n_rows, line_len, self.dim, self.feats[rows]):
+            return False
+        self.ids[rows] = pid_digits.astype(np.int64) @ (10 ** np.arange(pid_width - 1, -1, -1, dtype=np.int64))
+        return True
+
+
+def read_legacy_features(path, show_progress=False):
+    """Parse a ``pid \\t f1,...,fD`` text file into a FeatureSet (float32)."""
+    reader = _LegacyReader(path)
+    progress = None
+    if show_progress:
+        from tqdm import tqdm
+        progress = tqdm(total=reader.size, unit="B", unit_scale=True, desc=f"read {os.path.basename(path)}")
+    try:
+        features = reader.read(progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    _check_unique_ids(features.ids, path)
+    return features

@@ -1,0 +1,24 @@
+"""Title/visual attention pooling: a learned, per-item softmax weighting of the two modalities."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AttentionPooling(nn.Module):
+    """[normalize(title), normalize(visual)] -> softmax(Linear(2D -> 2)) weighted sum, L2-normalised.
+
+    The order (title first) matters: the released projection weights were trained with it.
+    """
+
+    def __init__(self, embed_dim: int, num_inputs: int = 2):
+        super().__init__()
+        self.projection = nn.Linear(num_inputs * embed_dim, num_inputs)
+
+    def forward(self, title: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (fused (B, D), weights (B, 2) in the order title, visual)."""
+        stacked = torch.stack([F.normalize(title, dim=-1), F.normalize(visual, dim=-1)], dim=1)
+        weights = self.projection(stacked.flatten(1)).softmax(dim=1)
+        fused = (weights.unsqueeze(-1) * stacked).sum(dim=1)
+        return F.normalize(fused, dim=-1), weights

@@ -1,0 +1,145 @@
+"""The QCD (query-driven cross-domain) model: shared text tower, vision tower, frame transformer,
+title/visual attention pooling and an optional caption decoder.
+
+model_cfg keys (YAML section `model:`):
+    backbone      chinese_clip | clip | timm
+    pretrained    hub name / local folder for chinese_clip and clip (from_pretrained), a local weights
+                  file for timm, or null for random init from `text` / `vision`
+    text, vision  HF config kwargs for random init (the tokenizer's vocab_size overrides text's;
+                  for a random `clip` text tower set text.eos_token_id to the tokenizer's end
+                  token, whose position CLIP pools)
+    timm_name     timm model name (backbone timm)
+    embed_dim     D; clip_length: frames per video; frame_heads: heads of the frame transformer
+    caption       {n_layer, n_head, n_embd[, n_positions, dropout]} or null (no caption decoder)
+    gradient_checkpointing (bool), use_title_mask (bool, default true; false = original behaviour)
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .caption import CaptionDecoder
+from .frame_transformer import FrameTransformer
+from .pooling import AttentionPooling
+from .towers import architecture_kwargs, build_towers
+
+
+@dataclass
+class ItemEmbeddings:
+    title: torch.Tensor         # (B, D) L2-normalised
+    visual: torch.Tensor        # (B, D) L2-normalised
+    fused: torch.Tensor         # (B, D) L2-normalised, the retrieval embedding
+    pool_weights: torch.Tensor  # (B, 2) softmax weights (title, visual)
+
+
+class QCDModel(nn.Module):
+    def __init__(self, model_cfg: dict, vocab_size: int | None = None, pad_token_id: int = 0):
+        super().__init__()
+        self.model_cfg = copy.deepcopy(model_cfg)
+        self.embed_dim = int(model_cfg["embed_dim"])
+        self.text, self.vision = build_towers(model_cfg, vocab_size, pad_token_id)
+        self.frame = FrameTransformer(self.embed_dim, int(model_cfg.get("clip_length", 5)),
+                                      int(model_cfg.get("frame_heads", 8)))
+        self.pooling = AttentionPooling(self.embed_dim)
+        caption_cfg = model_cfg.get("caption")
+        text_vocab = self.text.encoder.get_input_embeddings().num_embeddings
+        self.caption = CaptionDecoder(self.embed_dim, text_vocab, **caption_cfg) if caption_cfg else None
+        self.use_title_mask = bool(model_cfg.get("use_title_mask", True))
+        self.set_gradient_checkpointing(bool(model_cfg.get("gradient_checkpointing", False)))
+
+    # ----------------------------------------------------------------- raw (unnormalised) features
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, L) token ids -> (B, D) projected [CLS] (or EOS) state, not normalised."""
+        return self.text(input_ids, attention_mask)
+
+    def frame_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) images -> (N, D) projected image embeddings, not normalised."""
+        return self.vision(pixels)
+
+    # ----------------------------------------------------------------------------- embeddings
+    def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_features(input_ids, attention_mask), dim=-1)
+
+    def encode_items(self, title_ids: torch.Tensor, title_mask: torch.Tensor | None,
+                     pixels: torch.Tensor) -> ItemEmbeddings:
+        """Titles (B, L) and frames (B, T, 3, H, W), T = clip_length or 1, -> ItemEmbeddings."""
+        if pixels.dim() != 5:
+            raise ValueError(f"pixels must be (B, T, 3, H, W); got {tuple(pixels.shape)}")
+        # The original embeds titles without an attention mask (padding is attended to).
+        mask = title_mask if self.use_title_mask else None
+        title = F.normalize(self.text_features(title_ids, mask), dim=-1)
+        batch, frames_per_item = pixels.shape[:2]
+        frames = self.frame_features(pixels.flatten(0, 1)).view(batch, frames_per_item, -1)
+        visual = self.frame(frames)
+        fused, weights = self.pooling(title, visual)
+        return ItemEmbeddings(title=title, visual=visual, fused=fused, pool_weights=weights)
+
+    def forward(self, batch: dict) -> dict:
+        """Training step embeddings: {"query", "title", "visual", "fused"}, each (B, D) unit-norm."""
+        items = self.encode_items(batch["title_ids"], batch.get("title_mask"), batch["pixels"])
+        query = self.encode_query(batch["query_ids"], batch["query_mask"])
+        return {"query": query, "title": items.title, "visual": items.visual, "fused": items.fused}
+
+    def caption_loss(self, visual: torch.Tensor, query_ids: torch.Tensor,
+                     query_mask: torch.Tensor) -> torch.Tensor | None:
+        if self.caption is None:
+            return None
+        return self.caption(visual, query_ids, query_mask)
+
+    # ------------------------------------------------------------------------------ training
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters per component, for per-group learning rates (every parameter exactly once)."""
+        return {
+            "text": list(self.text.parameters()),
+            "vision": list(self.vision.parameters()),
+            "fusion": list(self.pooling.parameters()),
+            "frame": list(self.frame.parameters()),
+            "caption": list(self.caption.parameters()) if self.caption is not None else [],
+        }
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        self.text.set_gradient_checkpointing(enabled)
+        self.vision.set_gradient_checkpointing(enabled)
+        self.frame.gradient_checkpointing = enabled
+        if self.caption is not None:
+            self.caption.set_gradient_checkpointing(enabled)
+
+    def resolved_config(self) -> dict:
+        """A model_cfg that rebuilds this exact architecture offline (no pretrained download).
+
+        The towers' actual configs replace `text` / `vision`, so a model made from a hub name can
+        be rebuilt from the converted weights alone.
+        """
+        cfg = copy.deepcopy(self.model_cfg)
+        cfg["text"] = architecture_kwargs(self.text.encoder.config)
+        if self.vision.kind == "hf":
+            cfg["vision"] = architecture_kwargs(self.vision.encoder.config)
+        cfg["pretrained"] = None
+        cfg["use_title_mask"] = self.use_title_mask
+        return cfg
+
+
+def build_model(model_cfg: dict, vocab_size: int | None = None, pad_token_id: int = 0) -> QCDModel:
+    return QCDModel(model_cfg, vocab_size=vocab_size, pad_token_id=pad_token_id)
+
+
+def tiny_model_config() -> dict:
+    """The tiny CPU configuration (configs/tiny.yaml `model:`), for tests and laptop runs."""
+    layers = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
+    return {
+        "backbone": "chinese_clip",
+        "pretrained": None,
+        "text": dict(layers, max_position_embeddings=64),
+        "vision": dict(layers, image_size=64, patch_size=16),
+        "timm_name": None,
+        "embed_dim": 512,
+        "clip_length": 5,
+        "frame_heads": 8,
+        "caption": {"n_layer": 1, "n_head": 2, "n_embd": 64},
+        "gradient_checkpointing": False,
+        "use_title_mask": True,
+    }

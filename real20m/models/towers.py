@@ -1,0 +1,187 @@
+"""Text and vision towers: a Hugging Face / timm encoder followed by a linear projection to D.
+
+The text tower embeds both search queries and item titles (the towers are shared, as in the
+paper). Each tower returns the *unnormalised* projection; normalisation happens in the QCD model
+so the raw projections stay available (the release check compares them).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    ChineseCLIPModel,
+    ChineseCLIPTextConfig,
+    ChineseCLIPTextModel,
+    ChineseCLIPVisionConfig,
+    ChineseCLIPVisionModel,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+)
+
+BACKBONES = ("chinese_clip", "clip", "timm")
+
+# Config fields that describe bookkeeping, not architecture; they are dropped when a config is
+# written back into model_cfg so that the dict rebuilds the same network.
+_CONFIG_BOOKKEEPING = {
+    "architectures", "model_type", "transformers_version", "_name_or_path", "name_or_path",
+    "torch_dtype", "dtype", "output_hidden_states", "output_attentions", "return_dict",
+    "id2label", "label2id", "problem_type", "tokenizer_class", "chunk_size_feed_forward",
+    "is_encoder_decoder", "is_decoder", "add_cross_attention", "tie_word_embeddings",
+    "_attn_implementation_autoset", "projection_dim", "use_cache",
+}
+
+
+def architecture_kwargs(config) -> dict:
+    """The config's fields as plain kwargs, without bookkeeping entries (JSON-serialisable)."""
+    return {
+        key: value for key, value in config.to_dict().items()
+        if key not in _CONFIG_BOOKKEEPING and not key.startswith("_")
+        and isinstance(value, (int, float, str, bool, type(None), list))
+    }
+
+
+def set_hf_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Toggle activation checkpointing on a transformers model (API renamed in transformers 5)."""
+    if enabled:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+    else:
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        disable()
+
+
+class TextTower(nn.Module):
+    """BERT-style ([CLS] token) or CLIP-style (pooled EOS token) encoder + Linear(hidden -> D)."""
+
+    def __init__(self, encoder: nn.Module, projection: nn.Linear, pooling: str):
+        super().__init__()
+        if pooling not in ("cls", "eos"):
+            raise ValueError(f"unknown text pooling {pooling!r}; expected 'cls' or 'eos'")
+        self.encoder = encoder
+        self.projection = projection
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "cls":
+            pooled = out.last_hidden_state[:, 0]
+        else:
+            pooled = out.pooler_output
+        return self.projection(pooled)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        set_hf_checkpointing(self.encoder, enabled)
+
+
+class VisionTower(nn.Module):
+    """Per-image encoder returning a pooled feature, + Linear(width -> D). Input (N, 3, H, W)."""
+
+    def __init__(self, encoder: nn.Module, projection: nn.Linear, kind: str):
+        super().__init__()
+        self.encoder = encoder
+        self.projection = projection
+        self.kind = kind  # "hf": transformers vision model (pooler_output); "timm": features tensor
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.kind == "hf":
+            pooled = self.encoder(pixel_values=pixels).pooler_output
+        else:
+            pooled = self.encoder(pixels)
+        return self.projection(pooled)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        if self.kind == "hf":
+            set_hf_checkpointing(self.encoder, enabled)
+        else:
+            self.encoder.set_grad_checkpointing(enabled)
+
+
+def _text_config_kwargs(model_cfg: dict, vocab_size: int | None, pad_token_id: int) -> dict:
+    kwargs = dict(model_cfg.get("text") or {})
+    if vocab_size is not None:
+        kwargs["vocab_size"] = vocab_size
+    kwargs["pad_token_id"] = pad_token_id
+    return kwargs
+
+
+def _projection(width: int, embed_dim: int) -> nn.Linear:
+    return nn.Linear(width, embed_dim, bias=False)
+
+
+def _load_pretrained_pair(backbone: str, pretrained: str):
+    """Load the full dual-encoder once; both towers and projections are taken from it.
+
+    Never forces a download: a hub name only resolves if it is already in the local cache
+    (or the caller allowed network access through the usual HF environment variables).
+    """
+    model_class = ChineseCLIPModel if backbone == "chinese_clip" else CLIPModel
+    return model_class.from_pretrained(pretrained)
+
+
+def _match_vocab(encoder: nn.Module, vocab_size: int | None) -> None:
+    current = encoder.get_input_embeddings().num_embeddings
+    if vocab_size is not None and vocab_size != current:
+        encoder.resize_token_embeddings(vocab_size)
+
+
+def build_towers(model_cfg: dict, vocab_size: int | None, pad_token_id: int) -> tuple[TextTower, VisionTower]:
+    """Build (text tower, vision tower) from model_cfg (see QCD model config docs in qcd.py)."""
+    backbone = model_cfg.get("backbone", "chinese_clip")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown model.backbone {backbone!r}; expected one of {BACKBONES}")
+    embed_dim = int(model_cfg["embed_dim"])
+    pretrained = model_cfg.get("pretrained")
+    pooling = "eos" if backbone == "clip" else "cls"
+
+    if backbone in ("chinese_clip", "clip") and pretrained:
+        pair = _load_pretrained_pair(backbone, pretrained)
+        if pair.text_projection.out_features != embed_dim:
+            raise ValueError(
+                f"model.embed_dim={embed_dim} but pretrained {pretrained!r} projects to "
+                f"{pair.text_projection.out_features}"
+            )
+        _match_vocab(pair.text_model, vocab_size)
+        text = TextTower(pair.text_model, pair.text_projection, pooling)
+        vision = VisionTower(pair.vision_model, pair.visual_projection, "hf")
+        return text, vision
+
+    text = _build_random_text_tower(backbone, model_cfg, vocab_size, pad_token_id, embed_dim, pooling)
+    if backbone == "timm":
+        vision = _build_timm_vision_tower(model_cfg, embed_dim)
+    else:
+        vision = _build_random_hf_vision_tower(backbone, model_cfg, embed_dim)
+    return text, vision
+
+
+def _build_random_text_tower(backbone, model_cfg, vocab_size, pad_token_id, embed_dim, pooling) -> TextTower:
+    kwargs = _text_config_kwargs(model_cfg, vocab_size, pad_token_id)
+    if backbone == "clip":
+        encoder = CLIPTextModel(CLIPTextConfig(**kwargs))
+    else:
+        # add_pooling_layer=False: the [CLS] hidden state is projected directly (no tanh pooler).
+        encoder = ChineseCLIPTextModel(ChineseCLIPTextConfig(**kwargs), add_pooling_layer=False)
+    return TextTower(encoder, _projection(encoder.config.hidden_size, embed_dim), pooling)
+
+
+def _build_random_hf_vision_tower(backbone, model_cfg, embed_dim) -> VisionTower:
+    kwargs = dict(model_cfg.get("vision") or {})
+    if backbone == "clip":
+        encoder = CLIPVisionModel(CLIPVisionConfig(**kwargs))
+    else:
+        encoder = ChineseCLIPVisionModel(ChineseCLIPVisionConfig(**kwargs))
+    return VisionTower(encoder, _projection(encoder.config.hidden_size, embed_dim), "hf")
+
+
+def _build_timm_vision_tower(model_cfg, embed_dim) -> VisionTower:
+    import timm  # only needed for this backbone
+
+    name = model_cfg.get("timm_name")
+    if not name:
+        raise ValueError("model.backbone 'timm' needs model.timm_name")
+    weights_file = model_cfg.get("pretrained")
+    extra = dict(pretrained=True, pretrained_cfg_overlay={"file": weights_file}) if weights_file else {}
+    encoder = timm.create_model(name, num_classes=0, **extra)
+    return VisionTower(encoder, _projection(encoder.num_features, embed_dim), "timm")

@@ -1,0 +1,1 @@
+"""Small shared helpers: logging set-up, meters, seeding."""

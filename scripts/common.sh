@@ -1,0 +1,35 @@
+# Shared by train.sh and the two evaluation scripts (sourced, POSIX sh). Expects ROOT to be set.
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+DATA_ROOT=${DATA_ROOT:-./Dataset}
+OUTPUT_DIR=${OUTPUT_DIR:-./outputs}
+DATASET_NAME=${DATASET_NAME:-Real400K}
+GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
+if [ -z "${CONFIG:-}" ]; then
+    if [ "$GPUS" -gt 0 ]; then CONFIG="$ROOT/configs/paper.yaml"; else CONFIG="$ROOT/configs/tiny.yaml"; fi
+fi
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+if [ "$GPUS" -gt 0 ]; then NPROC_PER_NODE=${NPROC_PER_NODE:-$GPUS}; else NPROC_PER_NODE=${NPROC_PER_NODE:-1}; fi
+
+# A missing data folder gets the synthetic dataset; an existing one is never written to.
+ensure_dataset() {
+    if [ ! -e "$DATA_ROOT" ]; then
+        echo "no dataset at $DATA_ROOT: generating the synthetic one"
+        "$PYTHON" -m real20m.datasets.synthetic --out "$DATA_ROOT" --seed 0
+    fi
+}
+
+# One process without torchrun when there is nothing to distribute, torchrun otherwise.
+launch() {
+    if [ "$NNODES" -eq 1 ] && [ "$NPROC_PER_NODE" -eq 1 ]; then
+        "$PYTHON" "$@"
+    else
+        "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" \
+            --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+            --nproc_per_node "$NPROC_PER_NODE" "$@"
+    fi
+}

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+
+from real20m.evaluate.feature_io import (FeatureFileError, ShardedArray, load_features, read_legacy_features,
+                                         write_feature_meta, write_feature_shard, write_legacy_features)
+
+
+def _features(n=50, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n, dim)).astype(np.float32)
+    feats[0, :4] = [0.0, 1e-30, -3.4e38, 1.4e-45]   # zero, tiny, huge and subnormal values
+    return np.arange(n, dtype=np.int64) * 37 + 5, feats
+
+
+def test_legacy_round_trip_is_bitwise(tmp_path):
+    ids, feats = _features()
+    path = str(tmp_path / "features.feat")
+    write_legacy_features(path, ids, feats)
+    loaded = load_features(path)
+    assert np.array_equal(loaded.ids, ids)
+    assert loaded.feats.dtype == np.float32
+    assert np.array_equal(loaded.feats.view(np.uint32), feats.view(np.uint32))
+    first = open(path).readline()
+    assert first.startswith("5\t") and first.count(",") == 7
+
+
+def test_legacy_reader_accepts_free_form_floats(tmp_path):
+    path = tmp_path / "old.feat"
+    path.write_text("12\t0.5,-1.25,3e-3\n7\t1,2,3.0000001\n")
+    loaded = read_legacy_features(str(path))
+    assert loaded.ids.tolist() == [12, 7]
+    assert np.array_equal(loaded.feats, np.array([[0.5, -1.25, 3e-3], [1, 2, 3.0000001]], np.float32))
+
+
+def test_truncated_last_line_names_file_and_line(tmp_path):
+    ids, feats = _features(n=3)
+    path = str(tmp_path / "f.feat")
+    write_legacy_features(path, ids, feats)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:-20])
+    with pytest.raises(FeatureFileError, match=r"f\.feat:3: line is truncated"):
+        load_features(path)
+
+
+def test_wrong_dimension_names_file_and_line(tmp_path):
+    path = tmp_path / "f.feat"
+    path.write_text("1\t0.1,0.2,0.3\n2\t0.1,0.2,0.3\n3\t0.1,0.2\n")
+    with pytest.raises(FeatureFileError, match=r"f\.feat:3: expected 3 values, found 2: '3\\t0.1,0.2'"):
+        load_features(str(path))
+
+
+def test_bad_value_names_file_and_line(tmp_path):
+    path = tmp_path / "f.feat"
+    path.write_text("1\t0.1,0.2\n2\t0.1,abc\n")
+    with pytest.raises(FeatureFileError, match=r"f\.feat:2: value 'abc' is not a number"):
+        load_features(str(path))
+
+
+def test_empty_file_is_an_error(tmp_path):
+    path = tmp_path / "empty.feat"
+    path.write_text("")
+    with pytest.raises(FeatureFileError, match="empty.feat: empty feature file"):
+        load_features(str(path))
+
+
+def test_legacy_duplicate_pids_are_an_error(tmp_path):
+    path = tmp_path / "dup.feat"
+    path.write_text("1\t0.1,0.2\n1\t0.3,0.4\n")
+    with pytest.raises(FeatureFileError, match=r"1 pids appear more than once \(e.g. \[1\]\)"):
+        load_features(str(path))
+
+
+def test_shards_load_memory_mapped_and_merged(tmp_path):
+    ids, feats = _features(n=30)
+    feats[0] = 0.5   # keep the float16 copy finite
+    write_feature_shard(str(tmp_path), 0, ids[:10], feats[:10], dtype="float16")
+    write_feature_shard(str(tmp_path), 1, ids[10:], feats[10:], dtype="float16")
+    meta = write_feature_meta(str(tmp_path), 2)
+    assert meta["counts"] == {"0": 10, "1": 20} and meta["dtype"] == "float16" and meta["dim"] == 8
+    loaded = load_features(str(tmp_path))
+    assert isinstance(loaded.feats, ShardedArray) and loaded.feats.shape == (30, 8)
+    assert isinstance(loaded.feats.parts[0], np.memmap)
+    assert np.array_equal(loaded.ids, ids)
+    assert np.array_equal(loaded.feats[5:15], feats[5:15].astype(np.float16))
+    assert np.array_equal(loaded.feats.take_rows([2, 9, 10, 29]), feats[[2, 9, 10, 29]].astype(np.float16))
+
+
+def test_shard_merge_detects_duplicates(tmp_path):
+    ids, feats = _features(n=20)
+    write_feature_shard(str(tmp_path), 0, ids[:12], feats[:12])
+    write_feature_shard(str(tmp_path), 1, ids[8:], feats[8:])
+    write_feature_meta(str(tmp_path), 2)
+    with pytest.raises(FeatureFileError, match=r"4 pids appear more than once \(e.g. \[301, 338, 375, 412\]\)"):
+        load_features(str(tmp_path))

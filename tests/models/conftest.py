@@ -1,0 +1,49 @@
+"""Shared helpers for the model tests: tiny configs, batches and the release fixture folder."""
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from real20m.models import build_model, tiny_model_config
+
+VOCAB = 300
+FIXTURE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "upstream_ckpt_tiny"
+
+
+def deterministic_tiny_config(**overrides) -> dict:
+    """The tiny config with every dropout off, so two runs can be compared value for value."""
+    cfg = copy.deepcopy(tiny_model_config())
+    cfg["text"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg["caption"]["dropout"] = 0.0
+    cfg.update(overrides)
+    return cfg
+
+
+def make_batch(batch_size=4, frames=5, image_size=64, query_len=10, title_len=12, seed=0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    query_ids = torch.randint(1, VOCAB, (batch_size, query_len), generator=gen)
+    query_mask = torch.ones_like(query_ids)
+    query_mask[0, query_len // 2:] = 0  # one padded query
+    query_ids[0, query_len // 2:] = 0
+    title_ids = torch.randint(1, VOCAB, (batch_size, title_len), generator=gen)
+    return {
+        "pixels": torch.randn(batch_size, frames, 3, image_size, image_size, generator=gen),
+        "title_ids": title_ids,
+        "title_mask": torch.ones_like(title_ids),
+        "query_ids": query_ids,
+        "query_mask": query_mask,
+    }
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(deterministic_tiny_config(), vocab_size=VOCAB)
+
+
+@pytest.fixture
+def release_fixture() -> Path:
+    if not (FIXTURE_DIR / "checkpoint.pth.tar").is_file():
+        pytest.skip(f"release checkpoint fixture not found at {FIXTURE_DIR}")
+    return FIXTURE_DIR

@@ -1,0 +1,153 @@
+import time
+
+import pytest
+import torch
+
+from real20m.models import build_model, tiny_model_config
+
+from .conftest import VOCAB, deterministic_tiny_config, make_batch
+
+
+def test_forward_embeddings_are_unit_norm(tiny_model):
+    out = tiny_model(make_batch())
+    assert set(out) == {"query", "title", "visual", "fused"}
+    for name, emb in out.items():
+        assert emb.shape == (4, 512), name
+        torch.testing.assert_close(emb.norm(dim=-1), torch.ones(4), msg=name)
+
+
+def test_goods_single_image_equals_repeated_image(tiny_model):
+    tiny_model.eval()
+    batch = make_batch(frames=1)
+    titles, mask, image = batch["title_ids"], batch["title_mask"], batch["pixels"]
+    with torch.no_grad():
+        single = tiny_model.encode_items(titles, mask, image)
+        repeated = tiny_model.encode_items(titles, mask, image.repeat(1, 5, 1, 1, 1))
+    torch.testing.assert_close(single.fused, repeated.fused, rtol=0, atol=1e-6)
+    torch.testing.assert_close(single.pool_weights.sum(dim=1), torch.ones(4))
+
+
+def test_title_mask_is_ignored_in_original_mode(tiny_model):
+    tiny_model.eval()
+    batch = make_batch(frames=1)
+    mask = batch["title_mask"].clone()
+    mask[:, 6:] = 0
+    with torch.no_grad():
+        masked = tiny_model.encode_items(batch["title_ids"], mask, batch["pixels"]).title
+        tiny_model.use_title_mask = False
+        unmasked = tiny_model.encode_items(batch["title_ids"], mask, batch["pixels"]).title
+        no_mask = tiny_model.encode_items(batch["title_ids"], None, batch["pixels"]).title
+    torch.testing.assert_close(unmasked, no_mask)
+    assert (masked - unmasked).abs().max() > 1e-4
+
+
+def test_tiny_forward_backward_is_fast_on_cpu():
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(), vocab_size=2000)
+    batch = make_batch(batch_size=8)
+    for _ in range(2):  # the first step warms up kernels
+        start = time.perf_counter()
+        out = model(batch)
+        loss = sum(v.sum() for v in out.values())
+        loss = loss + model.caption_loss(out["visual"], batch["query_ids"], batch["query_mask"])
+        loss.backward()
+        elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, f"forward+backward took {elapsed:.2f}s"
+
+
+def test_parameter_groups_partition_the_parameters(tiny_model):
+    groups = tiny_model.parameter_groups()
+    assert set(groups) == {"text", "vision", "fusion", "frame", "caption"}
+    ids = [id(p) for params in groups.values() for p in params]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in tiny_model.parameters()}
+    assert all(groups[name] for name in groups)
+
+
+def test_no_caption_decoder_means_no_caption_loss():
+    model = build_model(deterministic_tiny_config(caption=None), vocab_size=VOCAB)
+    batch = make_batch()
+    assert model.caption_loss(torch.randn(4, 512), batch["query_ids"], batch["query_mask"]) is None
+    assert model.parameter_groups()["caption"] == []
+
+
+def test_caption_loss_decreases_and_ignores_padding(tiny_model):
+    batch = make_batch()
+    visual = torch.nn.functional.normalize(torch.randn(4, 512), dim=-1)
+    optimizer = torch.optim.Adam(tiny_model.caption.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = tiny_model.caption_loss(visual, batch["query_ids"], batch["query_mask"])
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, losses
+
+    other_padding = batch["query_ids"].masked_fill(batch["query_mask"] == 0, 7)
+    with torch.no_grad():
+        a = tiny_model.caption_loss(visual, batch["query_ids"], batch["query_mask"])
+        b = tiny_model.caption_loss(visual, other_padding, batch["query_mask"])
+    torch.testing.assert_close(a, b)
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    out = model(batch)
+    loss = (out["query"] * out["fused"]).sum() + (out["title"] * out["visual"]).sum()
+    loss = loss + model.caption_loss(out["visual"], batch["query_ids"], batch["query_mask"])
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_same_loss_and_grads(tiny_model):
+    batch = make_batch()
+    tiny_model.train()
+    loss, grads = _loss_and_grads(tiny_model, batch)
+    tiny_model.set_gradient_checkpointing(True)
+    assert tiny_model.text.encoder.encoder.layer[0].gradient_checkpointing
+    assert tiny_model.frame.gradient_checkpointing
+    loss_ckpt, grads_ckpt = _loss_and_grads(tiny_model, batch)
+    torch.testing.assert_close(loss_ckpt, loss)
+    assert grads_ckpt.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("backbone", ["clip", "timm"])
+def test_other_backbones_build_and_embed(backbone):
+    cfg = deterministic_tiny_config(backbone=backbone, caption=None, embed_dim=32)
+    if backbone == "clip":
+        cfg["text"] = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                           max_position_embeddings=32)
+        cfg["vision"] = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=64, patch_size=16)
+    else:
+        cfg["timm_name"] = "test_convnext"
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=VOCAB).eval()
+    with torch.no_grad():
+        out = model(make_batch(batch_size=2))
+    torch.testing.assert_close(out["fused"].norm(dim=-1), torch.ones(2))
+
+
+def test_unknown_backbone_is_rejected():
+    with pytest.raises(ValueError, match="unknown model.backbone 'vgg'"):
+        build_model(deterministic_tiny_config(backbone="vgg"), vocab_size=VOCAB)
+
+
+def test_pretrained_local_folder_supplies_towers_and_projections(tmp_path):
+    from transformers import ChineseCLIPConfig, ChineseCLIPModel
+
+    tiny = deterministic_tiny_config()
+    torch.manual_seed(0)
+    pair = ChineseCLIPModel(ChineseCLIPConfig(text_config=dict(tiny["text"], vocab_size=VOCAB),
+                                              vision_config=tiny["vision"], projection_dim=512))
+    pair.save_pretrained(tmp_path)
+    model = build_model(dict(tiny, pretrained=str(tmp_path), text=None, vision=None), vocab_size=VOCAB)
+    torch.testing.assert_close(model.text.projection.weight, pair.text_projection.weight)
+    torch.testing.assert_close(model.vision.projection.weight, pair.visual_projection.weight)
+    torch.testing.assert_close(model.vision.encoder.post_layernorm.bias, pair.vision_model.post_layernorm.bias)
+    rebuilt = model.resolved_config()
+    assert rebuilt["pretrained"] is None and rebuilt["vision"]["image_size"] == 64

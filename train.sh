@@ -1,0 +1,17 @@
+#!/bin/sh
+# Train the QCD model.
+#   sh train.sh                      no GPU: makes the synthetic dataset if missing, trains configs/tiny.yaml on CPU
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 NPROC_PER_NODE=8 sh train.sh      the paper set-up with torchrun
+# Environment: DATA_ROOT (./Dataset) OUTPUT_DIR (./outputs) CONFIG EPOCHS PYTHON, and the torchrun
+# variables NNODES NODE_RANK MASTER_ADDR MASTER_PORT NPROC_PER_NODE. Extra arguments go to
+# main_cross_domain_emb.py (original flag names, e.g. --batch_size 64 --is_xbm).
+set -eu
+ROOT=$(cd "$(dirname "$0")" && pwd)
+. "$ROOT/scripts/common.sh"
+
+ensure_dataset
+EPOCH_FLAG=""
+[ -n "${EPOCHS:-}" ] && EPOCH_FLAG="--epochs $EPOCHS"
+# shellcheck disable=SC2086  # EPOCH_FLAG is deliberately split into flag and value
+launch "$ROOT/main_cross_domain_emb.py" --config "$CONFIG" --data_root "$DATA_ROOT" \
+    --dataset_name "$DATASET_NAME" --output_dir "$OUTPUT_DIR" $EPOCH_FLAG "$@"
