@@ -87,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default="outputs")
     run.add_argument("--checkpoints", default=None, help="checkpoint folder (default OUTPUT_DIR/checkpoints)")
+    run.add_argument("--keep_checkpoints", type=int, default=0,
+                     help="keep only the newest N numbered checkpoints (0: keep all); last.pth.tar always stays")
     run.add_argument("--resume", default=None,
                      help="checkpoint to continue from (ours or the paper's release); 'init' = untrained model")
+    run.add_argument("--release_config", default=None,
+                     help="cn_clip-style config.json of a release checkpoint (default: the paper's ViT-B/16)")
     run.add_argument("--finetune", default=None, help="initialise the weights from a checkpoint, restart the schedule")
     run.add_argument("--workers", type=int, default=4)
     run.add_argument("--print_freq", type=int, default=50)

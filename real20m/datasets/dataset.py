@@ -158,7 +158,20 @@ def build_eval_dataset(cfg, test_file: str) -> EvalDataset:
     """Evaluation dataset of an item file (``pid \\t source \\t query \\t frame_paths \\t text_path``)."""
     if detect_format(test_file) != "items":
         raise AnnotationError(f"{test_file}: evaluation needs the one-item-a-line format (5 fields)")
+    table = load_items(test_file)
+    check_unique_pids(table)
     transform = build_eval_transform(cfg.image_size, getattr(cfg, "compat", "default"))
     loader = ItemLoader(item_roots(cfg), transform, cfg.clip_length, text_aug=False)
-    return EvalDataset(load_items(test_file), loader)
+    return EvalDataset(table, loader)
+
+
+def check_unique_pids(table: ItemTable) -> None:
+    """Refuse a test file listing an item twice: every pid gets exactly one feature (checked before
+    embedding, so a large gallery fails in seconds rather than after the whole extraction)."""
+    order = np.argsort(table.pids, kind="stable")
+    repeated = np.flatnonzero(table.pids[order][1:] == table.pids[order][:-1])
+    if len(repeated):
+        first, second = sorted(order[repeated[0]:repeated[0] + 2] + 1)
+        raise AnnotationError(f"{table.path}: pid {table.pids[order[repeated[0]]]} is listed twice "
+                              f"(items {first} and {second}); every item must appear once")
 

@@ -51,7 +51,10 @@ def _copy_durably(source: Path, target: Path) -> None:
 def save_checkpoint(state: dict, path) -> None:
     """Atomically write `state` to `path` (the folder is created if needed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # e.g. a file where the folder should be: say which folder, not just errno
+        raise CheckpointError(f"{path.parent}: cannot create the checkpoint folder ({error.strerror})") from error
     temp = _temp_path_next_to(path)
     try:
         # os.open with 0o666 lets the umask decide permissions, as a plain open() would.

@@ -7,6 +7,7 @@ with the run's seed, the baseline that shows what training bought.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 
@@ -33,6 +34,25 @@ def _barrier(dist: DistEnv):
     return barrier
 
 
+# Input shapes the model was trained with; evaluating with other values would feed it inputs it
+# never saw (or cannot take: a from-scratch ViT has a fixed image size).
+TRAINED_INPUT_SETTINGS = ("image_size", "clip_length", "max_query_len", "max_title_len")
+
+
+def adopt_input_settings(cfg: argparse.Namespace, trained_args: dict) -> None:
+    for name in TRAINED_INPUT_SETTINGS:
+        if name in trained_args and trained_args[name] != getattr(cfg, name):
+            logger.info("using the checkpoint's %s = %s (not %s)", name, trained_args[name], getattr(cfg, name))
+            setattr(cfg, name, trained_args[name])
+
+
+def load_release_config(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def load_model_for_inference(cfg: argparse.Namespace, dist: DistEnv):
     """(model, tokenizer) described by ``cfg.resume``; see the module docstring."""
     if not cfg.resume or cfg.resume == UNTRAINED:
@@ -47,9 +67,10 @@ def load_model_for_inference(cfg: argparse.Namespace, dist: DistEnv):
             raise ValueError("a checkpoint in the paper's release layout needs --tokenizer: the Chinese "
                              "RoBERTa-wwm-ext vocabulary (hub name or local folder)")
         tokenizer = build_tokenizer(cfg.tokenizer, None, None)
-        model = build_model_from_release_config(None)
+        model = build_model_from_release_config(load_release_config(cfg.release_config))
         model.use_title_mask = cfg.compat != "original"
     else:
+        adopt_input_settings(cfg, checkpoint.get("args", {}))
         model_cfg = checkpoint.get("model_cfg") or cfg.model
         files = checkpoint.get("tokenizer_files")
         if files:

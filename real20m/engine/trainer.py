@@ -143,7 +143,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.global_step = 0
-        self.checkpoints = CheckpointManager(cfg.checkpoints) if dist.is_main else None
+        self.checkpoints = CheckpointManager(cfg.checkpoints, cfg.keep_checkpoints) if dist.is_main else None
         self.writer = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard")) if dist.is_main else None
         self.issues = DataIssueLog()
         self._tokenizer_files = tokenizer_files(os.path.join(cfg.output_dir, "tokenizer")) \
