@@ -8,18 +8,13 @@
 The original release's flag names (--train_file, --goods_img_root, --clip_length, --is_xbm, ...)
 are accepted; see `--help` or real20m/config.py.
 """
-import os
-import sys
-
 from real20m.config import parse_config
 from real20m.datasets.annotations import AnnotationError, UnsafePathError
 from real20m.engine.checkpoint import CheckpointError
 from real20m.evaluate.feature_io import FeatureFileError
+from real20m.utils.entry import exit_on_input_error
 
-# Bad input files: their messages name the file (and line) and the reason, so a traceback adds
-# nothing but noise. Exit status 2 tells scripts "fix the input", not "the program crashed".
 INPUT_ERRORS = (AnnotationError, UnsafePathError, CheckpointError, FeatureFileError)
-INPUT_ERROR_STATUS = 2
 
 
 def main(argv=None) -> None:
@@ -32,14 +27,5 @@ def main(argv=None) -> None:
         train(cfg)
 
 
-def report_input_error(error: Exception) -> None:
-    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
-    print(f"{rank}error: {error}", file=sys.stderr)
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except INPUT_ERRORS as error:
-        report_input_error(error)
-        sys.exit(INPUT_ERROR_STATUS)
+    exit_on_input_error(main, INPUT_ERRORS)

@@ -49,7 +49,10 @@ def main() -> None:
         if args.data is None:
             subprocess.run([sys.executable, "-m", "real20m.datasets.synthetic", "--out", data, "--seed", "0"],
                            check=True, stdout=subprocess.DEVNULL)
-        cfg = parse_config(["--config", args.config, "--data_root", data, "--output_dir", os.path.join(tmp, "out"),
+        # The one-item-a-line file: every item is a sample, so one epoch holds enough steps to time.
+        items = os.path.join(data, "train_file", "train_items.txt")
+        cfg = parse_config(["--config", args.config, "--data_root", data, "--train_file", items,
+                            "--output_dir", os.path.join(tmp, "out"),
                             "--workers", str(args.workers), "--print_freq", "1000000"])
         trainer = Trainer(cfg, init_distributed())
         steps = min(args.steps, len(trainer.sampler))

@@ -10,14 +10,21 @@ cover each parser on its own).
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import logging
+
 import numpy as np
 import pytest
+import torch
 
+from real20m.config import parse_config
 from real20m.datasets.synthetic import generate
+from real20m.engine.distributed import DistEnv
+from real20m.engine.trainer import Trainer
 from real20m.evaluate.feature_io import load_features, write_legacy_features
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,6 +138,35 @@ def test_train_and_evaluate_on_damaged_data(damaged, tmp_path):
     assert set(os.listdir(tmp_path)) == cwd_before | {"out"}, "files appeared outside the output folder"
 
 
+def test_a_run_stopped_by_max_steps_still_reports_the_issues_it_met(damaged, tmp_path, caplog):
+    data_root, issues = damaged
+    cfg = parse_config(tiny_args(data_root, tmp_path / "out", "--train_file",
+                                 str(data_root / "train_file/train_items.txt"), "--batch_size", "8",
+                                 "--workers", "0", "--max_steps", "3"))
+    single_cpu = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, backend=None)
+    trainer = Trainer(cfg, single_cpu)
+    met = []
+    train_step = trainer.train_step
+
+    def recording_step(batch):
+        met.extend(kind for kind, _ in batch["issues"])
+        return train_step(batch)
+    trainer.train_step = recording_step
+    with caplog.at_level(logging.WARNING, logger="real20m"):
+        logging.getLogger("real20m").addHandler(caplog.handler)
+        try:
+            trainer.fit()
+        finally:
+            logging.getLogger("real20m").removeHandler(caplog.handler)
+    assert trainer.global_step == 3 and met, "the first 3 batches of this seed meet some damaged items"
+    reported = {}
+    for record in caplog.records:
+        match = re.match(r"epoch 0: (\d+) x (\w+), e\.g\. ", record.getMessage())
+        if match:
+            reported[match.group(2)] = int(match.group(1))
+    assert reported == {kind: met.count(kind) for kind in set(met)}
+
+
 def write_lines(path: Path, *lines: str) -> Path:
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     return path
@@ -165,7 +201,7 @@ def test_bad_test_file_stops_feature_extraction_before_any_work(damaged, tmp_pat
     test_file.write_text(content, encoding="utf-8")
     result = run("main_cross_domain_emb.py", *tiny_args(data_root, tmp_path / "out", "--evaluate", "--resume", "init",
                                                         "--test_file", str(test_file)), cwd=tmp_path, expect=2)
-    assert result.stderr.strip().splitlines()[-1] == f"error: {test_file}: {message}" or message in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {test_file}: {message}")
     assert "Traceback" not in result.stderr
     assert not list((tmp_path / "out").glob("*.npy"))
 
@@ -183,7 +219,7 @@ def unit_rows(n, dim, seed=0):
 
 @pytest.mark.parametrize("damage, message", [
     ("truncate_last_line", "gallery.feat:4: line is truncated"),
-    ("wrong_dimension", "query dim 8 != gallery dim 6"),  # names no file: search.py's message
+    ("wrong_dimension", "gallery.feat: features of dimension 6, but the queries"),
     ("duplicate_pids", "gallery.feat: 1 pids appear more than once (e.g. [12])"),
 ], ids=["truncated_last_line", "wrong_dimension", "duplicate_pids"])
 def test_bad_feature_file_stops_evaluation_with_a_clear_message(tmp_path, damage, message):
@@ -196,8 +232,9 @@ def test_bad_feature_file_stops_evaluation_with_a_clear_message(tmp_path, damage
         (tmp_path / "gallery.feat").write_bytes(data[:-25])
     args = evaluation_args(tmp_path, tmp_path / "query.feat", tmp_path / "gallery.feat",
                            ["video/images/1/1_0.jpg\tgoods/images/10/10.jpg"])
-    result = run("evaluation.py", *args, cwd=tmp_path, expect=1)
-    assert message in result.stderr.strip().splitlines()[-1]
+    result = run("evaluation.py", *args, cwd=tmp_path, expect=2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 

@@ -4,7 +4,7 @@ The public names are re-exported lazily (PEP 562): ``import real20m.datasets.ann
 synthetic generator) must not pay for importing torch / torchvision / transformers, which alone
 take ~0.9 GB of resident memory.
 """
-import importlib
+from real20m.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "annotations": ["SOURCES", "AnnotationError", "UnsafePathError", "ClusterTable", "ItemTable", "QueryGroups",
@@ -17,16 +17,4 @@ _EXPORTS = {
     "tokenization": ["build_tokenizer", "load_saved_tokenizer"],
     "transforms": ["build_eval_transform", "build_train_transform"],
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

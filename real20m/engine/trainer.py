@@ -260,6 +260,7 @@ class Trainer:
             if self.cfg.save_freq and self.global_step % self.cfg.save_freq == 0:
                 self.save()
             if self.reached_max_steps():
+                self.issues.report(self.epoch)  # a run cut short still tells what data it skipped
                 return
         self.issues.report(self.epoch)
         self.epoch += 1

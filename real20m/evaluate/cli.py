@@ -15,9 +15,11 @@ import time
 
 import numpy as np
 
-from real20m.evaluate.feature_io import load_features
+from real20m.datasets.annotations import AnnotationError, UnsafePathError
+from real20m.evaluate.feature_io import FeatureFileError, load_features
 from real20m.evaluate.metrics import DEFAULT_KS, RetrievalMetrics, format_table
 from real20m.evaluate.search import DEFAULT_GALLERY_CHUNK, DEFAULT_QUERY_CHUNK, iter_search
+from real20m.utils.entry import exit_on_input_error
 
 REPORT_DEPTH = 10
 
@@ -70,6 +72,9 @@ def run_evaluation(args):
     started = time.perf_counter()
     queries = load_features(args.query_features)
     gallery = load_features(args.gallery_features)
+    if queries.dim != gallery.dim:
+        raise FeatureFileError(f"{args.gallery_features}: features of dimension {gallery.dim}, but the queries "
+                               f"({args.query_features}) have dimension {queries.dim}")
     ground_truth = load_ground_truth(args.gt_file)
     timings["load_s"] = time.perf_counter() - started
     search_started = time.perf_counter()
@@ -137,7 +142,7 @@ class ItemFileResolver:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    run_evaluation(args)
+    exit_on_input_error(lambda: run_evaluation(args), (AnnotationError, UnsafePathError, FeatureFileError))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ FORMAT_NAME = "real20m-features-v1"
 SUPPORTED_DTYPES = ("float32", "float16")
 
 TOKEN_WIDTH = 16            # "+1.23456789e-02" plus the separator
-READ_BLOCK_BYTES = 4 << 20  # small blocks keep parse temporaries in cache and out of the RSS peak
+READ_BLOCK_BYTES = 1 << 20  # small blocks keep parse temporaries in cache and out of the RSS peak
 PARSE_THREADS = 2
+PARSE_ROWS = 64              # rows parsed per vectorised pass (~0.3 MB of temporaries at D=512)
 
 
 class FeatureFileError(ValueError):
@@ -405,8 +406,12 @@ class _LegacyReader:
         pid_digits = lines[:, :pid_width] - np.uint8(ord("0"))
         if not (pid_digits < 10).all():
             return False
-        if not _parse_fixed_tokens(block, pid_width + 1, n_rows, line_len, self.dim, self.feats[rows]):
-            return False
+        feats = self.feats[rows]
+        for lo in range(0, n_rows, PARSE_ROWS):   # row groups keep the float64 temporaries in cache
+            group = min(PARSE_ROWS, n_rows - lo)
+            if not _parse_fixed_tokens(block, lo * line_len + pid_width + 1, group, line_len, self.dim,
+                                       feats[lo:lo + group]):
+                return False
         self.ids[rows] = pid_digits.astype(np.int64) @ (10 ** np.arange(pid_width - 1, -1, -1, dtype=np.int64))
         return True
 

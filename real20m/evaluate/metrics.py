@@ -18,7 +18,7 @@ import numpy as np
 
 DEFAULT_KS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
 GT_BROADCAST_LIMIT = 64   # queries with more GT docs are matched with np.isin
-BROADCAST_ELEMENTS = 1 << 22
+BROADCAST_ELEMENTS = 1 << 20
 
 
 def _drop_repeated_ids(retrieved):
@@ -102,7 +102,8 @@ class RetrievalMetrics:
             raise ValueError(f"retrieved depth changed from {self.depth} to {retrieved.shape[1]}")
         with_gt = np.array([q in self.ground_truth for q in query_ids.tolist()], dtype=bool)
         self.counters["queries_without_gt"] += int(np.count_nonzero(~with_gt))
-        query_ids, retrieved = query_ids[with_gt], retrieved[with_gt]
+        if not with_gt.all():
+            query_ids, retrieved = query_ids[with_gt], retrieved[with_gt]
         self.counters["num_queries"] += len(query_ids)
         self.seen_gt_queries.update(query_ids.tolist())
         if self.has_duplicates:

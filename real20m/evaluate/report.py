@@ -23,7 +23,10 @@ table.metrics td, table.metrics th { padding: 2px 8px; text-align: right; }
 .query { border-top: 1px solid #999; padding: 0.5em 0; }
 .items { display: flex; flex-wrap: wrap; gap: 6px; }
 .item { width: 110px; font-size: 11px; border: 3px solid transparent; }
-.item.hit { border-color: #2a2; }
+.item.hit { border-color: #2a2; background: #e3f6e3; }
+.badge { display: inline-block; background: #2a2; color: #fff; font-weight: bold; padding: 0 3px; }
+.label { font-size: 12px; color: #555; margin: 4px 0 2px; }
+.legend { font-size: 13px; }
 .item img { width: 96px; height: 96px; object-fit: cover; }
 .noimg { width: 96px; height: 96px; background: #ddd; }
 """
@@ -56,9 +59,9 @@ def _image_html(paths, max_images):
 
 def _item_html(pid, resolver, is_hit, rank):
     title, paths = resolver(int(pid))
-    mark = " &#10003;" if is_hit else ""
+    mark = ' <span class="badge">&#10003; GT</span>' if is_hit else ""
     return (f'<div class="item{" hit" if is_hit else ""}">{_image_html(paths, 1)}'
-            f'<div>#{rank} {html.escape(str(title), quote=True)}{mark}</div></div>')
+            f'<div>#{rank}{mark} {html.escape(str(title), quote=True)}</div></div>')
 
 
 def _metrics_html(metrics):
@@ -98,12 +101,14 @@ def write_report(out_dir, task, query_items, retrieved, gt, metrics, image_resol
         found = sum(pid in relevant for pid in results)
         sections.append(
             f'<div class="query"><h3>query {query_pid}: {html.escape(str(title), quote=True)}</h3>'
-            f'<div class="items">{_image_html(paths, 5)}</div>'
-            f"<p>{found} of {len(relevant)} ground-truth items in the top {RESULTS_SHOWN}</p>"
+            f'<div class="label">query frames</div><div class="items">{_image_html(paths, 5)}</div>'
+            f'<div class="label">top {RESULTS_SHOWN} results: {found} of {len(relevant)} ground-truth items</div>'
             f'<div class="items">{items}</div></div>')
     safe_task = html.escape(str(task), quote=True)
     page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{safe_task}</title>'
             f"<style>{STYLE}</style></head><body><h1>{safe_task}</h1>{_metrics_html(metrics)}"
+            f'<p class="legend">{len(sections)} sampled queries; a green frame and '
+            f'<span class="badge">&#10003; GT</span> mark a ground-truth item.</p>'
             f'{"".join(sections)}</body></html>')
     path = os.path.join(out_dir, "report.html")
     with open(path, "w", encoding="utf-8") as f:

@@ -1,20 +1,15 @@
 """QCD model: text/vision towers, frame transformer, attention pooling, caption decoder,
-and loading of the checkpoints released with the paper."""
-from .convert import (
-    WeightMismatchError,
-    build_model_from_release_config,
-    is_release_checkpoint,
-    load_converted,
-    load_release_model,
-    load_weights_into,
-    save_converted,
-)
-from .qcd import ItemEmbeddings, QCDModel, build_model, tiny_model_config
-from .release_layout import ReleaseLayoutError
+and loading of the checkpoints released with the paper.
 
-__all__ = [
-    "ItemEmbeddings", "QCDModel", "build_model", "tiny_model_config",
-    "WeightMismatchError", "ReleaseLayoutError", "build_model_from_release_config",
-    "is_release_checkpoint", "load_converted", "load_release_model", "load_weights_into",
-    "save_converted",
-]
+Names are re-exported lazily (PEP 562) so that ``python -m real20m.models.convert`` does not
+import its own module twice.
+"""
+from real20m.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "convert": ["WeightMismatchError", "build_model_from_release_config", "is_release_checkpoint",
+                "load_converted", "load_release_model", "load_weights_into", "save_converted"],
+    "qcd": ["ItemEmbeddings", "QCDModel", "build_model", "tiny_model_config"],
+    "release_layout": ["ReleaseLayoutError"],
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from real20m.datasets.synthetic import generate
 from real20m.engine.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,12 +25,9 @@ KILL_STEPS = (3, 4)  # after the first checkpoint (step 2), well before the end
 RUN_TIMEOUT_S = 120
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(str(root), seed=0, num_queries=16, num_test_queries=4, goods_per_query=2, videos_per_query=2,
-             frames_per_video=5, image_size=32)
-    return str(root)
+@pytest.fixture
+def data_root(tiny_data_root):
+    return tiny_data_root
 
 
 def train_command(data_root, output_dir, *extra):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from real20m.config import parse_config
-from real20m.datasets.synthetic import generate
 from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.distributed import DistEnv
 from real20m.engine.trainer import Trainer
@@ -17,12 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 SINGLE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, backend=None)
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(str(root), seed=0, num_queries=16, num_test_queries=4, goods_per_query=2, videos_per_query=2,
-             frames_per_video=5, image_size=32)
-    return str(root)
+@pytest.fixture
+def data_root(tiny_data_root):
+    return tiny_data_root
 
 
 def tiny_cfg(data_root, output_dir, *extra):
@@ -61,7 +57,8 @@ def test_training_lowers_the_loss_and_writes_checkpoints(data_root, tmp_path):
 
 
 def test_resume_continues_at_the_same_step_lr_sampler_position_and_rng(data_root, tmp_path):
-    full = Trainer(tiny_cfg(data_root, tmp_path / "full", "--epochs", "2", "--save_freq", "3"), SINGLE_CPU)
+    full = Trainer(tiny_cfg(data_root, tmp_path / "full", "--epochs", "2", "--save_freq", "3",
+                            "--keep_checkpoints", "0"), SINGLE_CPU)
     full_losses = recorded_losses(full)
     full.fit()
     middle = tmp_path / "full" / "checkpoints" / "checkpoint_0_3.pth.tar"
