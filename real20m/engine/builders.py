@@ -31,14 +31,20 @@ def tokenizer_files(tokenizer_dir: str) -> dict[str, str]:
 
 
 def restore_tokenizer(files: dict[str, str], output_dir: str):
-    """Write a checkpoint's tokenizer files under ``output_dir`` and load them."""
+    """Write a checkpoint's tokenizer files under ``output_dir`` and load them.
+
+    Every rank may do this at once: each file is written to a private name and renamed into
+    place, so no rank ever reads a half-written file."""
     target = os.path.join(output_dir, TOKENIZER_DIR)
     os.makedirs(target, exist_ok=True)
     for name, text in files.items():
         if os.path.basename(name) != name:
             raise ValueError(f"checkpoint tokenizer file name {name!r} is not a plain file name")
-        with open(os.path.join(target, name), "w", encoding="utf-8") as handle:
+        path = os.path.join(target, name)
+        private = f"{path}.{os.getpid()}.tmp"
+        with open(private, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.replace(private, path)
     return load_saved_tokenizer(target)
 
 

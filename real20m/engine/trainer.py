@@ -23,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from real20m.datasets import ClusterBatchSampler, Collator, SourceBatchSampler, build_train_dataset
-from real20m.engine.builders import make_model, prepare_tokenizer, tokenizer_files
+from real20m.engine.builders import make_model, prepare_tokenizer, restore_tokenizer, tokenizer_files
 from real20m.engine.checkpoint import CheckpointManager, load_checkpoint
 from real20m.engine.distributed import DistEnv, cleanup_distributed, init_distributed
 from real20m.engine.optim import build_optimizer, build_scheduler
@@ -117,7 +117,12 @@ class Trainer:
         self.dist = dist
         seed_everything(cfg.seed)
         self.dataset = build_train_dataset(cfg)
-        self.tokenizer = prepare_tokenizer(cfg, self.dataset.training_texts(), dist.is_main, self._barrier)
+        resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
+        if resume_state and resume_state.get("tokenizer_files"):
+            # The run continues with the vocabulary it started with, whatever the texts are now.
+            self.tokenizer = restore_tokenizer(resume_state["tokenizer_files"], cfg.output_dir)
+        else:
+            self.tokenizer = prepare_tokenizer(cfg, self.dataset.training_texts(), dist.is_main, self._barrier)
         self.collate = Collator(self.tokenizer, cfg.max_query_len, cfg.max_title_len)
         self.sampler = build_sampler(cfg, self.dataset, dist)
         if len(self.sampler) == 0:
@@ -150,7 +155,7 @@ class Trainer:
             if dist.is_main and not (cfg.tokenizer or cfg.model.get("pretrained")) else {}
 
         if cfg.resume:
-            self.resume(cfg.resume)
+            self.resume(resume_state, cfg.resume)
         elif cfg.finetune:
             load_weights_into(self.model, load_checkpoint(cfg.finetune))
             logger.info("initialised the weights from %s", cfg.finetune)
@@ -192,8 +197,7 @@ class Trainer:
             logger.info("saved %s", path)
         self._barrier()
 
-    def resume(self, path: str) -> None:
-        state = load_checkpoint(path)
+    def resume(self, state: dict, path: str) -> None:
         if "optimizer" not in state or "model" not in state:
             # A release checkpoint or exported weights: start training from those weights.
             load_weights_into(self.model, state)

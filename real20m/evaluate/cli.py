@@ -59,7 +59,8 @@ def _search_and_score(args, queries, gallery, ground_truth):
             use_gpu=args.use_gpu, train_size=args.train_size, show_progress=not args.quiet):
         retrieved = np.where(indices >= 0, gallery.ids[np.maximum(indices, 0)], -1)
         metrics.update(queries.ids[start:start + len(indices)], retrieved)
-        top_rows.append(retrieved[:, :REPORT_DEPTH])
+        # A copy, not a view: a view would keep every chunk's whole (chunk, topk) array alive.
+        top_rows.append(retrieved[:, :REPORT_DEPTH].copy())
     return metrics.result(), np.concatenate(top_rows) if top_rows else np.empty((0, 0), np.int64)
 
 

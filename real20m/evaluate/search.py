@@ -16,11 +16,7 @@ results are identical (GPU and approximate indexes keep Faiss's choice there).
 """
 
 import contextlib
-import ctypes
-import os
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import faiss
 import numpy as np
@@ -33,16 +29,7 @@ MAX_GPU_K = 2048   # Faiss GPU top-k limit
 # Gallery rows per BLAS call inside faiss.knn: Faiss's default (1024) leaves the GEMM ~10% slower
 # than one big GEMM at k=1000; 4096 rows x 512 queries is an 8 MB score block.
 BLAS_DATABASE_ROWS = 4096
-# Blocked exact search (CPU): each worker thread scores BLOCK_QUERIES queries against
-# BLOCK_GALLERY gallery rows at a time into a reused float32 buffer (256 x 2048), with a
-# single-threaded sgemm, then keeps only scores above its running k-th best (2 MB buffer + 0.5 MB mask
-# per thread; small enough to stay in L2/L3 while it is filtered).
-BLOCK_QUERIES = 256
-BLOCK_GALLERY = 2048
-FIRST_BLOCK_ROWS = 32
-MERGE_ROWS = 64
-_INT64_MIN = np.iinfo(np.int64).min
-_LOW32 = np.int64(0xFFFFFFFF)
+
 
 @contextlib.contextmanager
 def _blas_block_rows(rows):
@@ -97,218 +84,6 @@ def exact_knn(queries, rows, k):
     return scores[:, :k], indices[:, :k]
 
 
-# --------------------------------------------------------------------- blocked exact top-k (CPU)
-
-def _find_blas_thread_setter():
-    """numpy's OpenBLAS ``openblas_set_num_threads_local`` (per calling thread), or None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line and line.rstrip().endswith(".so")
-                     and "numpy" in line}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            setter = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
-        return setter
-    return None
-
-
-_BLAS_THREADS_LOCAL = None
-
-
-def _worker_count():
-    global _BLAS_THREADS_LOCAL
-    if _BLAS_THREADS_LOCAL is None:
-        _BLAS_THREADS_LOCAL = _find_blas_thread_setter() or False
-    if not _BLAS_THREADS_LOCAL:
-        return 1   # cannot pin BLAS to one thread per worker: one caller, BLAS's own threads
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def _score_keys(scores, columns):
-    """float32 scores + gallery rows -> int64 keys ordered by (score desc, row asc) as key desc."""
-    bits = (scores + np.float32(0.0)).view(np.int32).astype(np.int64)   # + 0.0 turns -0.0 into 0.0
-    bits ^= (bits >> 31) & 0x7FFFFFFF                                   # order-preserving for negatives
-    return (bits << 32) | (_LOW32 - columns)
-
-
-def _key_scores(keys):
-    bits = (keys >> 32).astype(np.int32)
-    bits ^= (bits >> 31) & 0x7FFFFFFF
-    return bits.view(np.float32)
-
-
-def _true_positions(mask):
-    """(rows, cols) of the True entries of a C-contiguous 2-d bool array; sparse masks are fast."""
-    flat = mask.reshape(-1)
-    if flat.size % 8 or np.count_nonzero(flat) * 64 > flat.size:   # dense: plain nonzero is faster
-        return np.nonzero(mask)
-    words = np.flatnonzero(flat.view(np.uint64))        # 8 flags per word: 8x less to scan
-    if len(words) == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    positions = (words[:, None] * 8 + np.arange(8)).reshape(-1)
-    positions = positions[flat[positions]]
-    return np.divmod(positions, mask.shape[1])
-
-
-def _merge_candidates(top, rows, keys, k):
-    """top (b, k) keys (or None); add candidate ``keys`` of rows ``rows`` (sorted); keep the k largest.
-
-    Works MERGE_ROWS rows at a time so the padded (rows, k + candidates) array stays small.
-    """
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    counts = np.diff(np.r_[starts, len(rows)])
-    owners = rows[starts]
-    merged = [] if top is None else top
-    for lo in range(0, len(owners), MERGE_ROWS):
-        group_counts = counts[lo:lo + MERGE_ROWS]
-        group_owners = owners[lo:lo + MERGE_ROWS]
-        first = starts[lo]
-        last = first + int(group_counts.sum())
-        width = int(group_counts.max())
-        padded = np.full((len(group_owners), width if top is None else k + width), _INT64_MIN, np.int64)
-        padded[np.repeat(np.arange(len(group_owners)), group_counts),
-               np.arange(last - first) - np.repeat(starts[lo:lo + MERGE_ROWS] - first, group_counts)] = keys[first:last]
-        if top is not None:
-            padded[:, width:] = top[group_owners]
-        padded.partition(padded.shape[1] - k, axis=1)
-        if top is None:
-            merged.append(padded[:, padded.shape[1] - k:])
-        else:
-            top[group_owners] = padded[:, padded.shape[1] - k:]
-    return np.concatenate(merged) if top is None else top
-
-
-def _first_block_topk(scores, start, k, scratch, top):
-    """top[:] = the exact top-k keys of each row of the first score block (scores has >= k columns).
-
-    Done FIRST_BLOCK_ROWS rows at a time, so the dense candidate arrays stay small."""
-    width = scores.shape[1]
-    for lo in range(0, len(scores), FIRST_BLOCK_ROWS):
-        rows_scores = scores[lo:lo + FIRST_BLOCK_ROWS]
-        if width > k:
-            part = scratch[:len(rows_scores), :width]
-            np.copyto(part, rows_scores)
-            part.partition(width - k, axis=1)
-            kth = part[:, width - k]
-        else:
-            kth = rows_scores.min(axis=1)
-        rows, cols = np.nonzero(rows_scores >= kth[:, None])   # >= keeps ties; the merge cuts to k
-        top[lo:lo + len(rows_scores)] = _merge_candidates(
-            None, rows, _score_keys(rows_scores[rows, cols], cols + start), k)
-
-
-def _block_topk(queries, gallery, k, buffers):
-    """Exact top-k keys (b, k) of queries (b, d) over gallery (n, d), k <= n, blockwise.
-
-    Candidates above the running threshold are collected over several gallery blocks and merged
-    into the top-k once they add up to about k/2 per query (re-partitioning the k kept keys after
-    every block would cost as much as the GEMM); the threshold tightens at every merge.
-    """
-    scores_buffer, mask_buffer, scratch = buffers
-    n = len(gallery)
-    top = np.empty((len(queries), k), np.int64)
-    pending_rows, pending_keys, pending = [], [], 0
-    flush_at = max(1, len(queries) * k // 2)
-    start = 0
-    while start < n:
-        stop = min(n, start + BLOCK_GALLERY, start + scores_buffer.shape[1]) if start else min(n, max(k, BLOCK_GALLERY))
-        scores = scores_buffer[:len(queries), :stop - start]
-        np.matmul(queries, gallery[start:stop].T, out=scores)
-        if start == 0:
-            # the k-th best of the first block bounds the final k-th best from below
-            _first_block_topk(scores, start, k, scratch, top)
-            threshold = _key_scores(top.min(axis=1))
-        else:
-            # later rows have larger indices: a score equal to the k-th best loses its tie
-            mask = mask_buffer.reshape(-1)[:scores.size].reshape(scores.shape)
-            np.greater(scores, threshold[:, None], out=mask)
-            rows, cols = _true_positions(mask)
-            if len(rows):
-                pending_rows.append(rows)
-                pending_keys.append(_score_keys(scores[rows, cols], cols + start))
-                pending += len(rows)
-        start = stop
-        if pending and (pending >= flush_at or start >= n):
-            rows, keys = np.concatenate(pending_rows), np.concatenate(pending_keys)
-            order = np.argsort(rows, kind="stable")
-            top = _merge_candidates(top, rows[order], keys[order], k)
-            threshold = _key_scores(top.min(axis=1))
-            pending_rows, pending_keys, pending = [], [], 0
-    return top
-
-
-class BlockedSearch:
-    """Worker threads (one per core, each with a one-thread sgemm) and their reused buffers."""
-
-    def __init__(self, workers=None):
-        self.workers = _worker_count() if workers is None else workers
-        self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
-        self.local = threading.local()
-
-    def close(self):
-        if self.pool is not None:
-            self.pool.shutdown()
-            self.pool = None
-
-    def _buffers(self, k):
-        width = max(BLOCK_GALLERY, k)
-        buffers = getattr(self.local, "buffers", None)
-        if buffers is None or buffers[0].shape[1] < width:
-            if self.workers > 1:
-                _BLAS_THREADS_LOCAL(1)
-            buffers = (np.empty((BLOCK_QUERIES, width), np.float32), np.empty(BLOCK_QUERIES * BLOCK_GALLERY, bool),
-                       np.empty((FIRST_BLOCK_ROWS, width), np.float32))
-            self.local.buffers = buffers
-        return buffers
-
-    def knn(self, queries, gallery, k):
-        """Exact inner-product top-k, ordered by score desc then gallery row asc (ties exact).
-
-        ``gallery`` must be a C-contiguous float32 array of fewer than 2**32 rows.
-        """
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        n = len(gallery)
-        if n >= 1 << 32:
-            raise ValueError("blocked search: search galleries of 2**32 rows or more in chunks")
-        k = min(k, n)
-        out_keys = np.empty((len(queries), k), np.int64)
-        block = max(1, min(BLOCK_QUERIES, -(-len(queries) // self.workers)))
-
-        def run(lo):
-            out_keys[lo:lo + block] = _block_topk(queries[lo:lo + block], gallery, k, self._buffers(k))
-
-        if self.pool is None:
-            for lo in range(0, len(queries), block):
-                run(lo)
-        else:
-            for job in [self.pool.submit(run, lo) for lo in range(0, len(queries), block)]:
-                job.result()
-        np.negative(out_keys, out=out_keys)   # keys are > INT64_MIN: no overflow
-        out_keys.sort(axis=1)
-        np.negative(out_keys, out=out_keys)   # now descending: score desc, row asc
-        scores = _key_scores(out_keys)
-        np.bitwise_and(out_keys, _LOW32, out=out_keys)
-        np.subtract(_LOW32, out_keys, out=out_keys)
-        return scores, out_keys
-
-
-def blocked_knn(queries, gallery, k):
-    """``BlockedSearch().knn`` with a pool of its own (see there)."""
-    searcher = BlockedSearch()
-    try:
-        return searcher.knn(queries, gallery, k)
-    finally:
-        searcher.close()
-
-
 def sort_results(scores, indices):
     """Order every row by score descending, then index ascending (deterministic ties).
 
@@ -341,11 +116,6 @@ class ExactSearcher:
                     and gallery.flags.c_contiguous and len(gallery) <= chunk_size)
         self.whole_gallery = gallery if in_place else None
         self.gpu_index = self._gpu_flat_index(gallery, chunk_size, n_gpus) if n_gpus else None
-        self.blocked = None if n_gpus else BlockedSearch()
-
-    def close(self):
-        if self.blocked is not None:
-            self.blocked.close()
 
     @staticmethod
     def _gpu_flat_index(gallery, chunk_size, n_gpus):
@@ -358,11 +128,11 @@ class ExactSearcher:
         if self.gpu_index is not None:
             return self.gpu_index.search(queries, k)
         if self.whole_gallery is not None:
-            return self.blocked.knn(queries, self.whole_gallery, k)
+            return exact_knn(queries, self.whole_gallery, k)
         best = None
         for start in range(0, len(self.gallery), self.chunk_size):
             rows = _as_float32_rows(self.gallery, start, start + self.chunk_size)
-            scores, indices = self.blocked.knn(queries, rows, min(k, len(rows)))
+            scores, indices = exact_knn(queries, rows, min(k, len(rows)))
             indices = np.where(indices >= 0, indices + start, -1)
             best = (scores, indices) if best is None else merge_topk(*best, scores, indices, k)
         return best
@@ -399,9 +169,6 @@ class ApproximateSearcher:
     def search(self, queries, k):
         return self.index.search(queries, k)
 
-    def close(self):
-        pass
-
 
 def _clamp_k(k, gallery_size, n_gpus):
     if k > gallery_size:
@@ -431,15 +198,12 @@ def iter_search(query_feats, gallery_feats, k, index_factory=None, query_chunk=D
         searcher = ApproximateSearcher(gallery_feats, index_factory, nprobe, params, train_size,
                                        chunk_size, n_gpus, seed, show_progress)
     n_queries = len(query_feats)
-    try:
-        with tqdm(total=n_queries, desc="search", unit="query", disable=not show_progress) as progress:
-            for start in range(0, n_queries, query_chunk):
-                queries = _as_float32_rows(query_feats, start, start + query_chunk)
-                scores, indices = searcher.search(queries, k)
-                yield start, *sort_results(scores, indices.astype(np.int64, copy=False))
-                progress.update(len(queries))
-    finally:
-        searcher.close()
+    with tqdm(total=n_queries, desc="search", unit="query", disable=not show_progress) as progress:
+        for start in range(0, n_queries, query_chunk):
+            queries = _as_float32_rows(query_feats, start, start + query_chunk)
+            scores, indices = searcher.search(queries, k)
+            yield start, *sort_results(scores, indices.astype(np.int64, copy=False))
+            progress.update(len(queries))
 
 
 def search(query_feats, gallery_feats, k, index_factory=None, chunk_size=DEFAULT_GALLERY_CHUNK, nprobe=None,

@@ -92,3 +92,16 @@ def test_shard_merge_detects_duplicates(tmp_path):
     write_feature_meta(str(tmp_path), 2)
     with pytest.raises(FeatureFileError, match=r"4 pids appear more than once \(e.g. \[301, 338, 375, 412\]\)"):
         load_features(str(tmp_path))
+
+
+def test_legacy_round_trip_over_many_read_blocks_and_row_groups(tmp_path, monkeypatch):
+    from real20m.evaluate import feature_io
+    monkeypatch.setattr(feature_io, "READ_BLOCK_BYTES", 5000)   # many blocks, lines split across them
+    monkeypatch.setattr(feature_io, "PARSE_ROWS", 7)            # row groups that do not divide a block
+    ids, feats = _features(n=400, dim=24, seed=3)
+    ids[::9] += 10**9                                           # pid width changes: mixed line lengths
+    path = str(tmp_path / "many.feat")
+    write_legacy_features(path, ids, feats)
+    loaded = read_legacy_features(path)
+    assert np.array_equal(loaded.ids, ids)
+    assert np.array_equal(loaded.feats.view(np.uint32), feats.view(np.uint32))

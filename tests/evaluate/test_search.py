@@ -78,3 +78,15 @@ def test_iter_search_yields_query_chunks():
     gallery, queries = _normalised(100, 4, rng), _normalised(25, 4, rng)
     starts = [start for start, _, _ in iter_search(queries, gallery, 3, query_chunk=10, show_progress=False)]
     assert starts == [0, 10, 20]
+
+
+
+def test_exact_search_at_k_1000_matches_float64_reference():
+    rng = np.random.default_rng(7)
+    gallery, queries = _normalised(20000, 32, rng), _normalised(300, 32, rng)
+    scores, indices = search(queries, gallery, 1000, show_progress=False)
+    ref_scores, ref_indices = _reference(queries, gallery, 1000)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert (indices == ref_indices).mean() > 0.99   # only float32 near-ties may swap places
+    chunked = search(queries, gallery, 1000, chunk_size=3000, query_chunk=77, show_progress=False)
+    assert np.array_equal(chunked[1], indices) and np.array_equal(chunked[0], scores)
