@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 
 from real20m.config import parse_config  # noqa: E402
 from real20m.engine.distributed import init_distributed  # noqa: E402
-from real20m.engine.trainer import Trainer, build_loader  # noqa: E402
+from real20m.engine.trainer import Trainer  # noqa: E402
 
 
 def timed_steps(trainer: Trainer, batches) -> float:
@@ -57,7 +57,6 @@ def main() -> None:
         trainer = Trainer(cfg, init_distributed())
         steps = min(args.steps, len(trainer.sampler))
         trainer.sampler.set_epoch(0)
-        loader = build_loader(cfg, trainer.dataset, trainer.sampler, trainer.collate, trainer.dist, 0)
 
         loader_batches = []
         def recording(iterable):
@@ -66,7 +65,7 @@ def main() -> None:
                     return
                 loader_batches.append(batch)
                 yield batch
-        with_loader = timed_steps(trainer, recording(loader))
+        with_loader = timed_steps(trainer, recording(trainer.loader))
         in_memory = timed_steps(trainer, loader_batches)
 
     samples = cfg.batch_size

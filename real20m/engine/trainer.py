@@ -103,12 +103,14 @@ def build_sampler(cfg: argparse.Namespace, dataset, dist: DistEnv):
     return sampler_cls(dataset, cfg.batch_size, dist.rank, dist.world_size, cfg.seed)
 
 
-def build_loader(cfg: argparse.Namespace, dataset, sampler, collate, dist: DistEnv, epoch: int) -> DataLoader:
-    """A loader whose worker seeds depend only on (seed, epoch), so a resumed epoch replays."""
-    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_009 + dist.rank)
+def build_loader(cfg: argparse.Namespace, dataset, sampler, collate, dist: DistEnv) -> DataLoader:
+    """One loader for the whole run. Its workers persist across epochs (starting them costs more
+    than a tiny epoch); they hold no randomness of their own, because every sample is drawn from
+    the seed its sampler key carries, so persistence does not affect what a resumed run sees."""
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + dist.rank)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.workers,
                       pin_memory=dist.device.type == "cuda", generator=generator,
-                      persistent_workers=False)
+                      persistent_workers=cfg.workers > 0)
 
 
 class Trainer:
@@ -125,6 +127,7 @@ class Trainer:
             self.tokenizer = prepare_tokenizer(cfg, self.dataset.training_texts(), dist.is_main, self._barrier)
         self.collate = Collator(self.tokenizer, cfg.max_query_len, cfg.max_title_len)
         self.sampler = build_sampler(cfg, self.dataset, dist)
+        self.loader = build_loader(cfg, self.dataset, self.sampler, self.collate, dist)
         if len(self.sampler) == 0:
             raise ValueError(f"{cfg.train_file}: too few samples for one batch of {cfg.batch_size} "
                              f"per source on each of {dist.world_size} process(es)")
@@ -249,10 +252,9 @@ class Trainer:
     def run_epoch(self) -> None:
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_start_batch(self.batch_in_epoch)
-        loader = build_loader(self.cfg, self.dataset, self.sampler, self.collate, self.dist, self.epoch)
         self.step_module.train()
         meters: dict[str, AverageMeter] = {}
-        progress = tqdm(loader, total=len(self.sampler), initial=self.batch_in_epoch,
+        progress = tqdm(self.loader, total=len(self.sampler), initial=self.batch_in_epoch,
                         desc=f"epoch {self.epoch}", disable=not self.dist.is_main, dynamic_ncols=True)
         for batch in progress:
             self.issues.add(batch["issues"])
