@@ -255,7 +255,8 @@ class Trainer:
         self.step_module.train()
         meters: dict[str, AverageMeter] = {}
         progress = tqdm(self.loader, total=len(self.sampler), initial=self.batch_in_epoch,
-                        desc=f"epoch {self.epoch}", disable=not self.dist.is_main, dynamic_ncols=True)
+                        desc=f"epoch {self.epoch}", disable=not self.dist.is_main, dynamic_ncols=True,
+                        leave=False)
         for batch in progress:
             self.issues.add(batch["issues"])
             terms = self.train_step(batch)
