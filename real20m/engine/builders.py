@@ -11,6 +11,7 @@ import os
 from typing import Any, Iterable
 
 from real20m.datasets import build_tokenizer, load_saved_tokenizer
+from real20m.engine.distributed import barrier
 from real20m.models import build_model
 from real20m.utils.seeding import seed_everything
 
@@ -48,7 +49,7 @@ def restore_tokenizer(files: dict[str, str], output_dir: str):
     return load_saved_tokenizer(target)
 
 
-def prepare_tokenizer(cfg: argparse.Namespace, texts: Iterable[str] | None, is_main: bool, barrier):
+def prepare_tokenizer(cfg: argparse.Namespace, texts: Iterable[str] | None, is_main: bool):
     """The backbone's tokenizer, or a WordPiece vocabulary trained on ``texts`` by rank 0.
 
     Every rank must use byte-identical vocabularies, so rank 0 trains and saves it and the others

@@ -69,6 +69,12 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+def barrier() -> None:
+    """Wait for every rank; a single process has nobody to wait for."""
+    if _is_initialized():
+        torch.distributed.barrier()
+
+
 def all_reduce_mean(value: float) -> float:
     """Mean of a Python number over all ranks (the value itself when not distributed)."""
     if not _is_initialized():

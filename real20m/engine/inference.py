@@ -11,8 +11,6 @@ import json
 import logging
 import os
 
-import torch
-
 from real20m.datasets import Collator, build_eval_dataset, build_tokenizer, build_train_dataset
 from real20m.engine.builders import make_model, prepare_tokenizer, restore_tokenizer
 from real20m.engine.checkpoint import load_checkpoint
@@ -25,13 +23,6 @@ from real20m.utils.logging import setup_logging
 logger = logging.getLogger(__name__)
 
 UNTRAINED = "init"
-
-
-def _barrier(dist: DistEnv):
-    def barrier() -> None:
-        if dist.world_size > 1:
-            torch.distributed.barrier()
-    return barrier
 
 
 # Input shapes the model was trained with; evaluating with other values would feed it inputs it
@@ -57,7 +48,7 @@ def load_model_for_inference(cfg: argparse.Namespace, dist: DistEnv):
     """(model, tokenizer) described by ``cfg.resume``; see the module docstring."""
     if not cfg.resume or cfg.resume == UNTRAINED:
         texts = build_train_dataset(cfg).training_texts() if dist.is_main else None
-        tokenizer = prepare_tokenizer(cfg, texts, dist.is_main, _barrier(dist))
+        tokenizer = prepare_tokenizer(cfg, texts, dist.is_main)
         logger.info("evaluating the UNTRAINED model (seed %d)", cfg.seed)
         return make_model(cfg.model, tokenizer, cfg.seed, cfg.compat), tokenizer
 

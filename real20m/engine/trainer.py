@@ -25,7 +25,7 @@ from tqdm import tqdm
 from real20m.datasets import ClusterBatchSampler, Collator, SourceBatchSampler, build_train_dataset
 from real20m.engine.builders import make_model, prepare_tokenizer, restore_tokenizer, tokenizer_files
 from real20m.engine.checkpoint import CheckpointManager, load_checkpoint
-from real20m.engine.distributed import DistEnv, cleanup_distributed, init_distributed
+from real20m.engine.distributed import DistEnv, barrier, cleanup_distributed, init_distributed
 from real20m.engine.optim import build_optimizer, build_scheduler
 from real20m.losses import QCDLoss
 from real20m.models.convert import load_weights_into
@@ -124,7 +124,7 @@ class Trainer:
             # The run continues with the vocabulary it started with, whatever the texts are now.
             self.tokenizer = restore_tokenizer(resume_state["tokenizer_files"], cfg.output_dir)
         else:
-            self.tokenizer = prepare_tokenizer(cfg, self.dataset.training_texts(), dist.is_main, self._barrier)
+            self.tokenizer = prepare_tokenizer(cfg, self.dataset.training_texts(), dist.is_main)
         self.collate = Collator(self.tokenizer, cfg.max_query_len, cfg.max_title_len)
         self.sampler = build_sampler(cfg, self.dataset, dist)
         self.loader = build_loader(cfg, self.dataset, self.sampler, self.collate, dist)
@@ -163,10 +163,6 @@ class Trainer:
             load_weights_into(self.model, load_checkpoint(cfg.finetune))
             logger.info("initialised the weights from %s", cfg.finetune)
 
-    def _barrier(self) -> None:
-        if self.dist.world_size > 1:
-            torch.distributed.barrier()
-
     # ---- checkpoints -------------------------------------------------------------------------
     def gather_rng_states(self) -> list[dict]:
         """Every rank's RNG state (a collective: all ranks call it), so each resumes its own stream."""
@@ -198,7 +194,7 @@ class Trainer:
         if self.dist.is_main:
             path = self.checkpoints.save(self.state_dict(rng_states), self.epoch, self.global_step)
             logger.info("saved %s", path)
-        self._barrier()
+        barrier()
 
     def resume(self, state: dict, path: str) -> None:
         if "optimizer" not in state or "model" not in state:
