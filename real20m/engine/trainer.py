@@ -132,6 +132,10 @@ class Trainer:
             raise ValueError(f"{cfg.train_file}: too few samples for one batch of {cfg.batch_size} "
                              f"per source on each of {dist.world_size} process(es)")
 
+        if not cfg.loss_weights.get("caption"):
+            # A decoder whose loss has weight 0 would never get a gradient (and DDP refuses
+            # parameters that get none): build the model without it.
+            cfg.model = {**cfg.model, "caption": None}
         self.model = make_model(cfg.model, self.tokenizer, cfg.seed, cfg.compat).to(dist.device)
         self.criterion = QCDLoss(
             weights=cfg.loss_weights, logit_scale=cfg.logit_scale, learnable_scale=cfg.learnable_scale,

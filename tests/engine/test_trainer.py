@@ -86,3 +86,12 @@ def test_torchrun_with_two_gloo_processes_trains_and_saves(data_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pth.tar")
     assert last["global_step"] == 3 and last["world_size"] == 2
+
+
+def test_a_caption_weight_of_zero_builds_no_caption_decoder(data_root, tmp_path):
+    cfg = tiny_cfg(data_root, tmp_path, "--max_steps", "1")
+    cfg.loss_weights["caption"] = 0.0
+    trainer = Trainer(cfg, SINGLE_CPU)
+    assert trainer.model.caption is None and trainer.cfg.model["caption"] is None
+    trainer.fit()
+    assert not any(name.startswith("caption") for name in load_checkpoint(tmp_path / "checkpoints" / "last.pth.tar")["model"])
