@@ -3,7 +3,7 @@
 #   sh video2goods_evaluate.sh                 the newest checkpoint of $OUTPUT_DIR on the synthetic test split
 #   CKPT=init sh video2goods_evaluate.sh       the untrained model, as a baseline
 # Environment: DATA_ROOT OUTPUT_DIR CKPT QUERY_FILE GALLERY_FILE GT_FILE INDEX (a Faiss factory string)
-# NPROBE LEGACY_FEATURES=1 CONFIG PYTHON and the torchrun variables of train.sh. Extra arguments go to
+# NPROBE SHARDS LEGACY_FEATURES=1 CONFIG PYTHON and the torchrun variables of train.sh. Extra arguments go to
 # main_cross_domain_emb.py --evaluate. Results: $OUTPUT_DIR/eval/video2goods/.
 set -eu
 ROOT=$(cd "$(dirname "$0")" && pwd)

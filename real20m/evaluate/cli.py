@@ -18,6 +18,7 @@ import numpy as np
 from real20m.datasets.annotations import AnnotationError, UnsafePathError
 from real20m.evaluate.feature_io import FeatureFileError, load_features
 from real20m.evaluate.metrics import DEFAULT_KS, RetrievalMetrics, format_table
+from real20m.evaluate.index import DEFAULT_TRAIN_SIZE, IndexFileError, describe_gallery
 from real20m.evaluate.search import DEFAULT_GALLERY_CHUNK, DEFAULT_QUERY_CHUNK, iter_search
 from real20m.utils.entry import exit_on_input_error
 
@@ -34,7 +35,14 @@ def build_parser():
     parser.add_argument("--index", default=None, help="faiss index_factory string (default: exact search)")
     parser.add_argument("--nprobe", type=int, default=None)
     parser.add_argument("--search_params", default=None, help="faiss ParameterSpace string, e.g. efSearch=128")
-    parser.add_argument("--train_size", type=int, default=262144, help="gallery sample to train the index on")
+    parser.add_argument("--train_size", type=int, default=DEFAULT_TRAIN_SIZE,
+                        help="gallery sample to train the index on")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="split the gallery over N sub-indexes searched in parallel (one GPU each when present)")
+    parser.add_argument("--save_index", default=None, help="folder to save the built index in")
+    parser.add_argument("--load_index", default=None,
+                        help="folder of an index saved for this gallery (searched without rebuilding; "
+                             "--index defaults to the saved one)")
     parser.add_argument("--topk", type=int, default=1000)
     parser.add_argument("--chunk_size", type=int, default=DEFAULT_GALLERY_CHUNK, help="gallery rows per chunk")
     parser.add_argument("--query_chunk", type=int, default=DEFAULT_QUERY_CHUNK, help="queries per search call")
@@ -52,11 +60,14 @@ def build_parser():
 def _search_and_score(args, queries, gallery, ground_truth):
     """Stream search results per query chunk into the metric accumulator; keep only the top few."""
     metrics = RetrievalMetrics(ground_truth, gallery.ids, DEFAULT_KS)
+    saved_index = args.save_index or args.load_index
     top_rows = []
     for start, _, indices in iter_search(
             queries.feats, gallery.feats, args.topk, args.index, query_chunk=args.query_chunk,
             chunk_size=args.chunk_size, nprobe=args.nprobe, params=args.search_params,
-            use_gpu=args.use_gpu, train_size=args.train_size, show_progress=not args.quiet):
+            use_gpu=args.use_gpu, train_size=args.train_size, show_progress=not args.quiet,
+            shards=args.shards, save_index=args.save_index, load_index=args.load_index,
+            gallery_description=describe_gallery(gallery.ids) if saved_index else None):
         retrieved = np.where(indices >= 0, gallery.ids[np.maximum(indices, 0)], -1)
         metrics.update(queries.ids[start:start + len(indices)], retrieved)
         # A copy, not a view: a view would keep every chunk's whole (chunk, topk) array alive.
@@ -87,7 +98,8 @@ def run_evaluation(args):
 
     metrics["task"] = args.task
     metrics["search"] = {"index": args.index or "exact", "nprobe": args.nprobe, "params": args.search_params,
-                         "topk": args.topk, "chunk_size": args.chunk_size, "query_chunk": args.query_chunk}
+                         "shards": args.shards, "loaded_index": args.load_index, "topk": args.topk,
+                         "chunk_size": args.chunk_size, "query_chunk": args.query_chunk}
     metrics["timings"] = timings
     print(format_table(metrics))
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
@@ -143,7 +155,8 @@ class ItemFileResolver:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    exit_on_input_error(lambda: run_evaluation(args), (AnnotationError, UnsafePathError, FeatureFileError))
+    exit_on_input_error(lambda: run_evaluation(args), (AnnotationError, UnsafePathError, FeatureFileError,
+                                                               IndexFileError))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Native format: a folder with one pair of ``.npy`` files per writer rank
 (``ids_rank<r>.npy`` int64 and ``feats_rank<r>.npy`` float32/float16) plus a
 ``meta.json`` with the dimension, dtype and the row count of every shard.
-Shards are memory-mapped on load, so a 20M-item gallery is never read whole.
+Shards are memory-mapped on load and read a chunk at a time (``read_rows``), the pages of each
+chunk released after use, so a 20M-item gallery is never resident whole.
 
 Legacy format: ``pid \\t f1,f2,...,fD`` one item a line, as the original
 release wrote them. We write every value as a fixed-width ``%+.8e`` token
@@ -14,6 +15,7 @@ operations; files written by other tools take a slower general path.
 
 import collections
 import json
+import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,6 +87,45 @@ class ShardedArray:
         rows = np.asarray(rows, dtype=np.int64)
         owner = np.searchsorted(self.offsets, rows, side="right") - 1
         return np.concatenate([self.parts[p][rows[owner == p] - self.offsets[p]] for p in np.unique(owner)])
+
+
+def _open_mappings(array):
+    parts = array.parts if isinstance(array, ShardedArray) else [array]
+    mappings = (getattr(part, "_mmap", None) for part in parts)
+    return [mapping for mapping in mappings if mapping is not None and not mapping.closed]
+
+
+def release_mapped_pages(array):
+    """Drop the pages of a memory-mapped array (or of every part of a ShardedArray) from this process.
+
+    Pages of a read-only file mapping stay resident, and counted in the process's RSS, until the
+    kernel needs the memory; one pass over a 20 GB gallery would look like a 20 GB process. The
+    mappings are clean, so dropping them loses nothing: the next read faults them back in (usually
+    from the page cache). Arrays that are not memory-mapped are left alone.
+    """
+    for mapping in _open_mappings(array):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def read_rows(array, start, stop):
+    """Rows ``[start, stop)`` as a contiguous float32 array.
+
+    From a memory-mapped array this is always a copy (never a view into the mapping), and the
+    mapped pages it read are released afterwards, so streaming a gallery keeps one chunk resident.
+    """
+    if not _open_mappings(array):
+        return np.ascontiguousarray(array[start:stop], dtype=np.float32)
+    rows = np.array(array[start:stop], dtype=np.float32, order="C")
+    release_mapped_pages(array)
+    return rows
+
+
+def read_sample(array, rows):
+    """Rows at sorted indices ``rows`` (e.g. a training sample) as one float32 array, pages released."""
+    sample = array.take_rows(rows) if isinstance(array, ShardedArray) else array[np.asarray(rows)]
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    release_mapped_pages(array)
+    return sample
 
 
 # --------------------------------------------------------------------- native shards

@@ -8,8 +8,9 @@ one fused GEMM + heap pass, no copy. Queries are processed in chunks as well;
 ``iter_search`` yields per query chunk so callers can score results without
 holding the full (Q, k) matrices.
 
-Approximate search builds any ``faiss.index_factory`` index with inner-product
-metric, trains it on a random gallery sample and adds the gallery in chunks.
+Approximate search uses any ``faiss.index_factory`` index (inner-product metric), trained on
+a random gallery sample, filled chunk by chunk, optionally split into shards and saved or
+loaded (see ``real20m.evaluate.index``).
 Results are ordered by score (descending), ties by gallery index (ascending);
 on CPU exact search this holds at the k-th place too, so chunked and one-shot
 results are identical (GPU and approximate indexes keep Faiss's choice there).
@@ -22,9 +23,11 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from real20m.evaluate.feature_io import read_rows
+from real20m.evaluate.index import DEFAULT_TRAIN_SIZE, ShardedIndex, read_index_meta
+
 DEFAULT_QUERY_CHUNK = 512
 DEFAULT_GALLERY_CHUNK = 1 << 20
-DEFAULT_TRAIN_SIZE = 262144
 MAX_GPU_K = 2048   # Faiss GPU top-k limit
 # Gallery rows per BLAS call inside faiss.knn: Faiss's default (1024) leaves the GEMM ~10% slower
 # than one big GEMM at k=1000; 4096 rows x 512 queries is an 8 MB score block.
@@ -42,8 +45,8 @@ def _blas_block_rows(rows):
         faiss.cvar.distance_compute_blas_database_bs = previous
 
 
-def _as_float32_rows(array, start, stop):
-    return np.ascontiguousarray(array[start:stop], dtype=np.float32)
+def is_exact(index_factory):
+    return index_factory in (None, "", "Flat", "exact")
 
 
 def _gpu_count(use_gpu):
@@ -121,7 +124,7 @@ class ExactSearcher:
     def _gpu_flat_index(gallery, chunk_size, n_gpus):
         index = _to_gpu(faiss.IndexFlatIP(gallery.shape[1]), n_gpus)
         for start in range(0, len(gallery), chunk_size):
-            index.add(_as_float32_rows(gallery, start, start + chunk_size))
+            index.add(read_rows(gallery, start, start + chunk_size))
         return index
 
     def search(self, queries, k):
@@ -131,43 +134,27 @@ class ExactSearcher:
             return exact_knn(queries, self.whole_gallery, k)
         best = None
         for start in range(0, len(self.gallery), self.chunk_size):
-            rows = _as_float32_rows(self.gallery, start, start + self.chunk_size)
+            rows = read_rows(self.gallery, start, start + self.chunk_size)
             scores, indices = exact_knn(queries, rows, min(k, len(rows)))
             indices = np.where(indices >= 0, indices + start, -1)
             best = (scores, indices) if best is None else merge_topk(*best, scores, indices, k)
         return best
 
 
-class ApproximateSearcher:
-    """A trained Faiss index (IVF, PQ, HNSW, ...) over the gallery, inner-product metric."""
-
-    def __init__(self, gallery, index_factory, nprobe=None, params=None, train_size=DEFAULT_TRAIN_SIZE,
-                 chunk_size=DEFAULT_GALLERY_CHUNK, n_gpus=0, seed=0, show_progress=True):
-        dim = gallery.shape[1]
-        index = faiss.index_factory(dim, index_factory, faiss.METRIC_INNER_PRODUCT)
-        if not index.is_trained:
-            index.train(self._training_sample(gallery, train_size, seed))
-        index = _to_gpu(index, n_gpus)
-        for start in tqdm(range(0, len(gallery), chunk_size), desc="index gallery", disable=not show_progress):
-            index.add(_as_float32_rows(gallery, start, start + chunk_size))
-        space = faiss.GpuParameterSpace() if n_gpus and hasattr(faiss, "GpuParameterSpace") else faiss.ParameterSpace()
-        if nprobe is not None:
-            space.set_index_parameter(index, "nprobe", int(nprobe))
-        if params:
-            space.set_index_parameters(index, params)   # e.g. "efSearch=128" for HNSW
-        self.index = index
-
-    @staticmethod
-    def _training_sample(gallery, train_size, seed):
-        n = len(gallery)
-        if n <= train_size:
-            return _as_float32_rows(gallery, 0, n)
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
-        sample = gallery.take_rows(rows) if hasattr(gallery, "take_rows") else gallery[rows]
-        return np.ascontiguousarray(sample, dtype=np.float32)
-
-    def search(self, queries, k):
-        return self.index.search(queries, k)
+def approximate_index(gallery_feats, index_factory, nprobe=None, params=None, train_size=DEFAULT_TRAIN_SIZE,
+                      seed=0, shards=None, save_index=None, load_index=None, gallery_description=None,
+                      chunk_size=DEFAULT_GALLERY_CHUNK, n_gpus=0, show_progress=True):
+    """The saved index in folder ``load_index``, or one built now (and saved to ``save_index``)."""
+    description = gallery_description or {"num_items": len(gallery_feats)}
+    if load_index:
+        index = ShardedIndex.load(load_index, description, gallery_feats.shape[1], index_factory, shards, n_gpus)
+    else:
+        index = ShardedIndex.build(gallery_feats, index_factory, shards or 1, train_size, seed, chunk_size,
+                                   n_gpus, show_progress)
+        if save_index:
+            index.save(save_index, description)
+    index.set_search_parameters(nprobe, params)
+    return index
 
 
 def _clamp_k(k, gallery_size, n_gpus):
@@ -181,26 +168,36 @@ def _clamp_k(k, gallery_size, n_gpus):
 
 def iter_search(query_feats, gallery_feats, k, index_factory=None, query_chunk=DEFAULT_QUERY_CHUNK,
                 chunk_size=DEFAULT_GALLERY_CHUNK, nprobe=None, params=None, use_gpu="auto",
-                train_size=DEFAULT_TRAIN_SIZE, seed=0, show_progress=True):
+                train_size=DEFAULT_TRAIN_SIZE, seed=0, show_progress=True, shards=None, save_index=None,
+                load_index=None, gallery_description=None):
     """Yield ``(start, scores (q, k) float32, indices (q, k) int64)`` per chunk of queries.
 
     ``indices`` are gallery row numbers (-1 where an approximate index found fewer than k).
+    Approximate search only (an ``index_factory`` other than exact): ``shards`` splits the gallery
+    over that many sub-indexes; ``save_index`` / ``load_index`` name a folder to write the built
+    index to / read it from, checked against ``gallery_description`` (see ``index.describe_gallery``).
     """
     if query_feats.shape[1] != gallery_feats.shape[1]:
         raise ValueError(f"query dim {query_feats.shape[1]} != gallery dim {gallery_feats.shape[1]}")
     if len(gallery_feats) == 0:
         raise ValueError("the gallery is empty")
+    if load_index and is_exact(index_factory):
+        index_factory = read_index_meta(load_index)["index"]
     n_gpus = _gpu_count(use_gpu)
     k = _clamp_k(k, len(gallery_feats), n_gpus)
-    if index_factory in (None, "", "Flat", "exact"):
+    if is_exact(index_factory):
+        if shards not in (None, 1) or save_index or load_index:
+            raise ValueError("--shards, --save_index and --load_index need an approximate --index "
+                             "(exact search already streams the gallery in chunks of --chunk_size rows)")
         searcher = ExactSearcher(gallery_feats, chunk_size, n_gpus)
     else:
-        searcher = ApproximateSearcher(gallery_feats, index_factory, nprobe, params, train_size,
-                                       chunk_size, n_gpus, seed, show_progress)
+        searcher = approximate_index(gallery_feats, index_factory, nprobe, params, train_size, seed, shards,
+                                     save_index, load_index, gallery_description, chunk_size, n_gpus,
+                                     show_progress)
     n_queries = len(query_feats)
     with tqdm(total=n_queries, desc="search", unit="query", disable=not show_progress) as progress:
         for start in range(0, n_queries, query_chunk):
-            queries = _as_float32_rows(query_feats, start, start + query_chunk)
+            queries = read_rows(query_feats, start, start + query_chunk)
             scores, indices = searcher.search(queries, k)
             yield start, *sort_results(scores, indices.astype(np.int64, copy=False))
             progress.update(len(queries))
@@ -208,14 +205,16 @@ def iter_search(query_feats, gallery_feats, k, index_factory=None, query_chunk=D
 
 def search(query_feats, gallery_feats, k, index_factory=None, chunk_size=DEFAULT_GALLERY_CHUNK, nprobe=None,
            use_gpu="auto", train_size=DEFAULT_TRAIN_SIZE, query_chunk=DEFAULT_QUERY_CHUNK, params=None, seed=0,
-           show_progress=True):
+           show_progress=True, shards=None, save_index=None, load_index=None, gallery_description=None):
     """Top-k search of all queries; returns (scores float32 (Q, k), indices int64 (Q, k)).
 
     See ``iter_search``; this collects its chunks (use that to keep memory at one chunk).
     """
     parts = list(iter_search(query_feats, gallery_feats, k, index_factory, query_chunk=query_chunk,
                              chunk_size=chunk_size, nprobe=nprobe, params=params, use_gpu=use_gpu,
-                             train_size=train_size, seed=seed, show_progress=show_progress))
+                             train_size=train_size, seed=seed, show_progress=show_progress, shards=shards,
+                             save_index=save_index, load_index=load_index,
+                             gallery_description=gallery_description))
     if not parts:
         k = min(k, len(gallery_feats))
         return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
