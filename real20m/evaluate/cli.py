@@ -19,7 +19,7 @@ from real20m.datasets.annotations import AnnotationError, UnsafePathError
 from real20m.evaluate.feature_io import FeatureFileError, load_features
 from real20m.evaluate.metrics import DEFAULT_KS, RetrievalMetrics, format_table
 from real20m.evaluate.index import DEFAULT_TRAIN_SIZE, IndexFileError, describe_gallery
-from real20m.evaluate.search import DEFAULT_GALLERY_CHUNK, DEFAULT_QUERY_CHUNK, iter_search
+from real20m.evaluate.search import DEFAULT_GALLERY_CHUNK, DEFAULT_QUERY_CHUNK, is_exact, iter_search
 from real20m.utils.entry import exit_on_input_error
 
 REPORT_DEPTH = 10
@@ -154,7 +154,11 @@ class ItemFileResolver:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if is_exact(args.index) and (args.shards not in (None, 1) or args.save_index) and not args.load_index:
+        parser.error("--shards and --save_index need an approximate --index, e.g. --index IVF4096,SQ8 "
+                     "(exact search already streams the gallery in chunks of --chunk_size rows)")
     exit_on_input_error(lambda: run_evaluation(args), (AnnotationError, UnsafePathError, FeatureFileError,
                                                                IndexFileError))
 

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from real20m.evaluate.cli import build_parser, run_evaluation
+from real20m.evaluate.cli import build_parser, main, run_evaluation
 from real20m.evaluate.feature_io import (load_features, read_rows, release_mapped_pages, write_feature_meta,
                                          write_feature_shard)
 from real20m.evaluate.index import IndexFileError, ShardedIndex, describe_gallery, shard_bounds
@@ -108,10 +108,15 @@ def test_saved_index_is_refused_for_another_gallery_or_sharding(features, tmp_pa
         ShardedIndex.load(folder, describe_gallery(np.arange(5000)), DIM)
 
 
-def test_shards_and_saving_need_an_approximate_index(features):
+def test_shards_and_saving_need_an_approximate_index(features, capsys):
     queries, gallery = features
     with pytest.raises(ValueError, match="--shards, --save_index and --load_index need an approximate --index"):
         search(queries, gallery, 10, shards=2, show_progress=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--query_features", "q", "--gallery_features", "g", "--gt_file", "gt", "--output_dir", "o",
+              "--shards", "4"])
+    assert exit_info.value.code == 2
+    assert "--shards and --save_index need an approximate --index" in capsys.readouterr().err
 
 
 def _resident_kib():
