@@ -139,7 +139,8 @@ def read_image(path: str) -> Image.Image | None:
     """RGB image, or None when the file is missing, empty or not decodable."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()  # decodes now and closes the file; an RGB JPEG then needs no converted copy
+            return image if image.mode == "RGB" else image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
 
@@ -195,7 +196,7 @@ class ItemLoader:
     """Reads and transforms one item; ``load`` returns None when none of its frames is readable."""
 
     roots: ItemRoots
-    transform: object  # callable(image, generator=None) -> Tensor(3, H, W)
+    transform: object  # callable(image, generator=None) -> uint8 Tensor(3, H, W)
     clip_length: int = 5
     text_aug: bool = False
 

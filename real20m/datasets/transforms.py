@@ -1,53 +1,65 @@
-"""Image transforms: PIL RGB image -> normalised FloatTensor(3, image_size, image_size).
+"""Image transforms: PIL RGB image -> uint8 Tensor(3, image_size, image_size) of raw 0-255 pixels.
 
-Training: RandomResizedCrop(scale=(0.64, 1.0)) + RandomHorizontalFlip + ToTensor + Normalize.
-Its randomness comes from the ``torch.Generator`` passed with each image (the train dataset seeds
-one per sample from the sampler's key, so a sample is reproducible whatever the worker count);
-without one it falls back to torch's global RNG, which DataLoader seeds per worker.
+The loader hands the model uint8 pixels and the model normalises them on its own device
+(``QCDModel.normalize_pixels``: /255, ImageNet mean and std). Loader workers share
+the CPU with the training step, so they only do what needs the image itself (decode, crop,
+resize, flip), and a batch crosses process boundaries (and the host-to-GPU copy) at a quarter of
+the float32 size.
 
-Evaluation: Resize(image_size, bicubic) + CenterCrop + Normalize. ``compat="original"``
-reproduces the original release: resize to (image_size, image_size) with NEAREST interpolation,
-then CenterCrop + Normalize.
+Training: RandomResizedCrop(scale=(0.64, 1.0)) + RandomHorizontalFlip, done directly in PIL with
+the same crop box and the same bilinear resampling as torchvision's functional ops. Its randomness
+comes from the ``torch.Generator`` passed with each image (the train dataset seeds one per sample
+from the sampler's key, so a sample is reproducible whatever the worker count); without one it
+falls back to torch's global RNG, which DataLoader seeds per worker.
+
+Evaluation: Resize(image_size, bicubic) + CenterCrop. ``compat="original"`` reproduces the
+original release: resize to (image_size, image_size) with NEAREST interpolation, then CenterCrop.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TRAIN_SCALE = (0.64, 1.0)
 TRAIN_RATIO = (3 / 4, 4 / 3)
 
 
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8 tensor of an RGB image's pixels (np.array copies them: the tensor is writable)."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
 class TrainTransform:
-    """RandomResizedCrop + RandomHorizontalFlip + ToTensor + Normalize, drawing from ``generator``."""
+    """RandomResizedCrop + RandomHorizontalFlip -> uint8 pixels, drawing from ``generator``."""
 
     def __init__(self, image_size: int, scale=TRAIN_SCALE, ratio=TRAIN_RATIO):
         self.image_size = image_size
         self.scale = scale
         self.ratio = ratio
-        self.normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        # The float32 values torchvision draws the log aspect ratio between, computed once.
+        self.log_ratio = tuple(torch.log(torch.tensor(ratio)).tolist())
 
-    def __call__(self, image, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         top, left, height, width = self.crop_box(image.width, image.height, generator)
-        image = F.resized_crop(image, top, left, height, width, [self.image_size, self.image_size],
-                               interpolation=InterpolationMode.BILINEAR, antialias=True)
+        # crop + resize, as torchvision's resized_crop on a PIL image: PIL's resize(box=...) would
+        # also read the pixels just outside the box and so change the samples' edges.
+        image = image.crop((left, top, left + width, top + height))
+        image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         if torch.rand(1, generator=generator).item() < 0.5:
-            image = F.hflip(image)
-        return self.normalize(F.to_tensor(image))
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return pil_to_uint8(image)
 
     def crop_box(self, image_width: int, image_height: int, generator=None) -> tuple[int, int, int, int]:
         """(top, left, height, width) as torchvision's RandomResizedCrop.get_params, but seedable."""
         area = image_width * image_height
-        log_ratio = torch.log(torch.tensor(self.ratio))
         for _ in range(10):
             target_area = area * torch.empty(1).uniform_(*self.scale, generator=generator).item()
-            aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
+            aspect = math.exp(torch.empty(1).uniform_(*self.log_ratio, generator=generator).item())
             width = int(round(math.sqrt(target_area * aspect)))
             height = int(round(math.sqrt(target_area / aspect)))
             if 0 < width <= image_width and 0 < height <= image_height:
@@ -83,4 +95,4 @@ def build_eval_transform(image_size: int, compat: str = "default") -> T.Compose:
         resize = T.Resize((image_size, image_size), interpolation=InterpolationMode.NEAREST)
     else:
         raise ValueError(f"compat must be 'default' or 'original', got {compat!r}")
-    return T.Compose([resize, T.CenterCrop(image_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose([resize, T.CenterCrop(image_size), pil_to_uint8])

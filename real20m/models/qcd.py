@@ -12,6 +12,11 @@ model_cfg keys (YAML section `model:`):
     embed_dim     D; clip_length: frames per video; frame_heads: heads of the frame transformer
     caption       {n_layer, n_head, n_embd[, n_positions, dropout]} or null (no caption decoder)
     gradient_checkpointing (bool), use_title_mask (bool, default true; false = original behaviour)
+
+Pixels: the data loader gives raw uint8 RGB frames, which the model normalises on its own device
+(``normalize_pixels``: /255, ImageNet mean and std), so that loader workers do no float work.
+Float pixels are taken as already normalised and used as they are (the release fixtures and any
+caller that normalises itself).
 """
 from __future__ import annotations
 
@@ -26,6 +31,11 @@ from .caption import CaptionDecoder
 from .frame_transformer import FrameTransformer
 from .pooling import AttentionPooling
 from .towers import architecture_kwargs, build_towers
+
+# ImageNet statistics: what the vision tower's inputs have always been normalised with (changing
+# them would change the inputs every checkpoint was trained on).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -49,7 +59,20 @@ class QCDModel(nn.Module):
         text_vocab = self.text.encoder.get_input_embeddings().num_embeddings
         self.caption = CaptionDecoder(self.embed_dim, text_vocab, **caption_cfg) if caption_cfg else None
         self.use_title_mask = bool(model_cfg.get("use_title_mask", True))
+        # Non-persistent buffers: they follow the model to its device (a host-to-GPU copy of the
+        # statistics at every step would wait for the GPU) and stay out of checkpoints.
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
         self.set_gradient_checkpointing(bool(model_cfg.get("gradient_checkpointing", False)))
+
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(..., 3, H, W) uint8 RGB -> float32 (pixels / 255 - mean) / std; float pixels pass unchanged.
+
+        The same operations in the same order as torchvision's ToTensor + Normalize, so the result
+        is bitwise what the loader used to send."""
+        if pixels.dtype != torch.uint8:
+            return pixels
+        return pixels.float().div(255).sub(self.pixel_mean).div(self.pixel_std)
 
     # ----------------------------------------------------------------- raw (unnormalised) features
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -57,8 +80,9 @@ class QCDModel(nn.Module):
         return self.text(input_ids, attention_mask)
 
     def frame_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) images -> (N, D) projected image embeddings, not normalised."""
-        return self.vision(pixels)
+        """(N, 3, H, W) images (uint8, or float already normalised) -> (N, D) projected image
+        embeddings, not normalised."""
+        return self.vision(self.normalize_pixels(pixels))
 
     # ----------------------------------------------------------------------------- embeddings
     def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -66,7 +90,8 @@ class QCDModel(nn.Module):
 
     def encode_items(self, title_ids: torch.Tensor, title_mask: torch.Tensor | None,
                      pixels: torch.Tensor) -> ItemEmbeddings:
-        """Titles (B, L) and frames (B, T, 3, H, W), T = clip_length or 1, -> ItemEmbeddings."""
+        """Titles (B, L) and frames (B, T, 3, H, W), T = clip_length or 1, uint8 or normalised
+        float (see the module docstring), -> ItemEmbeddings."""
         if pixels.dim() != 5:
             raise ValueError(f"pixels must be (B, T, 3, H, W); got {tuple(pixels.shape)}")
         # The original embeds titles without an attention mask (padding is attended to).

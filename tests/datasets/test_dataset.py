@@ -20,6 +20,7 @@ def test_train_sample_from_query_groups(layout):
     video = dataset[SampleKey(row=0, source=1, member=0, seed=11)]
     assert video["pid"] == 1000001 and video["source"] == "photo" and video["query"] == "red dress"
     assert video["frames"].shape == (4, 3, 16, 16) and video["issues"] == []
+    assert video["frames"].dtype == torch.uint8  # raw pixels: the model normalises them
     goods = dataset[SampleKey(0, 0, 1, 11)]
     assert (goods["pid"], goods["title"], goods["frames"].shape) == (50002, "blue dress", (1, 3, 16, 16))
     assert torch.equal(dataset[SampleKey(0, 1, 0, 11)]["frames"], video["frames"])  # same key, same sample

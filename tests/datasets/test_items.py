@@ -121,3 +121,4 @@ def test_item_loader_returns_none_without_any_readable_frame(loader, layout):
     assert loader.load(50002, GOODS) is None
     blank = loader.load_with_blank_frames(50002, GOODS)
     assert blank["frames"].shape == (1, 3, 16, 16) and blank["title"] == "blue dress"
+    assert blank["frames"].dtype == torch.uint8 and not blank["frames"].any()  # black

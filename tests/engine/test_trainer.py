@@ -1,4 +1,5 @@
 """The training loop on a tiny synthetic dataset: it learns, it checkpoints, it resumes exactly."""
+import argparse
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 from real20m.config import parse_config
 from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.distributed import DistEnv
-from real20m.engine.trainer import Trainer
+from real20m.engine.trainer import Trainer, build_loader
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, backend=None)
@@ -95,3 +96,22 @@ def test_a_caption_weight_of_zero_builds_no_caption_decoder(data_root, tmp_path)
     assert trainer.model.caption is None and trainer.cfg.model["caption"] is None
     trainer.fit()
     assert not any(name.startswith("caption") for name in load_checkpoint(tmp_path / "checkpoints" / "last.pth.tar")["model"])
+
+
+class WorkerNiceness(torch.utils.data.Dataset):
+    """Each item is the niceness of the process that loads it."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return os.nice(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="process niceness is POSIX")
+def test_loader_workers_run_at_the_lowest_cpu_priority():
+    cfg = argparse.Namespace(seed=0, workers=1)
+    own = os.nice(0)
+    loader = build_loader(cfg, WorkerNiceness(), [[0, 1]], lambda niceness: niceness, SINGLE_CPU)
+    assert [niceness for batch in loader for niceness in batch] == [19, 19]
+    assert os.nice(0) == own  # the training process keeps its priority

@@ -1,9 +1,13 @@
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
 
 from real20m.models import build_model, tiny_model_config
+from real20m.models.qcd import IMAGENET_MEAN, IMAGENET_STD
 
 from .conftest import VOCAB, deterministic_tiny_config, make_batch
 
@@ -14,6 +18,36 @@ def test_forward_embeddings_are_unit_norm(tiny_model):
     for name, emb in out.items():
         assert emb.shape == (4, 512), name
         torch.testing.assert_close(emb.norm(dim=-1), torch.ones(4), msg=name)
+
+
+def random_frames(count, size=64, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def test_uint8_pixels_are_normalised_as_torchvision_to_tensor_and_normalize(tiny_model):
+    frames = random_frames(3)
+    before = torch.stack([TF.normalize(TF.to_tensor(Image.fromarray(frame)), IMAGENET_MEAN, IMAGENET_STD)
+                          for frame in frames])  # what the loader workers used to send
+    normalised = tiny_model.normalize_pixels(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    assert normalised.dtype == torch.float32
+    assert torch.equal(normalised, before)  # bitwise: the same operations in the same order
+    assert tiny_model.normalize_pixels(before) is before  # float pixels are already normalised
+
+
+def test_pixel_statistics_stay_out_of_checkpoints(tiny_model):
+    assert not any(name.startswith("pixel_") for name in tiny_model.state_dict())
+    assert {name for name, _ in tiny_model.named_buffers() if name.startswith("pixel_")} == {"pixel_mean", "pixel_std"}
+
+
+def test_uint8_items_embed_as_their_normalised_float_pixels(tiny_model):
+    tiny_model.eval()
+    batch = make_batch(batch_size=2)
+    pixels = torch.from_numpy(random_frames(10, seed=1)).permute(0, 3, 1, 2).reshape(2, 5, 3, 64, 64)
+    with torch.no_grad():
+        raw = tiny_model.encode_items(batch["title_ids"], batch["title_mask"], pixels)
+        normalised = tiny_model.encode_items(batch["title_ids"], batch["title_mask"],
+                                             tiny_model.normalize_pixels(pixels))
+    assert torch.equal(raw.fused, normalised.fused)
 
 
 def test_goods_single_image_equals_repeated_image(tiny_model):
