@@ -20,10 +20,14 @@ from argparse import Namespace
 import numpy as np
 import torch
 
-from real20m.datasets.annotations import PHOTO
-from real20m.datasets.collate import stack_frames
-from real20m.datasets.dataset import build_train_dataset
-from real20m.datasets.samplers import SampleKey
+# This checkout's package, not whichever real20m is installed: before/after comparisons need it.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from real20m.datasets.annotations import PHOTO  # noqa: E402
+from real20m.datasets.collate import stack_frames  # noqa: E402
+from real20m.datasets.dataset import build_train_dataset  # noqa: E402
+from real20m.datasets.samplers import SampleKey  # noqa: E402
 
 
 def data_config(data_dir: str, args) -> Namespace:

@@ -32,6 +32,7 @@ from real20m.models.convert import load_weights_into
 from real20m.utils.logging import setup_logging
 from real20m.utils.meters import AverageMeter
 from real20m.utils.seeding import rng_state, seed_everything, set_rng_state
+from real20m.utils.workers import worker_init_for
 
 logger = logging.getLogger(__name__)
 
@@ -103,19 +104,6 @@ def build_sampler(cfg: argparse.Namespace, dataset, dist: DistEnv):
     return sampler_cls(dataset, cfg.batch_size, dist.rank, dist.world_size, cfg.seed)
 
 
-def lower_worker_priority(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn`` of CPU runs: the worker runs at the lowest priority (niceness 19).
-
-    When workers and the training step share the same cores, a worker that preempts one of the
-    step's OpenMP threads stalls the others at the next barrier, which costs the step more than
-    the worker's own CPU time. At the lowest priority the workers take the cycles the step leaves,
-    and all of them while the step waits for a batch. GPU runs keep normal priority: there the step
-    runs on the GPU, and a crowded node must not starve the workers that feed it. Scheduling only:
-    what a worker produces is unaffected."""
-    if hasattr(os, "nice"):  # POSIX
-        os.nice(19)  # raising one's own niceness needs no privilege; the kernel caps it at 19
-
-
 def build_loader(cfg: argparse.Namespace, dataset, sampler, collate, dist: DistEnv) -> DataLoader:
     """One loader for the whole run. Its workers persist across epochs (starting them costs more
     than a tiny epoch); they hold no randomness of their own, because every sample is drawn from
@@ -124,7 +112,7 @@ def build_loader(cfg: argparse.Namespace, dataset, sampler, collate, dist: DistE
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.workers,
                       pin_memory=dist.device.type == "cuda", generator=generator,
                       persistent_workers=cfg.workers > 0,
-                      worker_init_fn=lower_worker_priority if dist.device.type == "cpu" else None)
+                      worker_init_fn=worker_init_for(dist.device))
 
 
 class Trainer:

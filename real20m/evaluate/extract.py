@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from real20m.evaluate.feature_io import FeatureFileError, load_shard_folder, write_feature_meta, write_feature_shard
+from real20m.utils.workers import worker_init_for
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ def extract_features(model, dataset, collate_fn, dist_env, out_dir, batch_size, 
     model.eval()
     indices = rank_slice(len(dataset), dist_env.rank, dist_env.world_size)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_fn, pin_memory=dist_env.device.type == "cuda")
+                        collate_fn=collate_fn, pin_memory=dist_env.device.type == "cuda",
+                        worker_init_fn=worker_init_for(dist_env.device))
     ids, feats, issues = _embed(model, loader, dist_env.device, use_amp, dist_env.is_main)
     dim = feats[0].shape[1] if feats else 0
     write_feature_shard(out_dir, dist_env.rank,
