@@ -145,7 +145,7 @@ def parse_args(argv):
                         help="feature clusters (the default leaves ~500 members of each in a 1M subset, so a "
                              "query's exact top-100 are neighbours, not near-ties of unrelated items)")
     parser.add_argument("--index", default="IVF4096,SQ8")
-    parser.add_argument("--nprobe", type=lambda text: [int(v) for v in text.split(",")], default=[8, 16, 32])
+    parser.add_argument("--nprobe", type=lambda text: [int(v) for v in text.split(",")], default=[1, 2, 4, 8])
     parser.add_argument("--target_recall", type=float, default=0.95)
     parser.add_argument("--train_size", type=int, default=262_144)
     parser.add_argument("--subset", type=int, default=1_000_000, help="gallery rows searched exactly")
