@@ -174,11 +174,24 @@ def write_feature_meta(out_dir, world_size):
     if dim is None:
         raise FeatureFileError(f"{out_dir}: all {world_size} shards are empty")
     meta = {"format": FORMAT_NAME, "dim": int(dim), "dtype": dtype, "counts": counts}
-    tmp = os.path.join(out_dir, META_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, META_FILE))
+    write_json_atomic(os.path.join(out_dir, META_FILE), meta)
     return meta
+
+
+def write_json_atomic(path, value):
+    """Write ``value`` as JSON to a temporary file, then rename it: readers see all of it or nothing."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def read_json(path, error_class, what):
+    """Parsed JSON of ``path``; a missing or malformed file raises ``error_class`` naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise error_class(f"{path}: cannot read {what}: {error}") from error
 
 
 def _check_unique_ids(ids, source):
@@ -191,12 +204,7 @@ def _check_unique_ids(ids, source):
 
 
 def load_shard_folder(folder):
-    meta_path = os.path.join(folder, META_FILE)
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise FeatureFileError(f"{meta_path}: cannot read feature meta file: {err}") from err
+    meta = read_json(os.path.join(folder, META_FILE), FeatureFileError, "feature meta file")
     id_parts, feat_parts = [], []
     for rank, count in sorted(meta["counts"].items(), key=lambda kv: int(kv[0])):
         ids_path, feats_path = _shard_paths(folder, int(rank))

@@ -18,7 +18,6 @@ gallery, so a 20M-item index is built once and searched many times.
 """
 
 import hashlib
-import json
 import os
 import warnings
 
@@ -26,7 +25,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from real20m.evaluate.feature_io import read_rows, read_sample
+from real20m.evaluate.feature_io import read_json, read_rows, read_sample, write_json_atomic
 
 INDEX_FORMAT = "real20m-faiss-index-v1"
 META_FILE = "meta.json"
@@ -152,9 +151,7 @@ class ShardedIndex:
             os.replace(path + ".tmp", path)
         meta = {"format": INDEX_FORMAT, "index": self.factory, "dim": int(self.parts[0].d),
                 "shard_sizes": [int(part.ntotal) for part in self.parts], "gallery": gallery_description}
-        with open(os.path.join(folder, META_FILE + ".tmp"), "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(os.path.join(folder, META_FILE + ".tmp"), os.path.join(folder, META_FILE))
+        write_json_atomic(os.path.join(folder, META_FILE), meta)
 
     @classmethod
     def load(cls, folder, gallery_description, dim, factory=None, shards=None, n_gpus=0):
@@ -185,11 +182,7 @@ class ShardedIndex:
 
 def read_index_meta(folder):
     path = os.path.join(folder, META_FILE)
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise IndexFileError(f"{path}: cannot read the index description: {error}") from error
+    meta = read_json(path, IndexFileError, "the index description")
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise IndexFileError(f"{path}: not a saved real20m index (format {INDEX_FORMAT!r} expected)")
     return meta
