@@ -126,10 +126,6 @@ class ShardedIndex:
                 parts.append(part)
         return cls(parts, factory, devices)
 
-    @property
-    def ntotal(self):
-        return int(sum(part.ntotal for part in self.parts))
-
     def set_search_parameters(self, nprobe=None, params=None):
         """``nprobe`` and any Faiss ParameterSpace string (e.g. ``efSearch=128``) on every shard."""
         for part in self.parts:
