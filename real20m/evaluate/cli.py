@@ -18,7 +18,7 @@ import numpy as np
 from real20m.datasets.annotations import AnnotationError, UnsafePathError
 from real20m.evaluate.feature_io import FeatureFileError, load_features
 from real20m.evaluate.metrics import DEFAULT_KS, RetrievalMetrics, format_table
-from real20m.evaluate.index import DEFAULT_TRAIN_SIZE, IndexFileError, describe_gallery
+from real20m.evaluate.index import DEFAULT_TRAIN_SIZE, IndexFileError, describe_gallery, read_index_meta
 from real20m.evaluate.search import DEFAULT_GALLERY_CHUNK, DEFAULT_QUERY_CHUNK, is_exact, iter_search
 from real20m.utils.entry import exit_on_input_error
 
@@ -97,7 +97,8 @@ def run_evaluation(args):
     del queries, gallery   # the feature matrices are not needed for plots and report
 
     metrics["task"] = args.task
-    metrics["search"] = {"index": args.index or "exact", "nprobe": args.nprobe, "params": args.search_params,
+    index_name = read_index_meta(args.load_index)["index"] if args.load_index else args.index
+    metrics["search"] = {"index": index_name or "exact", "nprobe": args.nprobe, "params": args.search_params,
                          "shards": args.shards, "loaded_index": args.load_index, "topk": args.topk,
                          "chunk_size": args.chunk_size, "query_chunk": args.query_chunk}
     metrics["timings"] = timings

@@ -159,4 +159,4 @@ def test_cli_sharded_ivf_with_saved_index(float16_folder, features, tmp_path):
     assert built["num_gallery"] == N_GALLERY and built["gt_docs_missing_from_gallery"] == 0
     assert recalls["recall@100"] > 0.9
     saved = json.load(open(tmp_path / "b" / "metrics.json"))["search"]
-    assert saved["loaded_index"] == str(tmp_path / "index")
+    assert saved["loaded_index"] == str(tmp_path / "index") and saved["index"] == "IVF64,SQ8"
