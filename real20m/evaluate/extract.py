@@ -12,11 +12,11 @@ import logging
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from real20m.engine.distributed import barrier
 from real20m.evaluate.feature_io import FeatureFileError, load_shard_folder, write_feature_meta, write_feature_shard
 from real20m.utils.workers import worker_init_for
 
@@ -26,11 +26,6 @@ logger = logging.getLogger(__name__)
 def rank_slice(num_items, rank, world_size):
     """The contiguous block of item indices this rank embeds (blocks differ in size by at most one)."""
     return range(num_items * rank // world_size, num_items * (rank + 1) // world_size)
-
-
-def _barrier(world_size):
-    if world_size > 1 and torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.barrier()
 
 
 @torch.no_grad()
@@ -82,7 +77,7 @@ def extract_features(model, dataset, collate_fn, dist_env, out_dir, batch_size, 
                         np.concatenate(feats) if feats else np.empty((0, dim), np.float32), dtype)
     if issues:
         logger.warning("rank %d: data issues while embedding: %s", dist_env.rank, dict(issues))
-    _barrier(dist_env.world_size)
+    barrier()
     if not dist_env.is_main:
         return len(dataset)
     write_feature_meta(out_dir, dist_env.world_size)
