@@ -57,13 +57,13 @@ def build_parser():
     return parser
 
 
-def _search_and_score(args, queries, gallery, ground_truth):
+def _search_and_score(args, index_name, queries, gallery, ground_truth):
     """Stream search results per query chunk into the metric accumulator; keep only the top few."""
     metrics = RetrievalMetrics(ground_truth, gallery.ids, DEFAULT_KS)
     saved_index = args.save_index or args.load_index
     top_rows = []
     for start, _, indices in iter_search(
-            queries.feats, gallery.feats, args.topk, args.index, query_chunk=args.query_chunk,
+            queries.feats, gallery.feats, args.topk, index_name, query_chunk=args.query_chunk,
             chunk_size=args.chunk_size, nprobe=args.nprobe, params=args.search_params,
             use_gpu=args.use_gpu, train_size=args.train_size, show_progress=not args.quiet,
             shards=args.shards, save_index=args.save_index, load_index=args.load_index,
@@ -80,6 +80,10 @@ def run_evaluation(args):
     from real20m.datasets.annotations import load_ground_truth
 
     os.makedirs(args.output_dir, exist_ok=True)
+    # A loaded index names its own factory (read before the features: a bad folder fails fast);
+    # --index, when given too, must match it (checked on load).
+    load_saved = args.load_index and is_exact(args.index)
+    index_name = read_index_meta(args.load_index)["index"] if load_saved else args.index
     timings = {}
     started = time.perf_counter()
     queries = load_features(args.query_features)
@@ -90,14 +94,13 @@ def run_evaluation(args):
     ground_truth = load_ground_truth(args.gt_file)
     timings["load_s"] = time.perf_counter() - started
     search_started = time.perf_counter()
-    metrics, top_retrieved = _search_and_score(args, queries, gallery, ground_truth)
+    metrics, top_retrieved = _search_and_score(args, index_name, queries, gallery, ground_truth)
     timings["search_and_metrics_s"] = time.perf_counter() - search_started
     timings["total_s"] = time.perf_counter() - started
     query_ids = queries.ids
     del queries, gallery   # the feature matrices are not needed for plots and report
 
     metrics["task"] = args.task
-    index_name = read_index_meta(args.load_index)["index"] if args.load_index else args.index
     metrics["search"] = {"index": index_name or "exact", "nprobe": args.nprobe, "params": args.search_params,
                          "shards": args.shards, "loaded_index": args.load_index, "topk": args.topk,
                          "chunk_size": args.chunk_size, "query_chunk": args.query_chunk}
