@@ -103,6 +103,11 @@ def test_saved_index_is_refused_for_another_gallery_or_sharding(features, tmp_pa
         ShardedIndex.load(folder, describe_gallery(np.arange(5000)), 64)
     with pytest.raises(IndexFileError, match="has 2 shards, --shards asks for 3"):
         ShardedIndex.load(folder, describe_gallery(np.arange(5000)), DIM, shards=3)
+    shard = os.path.join(folder, "shard1.faiss")
+    with open(shard, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(IndexFileError, match=r"shard1.faiss: cannot read the Faiss index"):
+        ShardedIndex.load(folder, describe_gallery(np.arange(5000)), DIM)
     os.remove(os.path.join(folder, "meta.json"))
     with pytest.raises(IndexFileError, match="meta.json: cannot read the index description"):
         ShardedIndex.load(folder, describe_gallery(np.arange(5000)), DIM)
