@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-FOLDER_MODULUS = 50_000
+from real20m.datasets.layout import shard_folder
+
 JPEG_QUALITY = 90
 
 
@@ -141,7 +142,7 @@ def extract_video(path, out_root, num_frames=None, fps=None, backend="av"):
     if cover is None or not frames:
         raise VideoDecodeError(f"{path}: no frames decoded")
 
-    folder = os.path.join(out_root, str(pid % FOLDER_MODULUS))
+    folder = shard_folder(out_root, pid)
     os.makedirs(folder, exist_ok=True)
     written = []
     try:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from real20m.datasets.layout import SHARD
+
 COLOURS = {
     "红色": (205, 35, 40),
     "橙色": (240, 130, 25),
@@ -59,7 +61,6 @@ CHATTER = ("家人们", "今天给大家分享", "真的绝了", "好看到哭",
 
 GOODS_PID_BASE = 50_000
 VIDEO_PID_BASE = 1_000_000
-FOLDER_MODULUS = 50_000
 JPEG_QUALITY = 90
 NULL = "null"
 
@@ -89,7 +90,7 @@ def item_rng(seed, kind, index):
 
 
 def folder_of(pid):
-    return str(pid % FOLDER_MODULUS)
+    return str(pid % SHARD)
 
 
 # ---------------------------------------------------------------- queries

@@ -1,0 +1,23 @@
+"""Where an item's files live in the Real400K / Real20M layout: ``<root>/<pid % 50000>/<pid>.<ext>``.
+
+The one place that knows the folder modulus (importing it costs nothing: no torch)."""
+from __future__ import annotations
+
+import os
+
+SHARD = 50000
+
+
+def shard_folder(root: str, pid: int) -> str:
+    """``<root>/<pid % 50000>``: the folder holding an item's image, frames and text."""
+    return os.path.join(root, str(pid % SHARD))
+
+
+def shard_path(root: str, pid: int, ext: str) -> str:
+    """``<root>/<pid % 50000>/<pid>.<ext>``."""
+    return os.path.join(shard_folder(root, pid), f"{pid}.{ext}")
+
+
+def relative_shard_path(pid: int, ext: str) -> str:
+    """``<pid % 50000>/<pid>.<ext>``, relative to a source's root (as item files list frames)."""
+    return f"{pid % SHARD}/{pid}.{ext}"
