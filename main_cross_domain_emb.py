@@ -8,18 +8,20 @@
 The original release's flag names (--train_file, --goods_img_root, --clip_length, --is_xbm, ...)
 are accepted; see `--help` or real20m/config.py.
 """
-from real20m.config import parse_config
+from real20m.config import ConfigError, parse_config
 from real20m.datasets.annotations import AnnotationError, UnsafePathError
 from real20m.engine.checkpoint import CheckpointError
 from real20m.evaluate.feature_io import FeatureFileError
+from real20m.models.release_layout import ReleaseLayoutError, WeightMismatchError
 from real20m.utils.entry import exit_on_input_error
 
-INPUT_ERRORS = (AnnotationError, UnsafePathError, CheckpointError, FeatureFileError)
+INPUT_ERRORS = (AnnotationError, UnsafePathError, CheckpointError, FeatureFileError, ConfigError,
+                ReleaseLayoutError, WeightMismatchError)
 
 
 def main(argv=None) -> None:
     cfg = parse_config(argv)
-    if cfg.evaluate:
+    if cfg.run.evaluate:
         from real20m.engine.inference import write_features
         write_features(cfg)
     else:

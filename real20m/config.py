@@ -1,23 +1,50 @@
-"""Configuration: YAML file + command line, with the original release's flag names.
+"""Configuration: defaults < YAML file < command line, resolved once into frozen sections.
 
-A run is described by one flat ``argparse.Namespace``. Values come, in increasing priority, from the
-defaults below, from ``--config FILE.yaml`` and from the command line. The YAML file is flat too,
-except for its ``model:`` section (the tower/fusion architecture) and ``loss_weights:``, which stay
-dictionaries because they are never set one by one on the command line.
+Every option has one home, a dotted path ``section.field`` (``data.clip_length``,
+``optim.lr_mult.text``). It can be set
+
+* in a YAML file (``--config FILE.yaml`` or a packaged name, ``--config tiny``) under its section
+  (``data: {clip_length: 8}``); a flat top-level key with an option's flag name
+  (``clip_length: 8``) is accepted too, as older files wrote them;
+* on the command line by its flag (``--clip_length 8``, the original release's names and short
+  forms included) or by its dotted path (``--data.clip_length 8``, ``--model.text.hidden_size 32``:
+  any value inside the architecture mappings, parsed as YAML).
+
+``parse_config`` ends in ``resolve``, the one place that derives dependent values (frames per
+clip and image size of the model from the data, title/query masking from ``compat``, no caption
+decoder when its weight is 0, the checkpoint folder, the data paths under ``--data_root``). The
+result is a frozen ``Config``; each builder receives only its section. ``Config.to_yaml()`` writes
+the inputs (which ``--config`` reads back to the same ``Config``) and, for information, every
+filled-in or derived value under ``derived:``.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import logging
 import os
-from typing import Any
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Callable, Mapping
 
 import yaml
 
-DEFAULT_LOSS_WEIGHTS = {"fused": 1.0, "title": 1.0, "visual": 1.0, "caption": 1.0, "itc": 0.0}
-DEFAULT_LR_MULT = {"text": 1e-2, "vision": 1e-3, "fusion": 1.0, "frame": 1e-2, "caption": 1e-3}
+logger = logging.getLogger(__name__)
+
+SECTIONS = ("data", "model", "loss", "optim", "run")
+COMPAT_MODES = ("default", "original")
+# Token lengths when not set: ours, and the original release's (queries 20 tokens, titles 90).
+DEFAULT_TEXT_LENGTHS = {"max_query_len": 32, "max_title_len": 64}
+ORIGINAL_TEXT_LENGTHS = {"max_query_len": 20, "max_title_len": 90}
 
 
-def _str2bool(value: str | bool) -> bool:
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the option and its source."""
+
+
+def str2bool(value: str | bool) -> bool:
     if isinstance(value, bool):
         return value
     if value.lower() in ("1", "true", "yes", "y", "on"):
@@ -27,149 +54,596 @@ def _str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
 
 
+def yaml_value(text: str) -> Any:
+    """A command-line value for a mapping entry (``--model.text.hidden_size 32``), read as YAML."""
+    return yaml.safe_load(text)
+
+
+# --------------------------------------------------------------------------------- sections
+# Field defaults are the project's defaults; help texts live in OPTIONS below.
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_root: str | None = None
+    dataset_name: str = "Real400K"
+    train_file: str | None = None
+    test_file: str | None = None
+    goods_img_root: str | None = None
+    goods_text_root: str | None = None
+    photo_img_root: str | None = None
+    photo_text_root: str | None = None
+    frameid_root: str | None = None
+    cluster_file: str | None = None
+    hard_sample: bool = False
+    clip_length: int = 5
+    image_size: int = 224
+    max_query_len: int | None = None   # None: 32 (20 under compat original)
+    max_title_len: int | None = None   # None: 64 (90 under compat original)
+    text_aug: bool = True
+    compat: str = "default"
+    tokenizer: str | None = None
+    vocab_size: int = 8000
+    batch_size: int = 80
+    workers: int = 4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "chinese_clip"
+    pretrained: str | None = None
+    text: Mapping = field(default_factory=dict)
+    vision: Mapping = field(default_factory=dict)
+    timm_name: str | None = None
+    embed_dim: int = 512
+    frame_heads: int = 8
+    caption: Mapping | None = None
+    gradient_checkpointing: bool = False
+    # derived in resolve()
+    clip_length: int = 5
+    image_size: int = 224
+    use_title_mask: bool = True
+    use_query_mask: bool = True
+
+    def architecture(self) -> dict:
+        """The plain dict ``QCDModel`` is built from (a from-scratch vision tower gets the data's
+        image size; a pretrained one keeps its own)."""
+        arch = {name: copy.deepcopy(plain(getattr(self, name))) for name in (
+            "backbone", "pretrained", "text", "vision", "timm_name", "embed_dim", "frame_heads", "caption",
+            "gradient_checkpointing", "clip_length", "use_title_mask", "use_query_mask")}
+        if not self.pretrained and self.backbone != "timm":
+            arch["vision"] = {**arch["vision"], "image_size": self.image_size}
+        return arch
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    weights: Mapping = field(default_factory=dict)
+    logit_scale: float = 20.0
+    learnable_scale: bool = False
+    is_xbm: bool = False
+    xbm_size: int = 4096
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.01
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    epochs: int = 10
+    max_steps: int = 0
+    lr_schedule: str = "step"
+    decay_epochs: int = 3
+    lr_decay_rate: float = 0.1
+    warmup_steps: int = 0
+    clip_grad: float = 5.0
+    lr_mult: Mapping = field(default_factory=dict)
+    train_vision: bool = True
+    mixed_precision_training: bool = False
+    amp_dtype: str = "fp16"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output_dir: str = "outputs"
+    checkpoints: str | None = None
+    keep_checkpoints: int = 0
+    resume: str | None = None
+    init_weights: str | None = None
+    release_config: str | None = None
+    print_freq: int = 50
+    save_freq: int = 0
+    start_epoch: int = 0
+    start_step: int = 0
+    dist_timeout: int = 1800
+    evaluate: bool = False
+    legacy_text_features: bool = False
+    feature_dtype: str = "float32"
+
+
+SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
+                   "run": RunConfig}
+# Fields resolve() computes; they are not inputs (a YAML file or flag setting one is refused).
+DERIVED = {"model": ("clip_length", "image_size", "use_title_mask", "use_query_mask")}
+# Mappings whose entries are set one by one (``--optim.lr_mult.text``) and merged over the defaults.
+MAPPING_FIELDS = {"model.text", "model.vision", "model.caption", "loss.weights", "optim.lr_mult"}
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    # The merged defaults + YAML + command line that resolve() started from (what to_yaml writes).
+    inputs: Mapping = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dict(self) -> dict:
+        """Every resolved value as plain containers (stored in checkpoints)."""
+        values = {name: plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+        return {"seed": self.seed, **values}
+
+    def to_yaml(self) -> str:
+        """The inputs, which ``--config`` reads back to this same Config, and under ``derived:``
+        (for information; ignored when read) every value resolve() filled in or derived."""
+        inputs = plain(self.inputs)
+        resolved = _flatten(self.to_dict())
+        given = _flatten(inputs)
+        derived = {path: value for path, value in resolved.items() if path not in given or given[path] != value}
+        return yaml.safe_dump({**inputs, "derived": derived}, sort_keys=False, allow_unicode=True)
+
+
+def _flatten(values: Mapping, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def plain(value: Any) -> Any:
+    """Mappings and tuples as dicts and lists (what YAML, JSON and torch.save(weights_only) take)."""
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+# --------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option: where its value goes, how it is parsed, what it means."""
+
+    path: str                       # "section.field" or "section.field.key" (inside a mapping)
+    help: str
+    flags: tuple[str, ...] = ()     # default: ("--<field>",)
+    type: Callable | None = None
+    choices: tuple | None = None
+    bare: Any = None                # value of the bare flag (``--hard_sample`` = True)
+    metavar: str | None = None
+
+    @property
+    def flag_names(self) -> tuple[str, ...]:
+        return self.flags or (f"--{self.path.split('.')[-1]}",)
+
+
+def _flag(path, help, *flags, **kwargs) -> Option:
+    return Option(path, help, tuple(flags), **kwargs)
+
+
+def _switch(path, help, *flags) -> Option:
+    return Option(path, help, tuple(flags), type=str2bool, bare=True)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # data
+    _flag("data.data_root", "a Dataset/ folder in the Real400K layout; fills in every path not given"),
+    _flag("data.dataset_name", "Real400K or Real20M (folder under data_root)"),
+    _flag("data.train_file", "training annotations (query-grouped or one item a line)"),
+    _flag("data.test_file", "items to embed with --evaluate (one item a line)"),
+    _flag("data.goods_img_root", "goods images root"),
+    _flag("data.goods_text_root", "goods text root"),
+    _flag("data.photo_img_root", "video frames root"),
+    _flag("data.photo_text_root", "video text root"),
+    _flag("data.frameid_root", "optional frame lists <root>/<pid %% 50000>/<pid>.txt"),
+    _flag("data.cluster_file", "query clusters for --hard_sample", "--cluster_file", "--cls_file"),
+    _switch("data.hard_sample", "draw each batch within one query cluster"),
+    _flag("data.clip_length", "frames per video (data loader and model)", type=int),
+    _flag("data.image_size", "pixels of a frame's side after the transform (and of a from-scratch tower)",
+          type=int),
+    _flag("data.max_query_len", "query tokens kept (default 32; 20 under --compat original)", type=int),
+    _flag("data.max_title_len", "title tokens kept (default 64; 90 under --compat original)", type=int),
+    _switch("data.text_aug", "training text augmentation (field dropping, typo noise)"),
+    _flag("data.compat", "'original' reproduces the release's evaluation inputs and masking (see README)",
+          choices=COMPAT_MODES),
+    _flag("data.tokenizer", "tokenizer name or folder; default: the backbone's, the shipped Chinese BERT "
+          "vocabulary under --compat original, else a WordPiece trained on the training text"),
+    _flag("data.vocab_size", "size of a from-scratch WordPiece vocabulary", type=int),
+    _flag("data.batch_size", "samples per process and step (and per evaluation batch)", "--batch_size", "-b",
+          type=int),
+    _flag("data.workers", "data loader worker processes", "--workers", "-j", type=int),
+    # model
+    _flag("model.backbone", "tower family: chinese_clip, clip or timm"),
+    _flag("model.pretrained", "backbone weights: hub name or folder (a .pth.tar file initialises the whole "
+          "model instead, as the original --pretrained did)"),
+    _flag("model.timm_name", "timm model name (backbone timm)"),
+    _flag("model.embed_dim", "embedding size D", "--embedding_size", "--embed_dim", type=int),
+    _flag("model.frame_heads", "attention heads of the frame transformer", type=int),
+    _switch("model.gradient_checkpointing", "recompute tower activations in the backward pass"),
+    # loss
+    _flag("loss.weights", "weights of the objective's terms by name, e.g. '{itc: 0.5}'", "--loss_weights",
+          type=yaml_value),
+    _flag("loss.weights.consistency", "weight of mean((fused - visual)^2)", "--delta", "--delta_factor",
+          type=float),
+    _flag("loss.logit_scale", "contrastive logit scale (temperature 1/scale)", type=float),
+    _switch("loss.learnable_scale", "learn the logit scale"),
+    _switch("loss.is_xbm", "cross-batch memory of past embeddings as extra negatives"),
+    _flag("loss.xbm_size", "entries of the cross-batch memory", type=int),
+    # optimisation
+    _flag("optim.lr", "base learning rate", "--lr", "--learning_rate", type=float),
+    _flag("optim.optimizer", "adamw, adam or sgd", choices=("adamw", "adam", "sgd")),
+    _flag("optim.weight_decay", "weight decay", "--weight_decay", "--wd", type=float),
+    _flag("optim.momentum", "SGD momentum", type=float),
+    _flag("optim.epochs", "epochs to train", type=int),
+    _flag("optim.max_steps", "stop after this many steps (0: no limit)", type=int),
+    _flag("optim.lr_schedule", "step (decay every --decay_epochs) or cosine (with warm-up)",
+          choices=("step", "cosine")),
+    _flag("optim.decay_epochs", "epochs between step decays", type=int),
+    _flag("optim.lr_decay_rate", "factor of each step decay", type=float),
+    _flag("optim.warmup_steps", "linear warm-up steps of the cosine schedule", type=int),
+    _flag("optim.clip_grad", "gradient norm clip (0: off)", type=float),
+    _flag("optim.lr_mult", "per-module LR multipliers, e.g. '{vision: 0.001}'", "--lr_mult", type=yaml_value),
+    _flag("optim.lr_mult.text", "LR multiplier of the text tower", "--text_lr_factor", type=float),
+    _flag("optim.lr_mult.vision", "LR multiplier of the vision tower", "--image_lr_factor", type=float),
+    _flag("optim.lr_mult.fusion", "LR multiplier of the attention pooling", "--fusion_lr_factor", type=float),
+    _flag("optim.lr_mult.frame", "LR multiplier of the frame transformer", "--video_fusion_factor", type=float),
+    _flag("optim.lr_mult.caption", "LR multiplier of the caption decoder", "--text_generation_factor",
+          type=float),
+    _switch("optim.train_vision", "train the vision tower (false: frozen)"),
+    _switch("optim.mixed_precision_training", "AMP on CUDA (fp16 with a grad scaler, or bf16)"),
+    _flag("optim.amp_dtype", "AMP dtype", choices=("fp16", "bf16")),
+    # run
+    _flag("run.output_dir", "run folder: config.yaml, log.txt, tensorboard/, checkpoints/, features"),
+    _flag("run.checkpoints", "checkpoint folder (default OUTPUT_DIR/checkpoints)"),
+    _flag("run.keep_checkpoints", "keep the newest N numbered checkpoints (0: all)", type=int),
+    _flag("run.resume", "checkpoint to continue from (ours or the release's); 'init' = untrained model"),
+    _flag("run.init_weights", "initialise the weights from a checkpoint and restart the schedule"),
+    _flag("run.release_config", "cn_clip-style config.json of a release checkpoint (default: ViT-B/16)"),
+    _flag("run.print_freq", "log every N steps", "--print_freq", "-p", type=int),
+    _flag("run.save_freq", "also save every N steps (0: end of epoch only)", "--save_freq", "-s", type=int),
+    _flag("run.start_epoch", "epoch counter of a fresh run (a resumed run takes the checkpoint's)", type=int),
+    _flag("run.start_step", "global step of a fresh run (a resumed run takes the checkpoint's)",
+          "--global_step", "--start_step", type=int),
+    _flag("run.dist_timeout", "seconds before a stuck collective fails", type=int),
+    _switch("run.evaluate", "write the features of --test_file instead of training"),
+    _switch("run.legacy_text_features", "also write OUTPUT_DIR/features.feat in the original text format"),
+    _flag("run.feature_dtype", "dtype of feature shards", choices=("float32", "float16")),
+)
+
+# The original parsed these and never used them; they are accepted with one warning.
+UNUSED_ORIGINAL_FLAGS = {
+    "--sample_info_file": "PATH", "--cls_num": "N", "--train_file_part_num": "N",
+    "--using_other_transforms": None, "--evaluate_live2goods": None, "--evaluate_query2goods_query": None,
+    "--evaluate_query2goods_goods": None, "--evaluate_goods2caption": None,
+}
+LIVE_FLAGS = ("--live_img_root", "--live_text_root")
+
+
+# --------------------------------------------------------------------------------- parsing
+
+
+def _defaults() -> dict:
+    """Nested dict of the section defaults (plain values), derived fields left out."""
+    values = Config().to_dict()
+    for section, names in DERIVED.items():
+        for name in names:
+            values[section].pop(name)
+    return values
+
+
+def _default_of(path: str) -> Any:
+    value: Any = _defaults()
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Train the QCD cross-domain embedding model, or (--evaluate) write item features.")
-    parser.add_argument("--config", default=None, help="YAML file; command-line flags override it")
-    parser.add_argument("--seed", type=int, default=0)
-
-    data = parser.add_argument_group("data (original flag names)")
-    data.add_argument("--data_root", default=None,
-                      help="a Dataset/ folder in the Real400K layout; fills in every path not given")
-    data.add_argument("--dataset_name", default="Real400K", help="Real400K or Real20M (folder under data_root)")
-    data.add_argument("--train_file", default=None)
-    data.add_argument("--test_file", default=None)
-    data.add_argument("--goods_img_root", default=None)
-    data.add_argument("--goods_text_root", default=None)
-    data.add_argument("--photo_img_root", default=None)
-    data.add_argument("--photo_text_root", default=None)
-    data.add_argument("--frameid_root", default=None)
-    data.add_argument("--cluster_file", default=None)
-    data.add_argument("--hard_sample", type=_str2bool, nargs="?", const=True, default=False)
-    data.add_argument("--clip_length", type=int, default=5)
-    data.add_argument("--image_size", type=int, default=224)
-    data.add_argument("--max_query_len", type=int, default=32)
-    data.add_argument("--max_title_len", type=int, default=64)
-    data.add_argument("--text_aug", type=_str2bool, nargs="?", const=True, default=True)
-    data.add_argument("--compat", choices=("default", "original"), default="default",
-                      help="'original' reproduces the release: titles without attention mask, "
-                           "nearest-neighbour resize of evaluation frames")
-    data.add_argument("--tokenizer", default=None,
-                      help="tokenizer name or folder; default: the backbone's, or a WordPiece vocabulary "
-                           "trained on the training text for from-scratch configs")
-    data.add_argument("--vocab_size", type=int, default=8000, help="size of a from-scratch WordPiece vocabulary")
-
-    model = parser.add_argument_group("model")
-    model.add_argument("--embedding_size", type=int, default=None, help="overrides model.embed_dim")
-    model.add_argument("--pretrained", default=None, help="overrides model.pretrained (hub name or folder)")
-    model.add_argument("--gradient_checkpointing", type=_str2bool, nargs="?", const=True, default=None)
-
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--batch_size", type=int, default=80, help="per process")
-    optim.add_argument("--lr", type=float, default=0.01)
-    optim.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default="adamw")
-    optim.add_argument("--weight_decay", type=float, default=0.0)
-    optim.add_argument("--epochs", type=int, default=10)
-    optim.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: no limit)")
-    optim.add_argument("--lr_schedule", choices=("step", "cosine"), default="step")
-    optim.add_argument("--decay_epochs", type=int, default=3)
-    optim.add_argument("--lr_decay_rate", type=float, default=0.1)
-    optim.add_argument("--warmup_steps", type=int, default=0)
-    optim.add_argument("--clip_grad", type=float, default=5.0)
-
-    loss = parser.add_argument_group("objective")
-    loss.add_argument("--logit_scale", type=float, default=20.0)
-    loss.add_argument("--learnable_scale", type=_str2bool, nargs="?", const=True, default=False)
-    loss.add_argument("--delta", type=float, default=1.0, help="weight of mean((fused - visual)^2)")
-    loss.add_argument("--is_xbm", type=_str2bool, nargs="?", const=True, default=False)
-    loss.add_argument("--xbm_size", type=int, default=4096)
-
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default="outputs")
-    run.add_argument("--checkpoints", default=None, help="checkpoint folder (default OUTPUT_DIR/checkpoints)")
-    run.add_argument("--keep_checkpoints", type=int, default=0,
-                     help="keep only the newest N numbered checkpoints (0: keep all); last.pth.tar always stays")
-    run.add_argument("--resume", default=None,
-                     help="checkpoint to continue from (ours or the paper's release); 'init' = untrained model")
-    run.add_argument("--release_config", default=None,
-                     help="cn_clip-style config.json of a release checkpoint (default: the paper's ViT-B/16)")
-    run.add_argument("--finetune", default=None, help="initialise the weights from a checkpoint, restart the schedule")
-    run.add_argument("--workers", type=int, default=4)
-    run.add_argument("--print_freq", type=int, default=50)
-    run.add_argument("--save_freq", type=int, default=0, help="save every N steps too (0: end of epoch only)")
-    run.add_argument("--mixed_precision_training", type=_str2bool, nargs="?", const=True, default=False)
-    run.add_argument("--amp_dtype", choices=("fp16", "bf16"), default="fp16")
-    run.add_argument("--dist_timeout", type=int, default=1800, help="seconds before a stuck collective fails")
-    run.add_argument("--evaluate", action="store_true", help="write the features of --test_file, no training")
-    run.add_argument("--legacy_text_features", action="store_true",
-                     help="also write OUTPUT_DIR/features.feat in the original text format")
-    run.add_argument("--feature_dtype", choices=("float32", "float16"), default="float32")
+        description="Train the QCD cross-domain embedding model, or (--evaluate) write item features. "
+                    "Any option can also be given by its dotted path, e.g. --data.clip_length 8 or "
+                    "--model.text.hidden_size 32 (values inside model.text/vision/caption are read as YAML).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", default=None,
+                        help="YAML file, or the name of a packaged config (tiny, paper); flags override it")
+    parser.add_argument("--seed", type=int, help="seed of every random stream (default: 0)")
+    parser.add_argument("--print_config", action="store_true", default=False,
+                        help="print the resolved configuration as YAML and exit (reads no data)")
+    parser.add_argument("--finetune", nargs="?", const=True, default=None, metavar="PATH",
+                        help="bare: train the vision tower (the original's meaning); with a PATH: "
+                             "initialise the weights from that checkpoint")
+    parser.add_argument("--local_rank", type=int, default=None,
+                        help="accepted from torch.distributed.launch; the LOCAL_RANK variable is used")
+    groups = {name: parser.add_argument_group(name) for name in SECTIONS}
+    for option in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": option.path, "help": f"{option.help} [{option.path}]",
+                                  "default": argparse.SUPPRESS}
+        default = _default_of(option.path)
+        if default is not None and default != {}:
+            kwargs["help"] += f" (default: {default})"
+        if option.type is not None:
+            kwargs["type"] = option.type
+        if option.choices:
+            kwargs["choices"] = option.choices
+        if option.bare is not None:
+            kwargs.update(nargs="?", const=option.bare)
+        groups[option.path.split(".")[0]].add_argument(*option.flag_names, **kwargs)
+    original = parser.add_argument_group("original flags without effect (accepted, with a warning)")
+    for flag, metavar in UNUSED_ORIGINAL_FLAGS.items():
+        if metavar is None:
+            original.add_argument(flag, action="store_true", dest=f"unused:{flag}", help="no effect")
+        else:
+            original.add_argument(flag, metavar=metavar, dest=f"unused:{flag}", help="no effect")
+    for flag in LIVE_FLAGS:
+        original.add_argument(flag, metavar="PATH", dest=f"live:{flag}",
+                              help="live-stream source: not supported (the release has no live data)")
     return parser
 
 
-def load_yaml(path: str) -> dict[str, Any]:
+def _split_dotted(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Separate ``--section.path VALUE`` / ``--section.path=VALUE`` from the flags argparse knows."""
+    flags = {name for option in OPTIONS for name in option.flag_names}
+    rest, dotted = [], []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        name, has_value, value = token.partition("=")
+        if name.startswith("--") and "." in name and name not in flags and name[2:].split(".")[0] in SECTIONS:
+            if not has_value:
+                if index + 1 >= len(argv):
+                    raise ConfigError(f"{name}: expected a value")
+                value = argv[index + 1]
+                index += 1
+            dotted.append((name[2:], value))
+        else:
+            rest.append(token)
+        index += 1
+    return rest, dotted
+
+
+def _set_path(values: dict, path: str, value: Any, source: str) -> None:
+    """Put ``value`` at dotted ``path``; a mapping value merges into a mapping option."""
+    parts = path.split(".")
+    section = parts[0]
+    if section not in SECTIONS:
+        raise ConfigError(f"{source}: unknown section {section!r} in {path!r} (sections: {', '.join(SECTIONS)})")
+    if len(parts) < 2:
+        raise ConfigError(f"{source}: {path!r} names a section, not an option")
+    name = parts[1]
+    if name in DERIVED.get(section, ()):
+        raise ConfigError(f"{source}: {path} is derived, not set: " + _DERIVED_FROM[f"{section}.{name}"])
+    if name not in values[section]:
+        raise ConfigError(f"{source}: unknown option {section}.{name}")
+    if len(parts) == 2:
+        if f"{section}.{name}" in MAPPING_FIELDS and isinstance(value, Mapping) \
+                and isinstance(values[section][name], dict):
+            values[section][name] = {**values[section][name], **plain(value)}
+        else:
+            values[section][name] = plain(value)
+        return
+    if f"{section}.{name}" not in MAPPING_FIELDS:
+        raise ConfigError(f"{source}: {section}.{name} is not a mapping, so {path!r} cannot be set")
+    target = values[section]
+    for part in parts[1:-1]:
+        if target.get(part) is None:
+            target[part] = {}
+        if not isinstance(target[part], dict):
+            raise ConfigError(f"{source}: {path!r}: {part} is not a mapping")
+        target = target[part]
+    target[parts[-1]] = plain(value)
+
+
+_DERIVED_FROM = {
+    "model.clip_length": "frames per clip is data.clip_length (--clip_length)",
+    "model.image_size": "the image size is data.image_size (--image_size)",
+    "model.use_title_mask": "title masking follows data.compat",
+    "model.use_query_mask": "query masking follows data.compat",
+}
+_FLAT_NAMES = {name.lstrip("-"): option.path for option in OPTIONS for name in option.flag_names
+               if name.startswith("--")}
+
+
+def _yaml_values(path: str) -> dict:
     with open(path, encoding="utf-8") as handle:
         content = yaml.safe_load(handle) or {}
     if not isinstance(content, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping of option names to values")
+        raise ConfigError(f"{path}: a config file must hold a mapping of sections or option names to values")
     return content
 
 
-def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` on top of the YAML file named by ``--config`` (if any)."""
-    parser = build_parser()
-    known, _ = parser.parse_known_args(argv)
-    file_values: dict[str, Any] = load_yaml(known.config) if known.config else {}
-    model_cfg = dict(file_values.pop("model", {}) or {})
-    loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(file_values.pop("loss_weights", {}) or {})}
-    lr_mult = {**DEFAULT_LR_MULT, **(file_values.pop("lr_mult", {}) or {})}
+def _apply_yaml(values: dict, path: str) -> None:
+    """Sections (``data: {...}``) or flat option names (``clip_length: 8``); ``derived`` is ignored."""
+    content = _yaml_values(path)
+    for key, value in content.items():
+        if key == "derived":
+            continue  # written by to_yaml() for information; resolve() computes it again
+        if key == "seed":
+            values["seed"] = value
+        elif key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: section {key} must be a mapping")
+            for name, item in value.items():
+                _set_path(values, f"{key}.{name}", item, path)
+        elif key in _FLAT_NAMES:
+            _set_path(values, _FLAT_NAMES[key], value, path)
+        else:
+            raise ConfigError(f"{path}: unknown option(s) {key}")
 
-    option_names = {action.dest for action in parser._actions}
-    unknown = sorted(set(file_values) - option_names)
+
+def config_path(name: str) -> str:
+    """A YAML path, or the name of a config shipped in the package (``tiny`` -> real20m/configs/tiny.yaml)."""
+    if os.path.exists(name) or name.endswith((".yaml", ".yml")):
+        return name
+    packaged = resources.files("real20m") / "configs" / f"{name}.yaml"
+    if packaged.is_file():
+        return str(packaged)
+    raise ConfigError(f"{name}: no such config file, and no packaged config of that name")
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Parse ``argv`` (default sys.argv[1:]) on top of the YAML file named by ``--config``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, dotted = _split_dotted(argv)
+    args = vars(build_parser().parse_args(rest))
+    values = _defaults()
+    values["seed"] = 0
+    if args.get("config"):
+        _apply_yaml(values, config_path(args["config"]))
+    if "seed" in args:
+        values["seed"] = args["seed"]
+    for option in OPTIONS:  # in table order, so "--lr_mult {...}" merges before "--text_lr_factor"
+        if option.path in args:
+            _set_path(values, option.path, args[option.path], "command line")
+    for path, text in dotted:
+        _set_path(values, path, yaml_value(text), "command line")
+    _apply_original_flags(values, args)
+    config = resolve(values)
+    if args.get("print_config"):
+        sys.stdout.write(config.to_yaml())
+        raise SystemExit(0)
+    return config
+
+
+def _apply_original_flags(values: dict, args: dict) -> None:
+    """Flags whose meaning depends on their value, and flags of the original without effect."""
+    finetune = args.get("finetune")
+    if finetune is True:
+        values["optim"]["train_vision"] = True
+    elif finetune:
+        values["run"]["init_weights"] = finetune
+    pretrained = values["model"]["pretrained"]
+    if isinstance(pretrained, str) and _is_training_checkpoint(pretrained, values["model"]["backbone"]):
+        # The original's --pretrained names a whole-model checkpoint (the released pretrain.pth.tar).
+        values["model"]["pretrained"] = None
+        values["run"]["init_weights"] = values["run"]["init_weights"] or pretrained
+    for flag in LIVE_FLAGS:
+        if args.get(f"live:{flag}") is not None:
+            raise ConfigError(f"{flag}: the live-stream source is not supported (the release has no live data)")
+    for flag in UNUSED_ORIGINAL_FLAGS:
+        if args.get(f"unused:{flag}") not in (None, False):
+            logger.warning("%s has no effect (the original parsed it and never used it either)", flag)
+
+
+def _is_training_checkpoint(path: str, backbone: str) -> bool:
+    if path.endswith(".pth.tar"):
+        return True
+    return backbone != "timm" and os.path.isfile(path)
+
+
+# --------------------------------------------------------------------------------- resolve
+
+
+def resolve(values: dict) -> Config:
+    """Check the merged inputs and derive every dependent value; returns the frozen Config."""
+    inputs = copy.deepcopy(values)
+    values = copy.deepcopy(values)
+    data, model, loss, optim, run = (values[name] for name in SECTIONS)
+    _fill_data_paths(data)
+    if data["compat"] not in COMPAT_MODES:
+        raise ConfigError(f"data.compat must be one of {COMPAT_MODES}, got {data['compat']!r}")
+    lengths = ORIGINAL_TEXT_LENGTHS if data["compat"] == "original" else DEFAULT_TEXT_LENGTHS
+    for name, length in lengths.items():
+        if data[name] is None:
+            data[name] = length
+    _check_weights(loss["weights"])
+    _check_lr_mult(optim["lr_mult"])
+    for name in ("clip_length", "image_size", "batch_size", "max_query_len", "max_title_len"):
+        if not isinstance(data[name], int) or data[name] < 1:
+            raise ConfigError(f"data.{name} must be a positive integer, got {data[name]!r}")
+    masked = data["compat"] != "original"
+    weights = {**default_loss_weights(), **loss["weights"]}
+    if model["caption"] is None:
+        weights["caption"] = 0.0  # no decoder configured: no caption term
+    derived_model = {
+        "clip_length": data["clip_length"],
+        "image_size": data["image_size"],
+        "use_title_mask": masked,
+        "use_query_mask": masked,
+        # A decoder whose loss has weight 0 never gets a gradient (DDP refuses such parameters).
+        "caption": model["caption"] if weights.get("caption", 0) else None,
+    }
+    if run["checkpoints"] is None:
+        run["checkpoints"] = os.path.join(run["output_dir"], "checkpoints")
+    return Config(
+        seed=int(values["seed"]),
+        data=DataConfig(**data),
+        model=ModelConfig(**{**model, **derived_model}),
+        loss=LossConfig(**{**loss, "weights": weights}),
+        optim=OptimConfig(**{**optim, "lr_mult": {**default_lr_mult(), **optim["lr_mult"]}}),
+        run=RunConfig(**run),
+        inputs=inputs,
+    )
+
+
+def default_loss_weights() -> dict[str, float]:
+    from real20m.losses.terms import default_weights
+    return default_weights()
+
+
+def default_lr_mult() -> dict[str, float]:
+    from real20m.engine.optim import DEFAULT_LR_MULT
+    return dict(DEFAULT_LR_MULT)
+
+
+def _check_weights(weights: Mapping) -> None:
+    from real20m.losses.terms import TERMS
+    unknown = sorted(set(weights) - set(TERMS))
     if unknown:
-        raise ValueError(f"{known.config}: unknown option(s) {', '.join(unknown)}")
-    parser.set_defaults(**file_values)
-    cfg = parser.parse_args(argv)
-
-    cfg.model = model_cfg
-    cfg.loss_weights = loss_weights
-    cfg.lr_mult = lr_mult
-    _apply_overrides(cfg)
-    _fill_data_paths(cfg)
-    return cfg
+        raise ConfigError(f"loss.weights: unknown term(s) {unknown}; known: {sorted(TERMS)}")
 
 
-def _apply_overrides(cfg: argparse.Namespace) -> None:
-    """Flags that exist for the original scripts' sake and land in the model section."""
-    if cfg.embedding_size is not None:
-        cfg.model["embed_dim"] = cfg.embedding_size
-    if cfg.pretrained is not None:
-        cfg.model["pretrained"] = cfg.pretrained
-    if cfg.gradient_checkpointing is not None:
-        cfg.model["gradient_checkpointing"] = cfg.gradient_checkpointing
-    cfg.model.setdefault("clip_length", cfg.clip_length)
-    if "vision" in cfg.model and not cfg.model.get("pretrained"):
-        # A from-scratch vision tower is built for the image size the data pipeline produces.
-        cfg.model["vision"] = {**cfg.model["vision"], "image_size": cfg.image_size}
-    if cfg.checkpoints is None:
-        cfg.checkpoints = os.path.join(cfg.output_dir, "checkpoints")
+def _check_lr_mult(lr_mult: Mapping) -> None:
+    unknown = sorted(set(lr_mult) - set(default_lr_mult()))
+    if unknown:
+        raise ConfigError(f"optim.lr_mult: unknown group(s) {unknown}; known: {sorted(default_lr_mult())}")
 
 
-def _fill_data_paths(cfg: argparse.Namespace) -> None:
-    """With --data_root, every path left unset points into the standard Real400K/Real20M layout."""
-    if not cfg.data_root:
+def _fill_data_paths(data: dict) -> None:
+    """With data_root, every path left unset points into the standard Real400K/Real20M layout."""
+    if not data["data_root"]:
         return
-    dataset = os.path.join(cfg.data_root, cfg.dataset_name)
-    defaults = {
+    dataset = os.path.join(data["data_root"], data["dataset_name"])
+    layout = {
         "goods_img_root": os.path.join(dataset, "goods", "images"),
         "goods_text_root": os.path.join(dataset, "goods", "text"),
         "photo_img_root": os.path.join(dataset, "video", "images"),
         "photo_text_root": os.path.join(dataset, "video", "text"),
-        "train_file": os.path.join(cfg.data_root, "train_file", "train.txt"),
+        "train_file": os.path.join(data["data_root"], "train_file", "train.txt"),
     }
-    cluster = os.path.join(cfg.data_root, "train_file", "cluster.txt")
-    if cfg.hard_sample and os.path.exists(cluster):
-        defaults["cluster_file"] = cluster
-    for name, path in defaults.items():
-        if getattr(cfg, name) is None:
-            setattr(cfg, name, path)
+    cluster = os.path.join(data["data_root"], "train_file", "cluster.txt")
+    if data["hard_sample"] and os.path.exists(cluster):
+        layout["cluster_file"] = cluster
+    for name, path in layout.items():
+        if data[name] is None:
+            data[name] = path
+
+
+def write_config(config: Config, output_dir: str) -> str:
+    """``OUTPUT_DIR/config.yaml`` (written atomically: a crash never leaves half a file)."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "config.yaml")
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "w", encoding="utf-8") as handle:
+        handle.write(config.to_yaml())
+    os.replace(temp, path)
+    return path

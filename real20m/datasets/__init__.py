@@ -13,7 +13,7 @@ _EXPORTS = {
     "collate": ["Collator"],
     "dataset": ["EvalDataset", "TrainDataset", "build_eval_dataset", "build_train_dataset"],
     "items": ["ItemLoader", "ItemRoots", "segment_frame_indices", "video_frame_paths"],
-    "samplers": ["ClusterBatchSampler", "SampleKey", "SourceBatchSampler", "build_batch_sampler"],
+    "samplers": ["ClusterBatchSampler", "SampleKey", "SourceBatchSampler"],
     "tokenization": ["build_tokenizer", "load_saved_tokenizer"],
     "transforms": ["build_eval_transform", "build_train_transform"],
 }

@@ -19,9 +19,9 @@ MAX_REPLACEMENTS = 10
 MAX_REJECTIONS = 10_000
 
 
-def item_roots(cfg) -> ItemRoots:
-    return ItemRoots(cfg.goods_img_root, cfg.goods_text_root, cfg.photo_img_root, cfg.photo_text_root,
-                     getattr(cfg, "frameid_root", None))
+def item_roots(data) -> ItemRoots:
+    return ItemRoots(data.goods_img_root, data.goods_text_root, data.photo_img_root, data.photo_text_root,
+                     data.frameid_root)
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -145,23 +145,24 @@ class EvalDataset(torch.utils.data.Dataset):
         return sample
 
 
-def build_train_dataset(cfg) -> TrainDataset:
-    """Train dataset of ``cfg.train_file``: query-grouped (3 fields) or item file (5 fields)."""
-    table = load_query_groups(cfg.train_file) if detect_format(cfg.train_file) == "query_groups" else \
-        load_items(cfg.train_file)
-    loader = ItemLoader(item_roots(cfg), build_train_transform(cfg.image_size), cfg.clip_length,
-                        text_aug=bool(getattr(cfg, "text_aug", False)))
-    return TrainDataset(table, loader, getattr(cfg, "cluster_file", None))
+def build_train_dataset(data) -> TrainDataset:
+    """Train dataset of ``data.train_file`` (the data config section): query-grouped (3 fields)
+    or item file (5 fields)."""
+    table = load_query_groups(data.train_file) if detect_format(data.train_file) == "query_groups" else \
+        load_items(data.train_file)
+    loader = ItemLoader(item_roots(data), build_train_transform(data.image_size), data.clip_length,
+                        text_aug=data.text_aug)
+    return TrainDataset(table, loader, data.cluster_file)
 
 
-def build_eval_dataset(cfg, test_file: str) -> EvalDataset:
+def build_eval_dataset(data, test_file: str) -> EvalDataset:
     """Evaluation dataset of an item file (``pid \\t source \\t query \\t frame_paths \\t text_path``)."""
     if detect_format(test_file) != "items":
         raise AnnotationError(f"{test_file}: evaluation needs the one-item-a-line format (5 fields)")
     table = load_items(test_file)
     check_unique_pids(table)
-    transform = build_eval_transform(cfg.image_size, getattr(cfg, "compat", "default"))
-    loader = ItemLoader(item_roots(cfg), transform, cfg.clip_length, text_aug=False)
+    transform = build_eval_transform(data.image_size, data.compat)
+    loader = ItemLoader(item_roots(data), transform, data.clip_length, text_aug=False)
     return EvalDataset(table, loader)
 
 

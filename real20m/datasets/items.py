@@ -5,9 +5,13 @@ cut at 80 characters; a field that is the word ``null`` is missing and left out 
 Frames: a video is ``clip_length`` frames, one per equal segment of its available frames
 (random inside the segment for training, the middle one for evaluation); goods are one image.
 
+``compat="original"`` (evaluation only) rebuilds the original release's inputs instead: its text
+rules, its frame choice and its handling of unreadable frames (see ``original_compat``).
+
 Data problems never crash a worker: they are repaired and reported as ``(kind, path)`` issues:
 ``missing_text`` / ``non_utf8`` (text file), ``corrupt_image`` (frame replaced by a readable
-neighbour), and the caller replaces items whose frames are all unreadable (``replaced_item``).
+neighbour, or skipped in original mode), and the caller replaces items whose frames are all
+unreadable (``replaced_item``).
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import original_compat
 from .annotations import GOODS, PHOTO, SOURCES, safe_join
+from .original_compat import DEFAULT, ORIGINAL, check_compat
 
 SHARD = 50000  # files live under <root>/<pid % 50000>/
 MAX_TEXT_CHARS = 80
@@ -36,20 +42,27 @@ def shard_path(root: str, pid: int, ext: str) -> str:
 # --------------------------------------------------------------------------- text
 
 
-def read_text_lines(path: str, issues: list) -> list[str]:
-    """Lines of a text file; a missing file gives [] and a non-UTF-8 one is decoded with replacement."""
+def read_text(path: str, issues: list) -> str:
+    """Content of a text file; a missing file gives '' and a non-UTF-8 one is decoded with replacement."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
     except OSError:
         issues.append(("missing_text", path))
-        return []
+        return ""
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         issues.append(("non_utf8", path))
-        text = raw.decode("utf-8", errors="replace")
-    return text.splitlines()
+        return raw.decode("utf-8", errors="replace")
+
+
+def read_text_lines(path: str, issues: list) -> list[str]:
+    """Lines of a text file without their newlines.
+
+    Split at newlines only: ``str.splitlines`` would also split a title at a form feed, U+0085
+    or U+2028, shifting every later line (a goods file would then give its description)."""
+    return [line.rstrip("\n") for line in original_compat.text_mode_lines(read_text(path, issues))]
 
 
 def _field(lines: list[str], index: int) -> str:
@@ -91,7 +104,12 @@ def perturb_title(title: str, rng: np.random.Generator) -> str:
     return "".join(pieces) or title
 
 
-def item_text(path: str, source: int, issues: list, rng: np.random.Generator | None = None) -> str:
+def item_text(path: str, source: int, issues: list, rng: np.random.Generator | None = None,
+              compat: str = DEFAULT) -> str:
+    """The item's text; ``compat="original"`` applies the original's rules (no augmentation)."""
+    if compat == ORIGINAL:
+        lines = original_compat.text_mode_lines(read_text(path, issues))
+        return original_compat.goods_title(lines) if source == GOODS else original_compat.video_title(lines)
     lines = read_text_lines(path, issues)
     return goods_text(lines, rng) if source == GOODS else video_text(lines, rng)
 
@@ -145,32 +163,53 @@ def read_image(path: str) -> Image.Image | None:
         return None
 
 
-def read_frames(paths: list[str], indices, issues: list) -> list[Image.Image] | None:
-    """Images at ``indices``; an unreadable one is replaced by the nearest readable frame.
+class FrameFiles:
+    """The listed frame files of one item, each decoded at most once (clips repeat indices).
 
-    Returns None when no frame of the video is readable."""
-    cache: dict[int, Image.Image | None] = {}
+    A file that cannot be decoded is reported once as ``("corrupt_image", path)``."""
 
-    def load(index: int):
-        if index not in cache:
-            cache[index] = read_image(paths[index])
-            if cache[index] is None:
-                issues.append(("corrupt_image", paths[index]))
-        return cache[index]
+    def __init__(self, paths: list[str], issues: list):
+        self.paths = paths
+        self.issues = issues
+        self._images: dict[int, Image.Image | None] = {}
 
-    frames = []
+    def image(self, index: int) -> Image.Image | None:
+        if index not in self._images:
+            self._images[index] = read_image(self.paths[index])
+            if self._images[index] is None:
+                self.issues.append(("corrupt_image", self.paths[index]))
+        return self._images[index]
+
+    def readable(self, index: int) -> bool:
+        return self.image(index) is not None
+
+
+def nearest_readable(indices, readable, num_frames: int) -> list[int] | None:
+    """Each index, or its nearest readable neighbour (earlier one first); None when none is readable."""
+    chosen = []
     for index in map(int, indices):
-        image = load(index)
-        for offset in range(1, len(paths)):
-            if image is not None:
-                break
-            for neighbour in (index - offset, index + offset):
-                if 0 <= neighbour < len(paths) and (image := load(neighbour)) is not None:
-                    break
-        if image is None:
+        candidates = [index] + [neighbour for offset in range(1, num_frames)
+                                for neighbour in (index - offset, index + offset) if 0 <= neighbour < num_frames]
+        found = next((candidate for candidate in candidates if readable(candidate)), None)
+        if found is None:
             return None
-        frames.append(image)
-    return frames
+        chosen.append(found)
+    return chosen
+
+
+def choose_frames(files: FrameFiles, indices, compat: str = DEFAULT) -> list[int] | None:
+    """Indices of the frames that make the clip: unreadable ones replaced by a readable neighbour,
+    or (original) skipped with the clip padded by its last frame. None when no frame is readable."""
+    if compat == ORIGINAL:
+        return original_compat.skip_unreadable_and_pad([int(index) for index in indices], files.readable)
+    return nearest_readable(indices, files.readable, len(files.paths))
+
+
+def read_frames(paths: list[str], indices, issues: list, compat: str = DEFAULT) -> list[Image.Image] | None:
+    """Images of the clip at ``indices`` (see ``choose_frames``); None when no frame is readable."""
+    files = FrameFiles(paths, issues)
+    chosen = choose_frames(files, indices, compat)
+    return None if chosen is None else [files.image(index) for index in chosen]
 
 
 # --------------------------------------------------------------------------- one item
@@ -193,12 +232,21 @@ class ItemRoots:
 
 @dataclass
 class ItemLoader:
-    """Reads and transforms one item; ``load`` returns None when none of its frames is readable."""
+    """Reads and transforms one item; ``load`` returns None when none of its frames is readable.
+
+    ``compat="original"`` reproduces the original release's evaluation inputs (text rules, frame
+    choice, skipped unreadable frames) for deterministic loads; a load with training randomness
+    (``rng``) keeps our rules, since only the original's evaluation is reproduced. The matching
+    pixels come from ``build_eval_transform(size, "original")``, which the caller passes."""
 
     roots: ItemRoots
     transform: object  # callable(image, generator=None) -> uint8 Tensor(3, H, W)
     clip_length: int = 5
     text_aug: bool = False
+    compat: str = DEFAULT
+
+    def __post_init__(self):
+        check_compat(self.compat)
 
     def load(self, pid: int, source: int, rng: np.random.Generator | None = None,
              generator: torch.Generator | None = None, frame_paths: list[str] | None = None,
@@ -208,20 +256,22 @@ class ItemLoader:
         Problems met are appended to ``issues`` (a fresh list when not given), which becomes the
         sample's ``"issues"``; the caller's list keeps them even when None is returned."""
         issues = [] if issues is None else issues
-        title = item_text(self.text_file(pid, source, text_path), source, issues, rng if self.text_aug else None)
-        images = self._images(pid, source, rng, frame_paths, issues)
-        if images is None:
+        title = item_text(self.text_file(pid, source, text_path), source, issues,
+                          rng if self.text_aug else None, self._rules(rng))
+        clip = self.clip_frames(pid, source, rng, frame_paths, issues)
+        if clip is None:
             return None
-        frames = torch.stack([self._transform(image, generator) for image in images])
+        frames = torch.stack([self._transform(image, generator) for _, image in clip])
         return {"pid": int(pid), "source": SOURCES[source], "title": title, "frames": frames, "issues": issues}
 
     def load_with_blank_frames(self, pid: int, source: int, text_path: str | None = None,
                                issues: list | None = None) -> dict:
         """Deterministic sample whose frames are black images (evaluation of an unreadable item)."""
         issues = [] if issues is None else issues
-        title = item_text(self.text_file(pid, source, text_path), source, [])  # text issues already counted
+        # text issues were already counted by the load that found no frame
+        title = item_text(self.text_file(pid, source, text_path), source, [], compat=self.compat)
         black = Image.new("RGB", (32, 32))  # any size: the transform resizes it to image_size
-        frames = self.transform(black).unsqueeze(0).repeat(self.clip_length if source == PHOTO else 1, 1, 1, 1)
+        frames = self.transform(black).unsqueeze(0).repeat(self._frames_per_clip(source), 1, 1, 1)
         return {"pid": int(pid), "source": SOURCES[source], "title": title, "frames": frames, "issues": issues}
 
     def text_file(self, pid: int, source: int, text_path: str | None = None) -> str:
@@ -230,16 +280,38 @@ class ItemLoader:
             return safe_join(self.roots.text_root(source), text_path)
         return shard_path(self.roots.text_root(source), pid, "txt")
 
-    def _images(self, pid, source, rng, frame_paths, issues):
+    def clip_frames(self, pid: int, source: int, rng: np.random.Generator | None = None,
+                    frame_paths: list[str] | None = None,
+                    issues: list | None = None) -> list[tuple[str, Image.Image]] | None:
+        """(path, RGB image) of each frame of the item's clip, in order; None when none is readable."""
+        issues = [] if issues is None else issues
+        rules = self._rules(rng)
+        files = FrameFiles(self._listed_frames(pid, source, frame_paths, rules), issues)
+        chosen = choose_frames(files, self._frame_indices(len(files.paths), source, rng, rules), rules)
+        return None if chosen is None else [(files.paths[index], files.image(index)) for index in chosen]
+
+    def _rules(self, rng) -> str:
+        return self.compat if rng is None else DEFAULT
+
+    def _frames_per_clip(self, source: int) -> int:
+        return self.clip_length if source == PHOTO else 1
+
+    def _listed_frames(self, pid: int, source: int, frame_paths: list[str] | None, rules: str) -> list[str]:
         image_root = self.roots.image_root(source)
         if source == PHOTO:
-            paths = video_frame_paths(pid, image_root, self.roots.frameid_root, frame_paths)
-            indices = segment_frame_indices(len(paths), self.clip_length, rng)
-        else:
-            paths = ([safe_join(image_root, frame_paths[0])] if frame_paths
-                     else [shard_path(image_root, pid, "jpg")])
-            indices = [0]
-        return read_frames(paths, indices, issues)
+            return video_frame_paths(pid, image_root, self.roots.frameid_root, frame_paths)
+        if not frame_paths:
+            return [shard_path(image_root, pid, "jpg")]
+        # We use a goods item's first listed image; the original picks the middle one of all listed.
+        listed = frame_paths if rules == ORIGINAL else frame_paths[:1]
+        return [safe_join(image_root, relative) for relative in listed]
+
+    def _frame_indices(self, num_frames: int, source: int, rng, rules: str):
+        if rules == ORIGINAL:
+            return original_compat.frame_indices(num_frames, self._frames_per_clip(source))
+        if source == PHOTO:
+            return segment_frame_indices(num_frames, self.clip_length, rng)
+        return [0]
 
     def _transform(self, image, generator):
         return self.transform(image, generator) if generator is not None else self.transform(image)

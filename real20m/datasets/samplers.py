@@ -146,11 +146,3 @@ def deal_batches(num_batches: int, rank: int, world_size: int, drop_last: bool) 
     else:
         per_rank = -(-num_batches // world_size)
     return np.arange(rank, rank + per_rank * world_size, world_size) % max(num_batches, 1)
-
-
-def build_batch_sampler(dataset, cfg, rank: int, world_size: int) -> SourceBatchSampler:
-    """``ClusterBatchSampler`` when ``cfg.hard_sample`` else ``SourceBatchSampler``."""
-    if getattr(cfg, "hard_sample", False):
-        return ClusterBatchSampler(dataset, cfg.batch_size, rank, world_size, cfg.seed,
-                                   cluster_file=cfg.cluster_file, level=getattr(cfg, "cluster_level", 0))
-    return SourceBatchSampler(dataset, cfg.batch_size, rank, world_size, cfg.seed)

@@ -13,7 +13,10 @@ from the sampler's key, so a sample is reproducible whatever the worker count); 
 falls back to torch's global RNG, which DataLoader seeds per worker.
 
 Evaluation: Resize(image_size, bicubic) + CenterCrop. ``compat="original"`` reproduces the
-original release: resize to (image_size, image_size) with NEAREST interpolation, then CenterCrop.
+original release: a resize to exactly (image_size, image_size) with PIL's BILINEAR filter, ignoring
+the aspect ratio, then CenterCrop (a no-op after that). The original's video transform inverts
+the interpolation names for PIL images and its Resize defaults to 'nearest', so 'nearest' there
+means BILINEAR. The model's ``normalize_pixels`` then gives the original's float32 pixels.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+
+from .original_compat import DEFAULT, check_compat
 
 TRAIN_SCALE = (0.64, 1.0)
 TRAIN_RATIO = (3 / 4, 4 / 3)
@@ -88,11 +93,11 @@ def build_train_transform(image_size: int) -> TrainTransform:
     return TrainTransform(image_size)
 
 
-def build_eval_transform(image_size: int, compat: str = "default") -> T.Compose:
-    if compat == "default":
+def build_eval_transform(image_size: int, compat: str = DEFAULT) -> T.Compose:
+    if check_compat(compat) == DEFAULT:
         resize = T.Resize(image_size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-    elif compat == "original":
-        resize = T.Resize((image_size, image_size), interpolation=InterpolationMode.NEAREST)
     else:
-        raise ValueError(f"compat must be 'default' or 'original', got {compat!r}")
+        # On a PIL image this is image.resize((S, S), Image.BILINEAR): PIL's filter, whose support
+        # widens when downscaling (antialiasing), exactly as the original called it.
+        resize = T.Resize((image_size, image_size), interpolation=InterpolationMode.BILINEAR)
     return T.Compose([resize, T.CenterCrop(image_size), pil_to_uint8])

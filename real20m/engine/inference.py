@@ -1,40 +1,43 @@
 """``--evaluate``: embed every item of a test file with a trained (or untrained) model.
 
-The model comes from one of: our training checkpoint (it carries its model configuration and
-tokenizer), a checkpoint in the paper's release layout, or ``--resume init`` — the untrained model
-with the run's seed, the baseline that shows what training bought.
+The model comes from one of: our training checkpoint (it carries its resolved configuration,
+model architecture and tokenizer), a checkpoint in the paper's release layout, or ``--resume
+init`` — the untrained model with the run's seed, the baseline that shows what training bought.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import os
 
-from real20m.datasets import Collator, build_eval_dataset, build_tokenizer, build_train_dataset
-from real20m.engine.builders import make_model, prepare_tokenizer, restore_tokenizer
+from real20m.config import Config, DataConfig, write_config
+from real20m.datasets import build_tokenizer, build_train_dataset
 from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.distributed import DistEnv, cleanup_distributed, init_distributed
 from real20m.evaluate.extract import extract_features
 from real20m.evaluate.feature_io import load_features, write_legacy_features
-from real20m.models.convert import build_model_from_release_config, is_release_checkpoint, load_weights_into
+from real20m.factory import build_collator, build_eval_data, build_model, build_tokenizer_for, load_weights, \
+    restore_tokenizer
+from real20m.models.convert import build_model_from_release_config, is_release_checkpoint
 from real20m.utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
 
 UNTRAINED = "init"
 
-
 # Input shapes the model was trained with; evaluating with other values would feed it inputs it
 # never saw (or cannot take: a from-scratch ViT has a fixed image size).
 TRAINED_INPUT_SETTINGS = ("image_size", "clip_length", "max_query_len", "max_title_len")
 
 
-def adopt_input_settings(cfg: argparse.Namespace, trained_args: dict) -> None:
-    for name in TRAINED_INPUT_SETTINGS:
-        if name in trained_args and trained_args[name] != getattr(cfg, name):
-            logger.info("using the checkpoint's %s = %s (not %s)", name, trained_args[name], getattr(cfg, name))
-            setattr(cfg, name, trained_args[name])
+def trained_inputs(data: DataConfig, trained: dict) -> DataConfig:
+    """The evaluation's data section with the checkpoint's input settings (each change logged)."""
+    changes = {name: trained[name] for name in TRAINED_INPUT_SETTINGS
+               if name in trained and trained[name] != getattr(data, name)}
+    for name, value in changes.items():
+        logger.info("using the checkpoint's %s = %s (not %s)", name, value, getattr(data, name))
+    return dataclasses.replace(data, **changes)
 
 
 def load_release_config(path: str | None) -> dict | None:
@@ -44,53 +47,59 @@ def load_release_config(path: str | None) -> dict | None:
         return json.load(handle)
 
 
-def load_model_for_inference(cfg: argparse.Namespace, dist: DistEnv):
-    """(model, tokenizer) described by ``cfg.resume``; see the module docstring."""
-    if not cfg.resume or cfg.resume == UNTRAINED:
-        texts = build_train_dataset(cfg).training_texts() if dist.is_main else None
-        tokenizer = prepare_tokenizer(cfg, texts, dist.is_main)
+def load_model_for_inference(cfg: Config, dist: DistEnv):
+    """(model, tokenizer, data section to evaluate with) described by ``cfg.run.resume``."""
+    if not cfg.run.resume or cfg.run.resume == UNTRAINED:
+        tokenizer = build_tokenizer_for(cfg.data, cfg.model, cfg.run.output_dir,
+                                        lambda: build_train_dataset(cfg.data).training_texts(), dist.is_main)
         logger.info("evaluating the UNTRAINED model (seed %d)", cfg.seed)
-        return make_model(cfg.model, tokenizer, cfg.seed, cfg.compat), tokenizer
+        return build_model(cfg.model, tokenizer, cfg.seed), tokenizer, cfg.data
 
-    checkpoint = load_checkpoint(cfg.resume)
+    checkpoint = load_checkpoint(cfg.run.resume)
+    data = cfg.data
     if is_release_checkpoint(checkpoint):
-        if not cfg.tokenizer:
+        if not data.tokenizer:
             raise ValueError("a checkpoint in the paper's release layout needs --tokenizer: the Chinese "
                              "RoBERTa-wwm-ext vocabulary (hub name or local folder)")
-        tokenizer = build_tokenizer(cfg.tokenizer, None, None)
-        model = build_model_from_release_config(load_release_config(cfg.release_config))
-        model.use_title_mask = cfg.compat != "original"
+        tokenizer = build_tokenizer(data.tokenizer, None, None)
+        model = build_model_from_release_config(load_release_config(cfg.run.release_config))
+        model.use_title_mask = cfg.model.use_title_mask
+        model.use_query_mask = cfg.model.use_query_mask
     else:
-        adopt_input_settings(cfg, checkpoint.get("args", {}))
-        model_cfg = checkpoint.get("model_cfg") or cfg.model
+        # "config" since the configuration redesign; older checkpoints kept the flat "args".
+        data = trained_inputs(data, checkpoint.get("config", {}).get("data") or checkpoint.get("args", {}))
         files = checkpoint.get("tokenizer_files")
         if files:
-            tokenizer = restore_tokenizer(files, cfg.output_dir)
+            tokenizer = restore_tokenizer(files, cfg.run.output_dir)
         else:
-            tokenizer = build_tokenizer(cfg.tokenizer or model_cfg.get("pretrained"), None, None)
-        model = make_model(model_cfg, tokenizer, cfg.seed, cfg.compat)
-    load_weights_into(model, checkpoint)
-    logger.info("loaded %s", cfg.resume)
-    return model, tokenizer
+            tokenizer = build_tokenizer(data.tokenizer or cfg.model.pretrained, None, None)
+        architecture = checkpoint.get("model_cfg") or cfg.model.architecture()
+        architecture = {**architecture, "use_title_mask": cfg.model.use_title_mask,
+                        "use_query_mask": cfg.model.use_query_mask}
+        model = build_model(architecture, tokenizer, cfg.seed)
+    load_weights(model, checkpoint)
+    logger.info("loaded %s", cfg.run.resume)
+    return model, tokenizer, data
 
 
-def write_features(cfg: argparse.Namespace) -> int:
-    if not cfg.test_file:
+def write_features(cfg: Config) -> int:
+    if not cfg.data.test_file:
         raise ValueError("--evaluate needs --test_file (the items to embed)")
-    dist = init_distributed(cfg.dist_timeout)
-    setup_logging(cfg.output_dir, dist.rank)
+    dist = init_distributed(cfg.run.dist_timeout)
+    setup_logging(cfg.run.output_dir, dist.rank)
     try:
-        model, tokenizer = load_model_for_inference(cfg, dist)
-        model.to(dist.device)
-        dataset = build_eval_dataset(cfg, cfg.test_file)
-        collate = Collator(tokenizer, cfg.max_query_len, cfg.max_title_len)
-        count = extract_features(model, dataset, collate, dist, cfg.output_dir, cfg.batch_size,
-                                 cfg.workers, cfg.feature_dtype)
-        if dist.is_main and cfg.legacy_text_features:
-            features = load_features(cfg.output_dir)
-            write_legacy_features(os.path.join(cfg.output_dir, "features.feat"), features.ids, features.feats)
+        model, tokenizer, data = load_model_for_inference(cfg, dist)
         if dist.is_main:
-            logger.info("wrote %d features of %s to %s", count, cfg.test_file, cfg.output_dir)
+            write_config(dataclasses.replace(cfg, data=data), cfg.run.output_dir)
+        model.to(dist.device)
+        dataset = build_eval_data(data, data.test_file)
+        count = extract_features(model, dataset, build_collator(data, tokenizer), dist, cfg.run.output_dir,
+                                 data.batch_size, data.workers, cfg.run.feature_dtype)
+        if dist.is_main and cfg.run.legacy_text_features:
+            features = load_features(cfg.run.output_dir)
+            write_legacy_features(os.path.join(cfg.run.output_dir, "features.feat"), features.ids, features.feats)
+        if dist.is_main:
+            logger.info("wrote %d features of %s to %s", count, data.test_file, cfg.run.output_dir)
         return count
     finally:
         cleanup_distributed()

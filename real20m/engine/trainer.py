@@ -7,7 +7,6 @@ resumed run continues the same stream.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import inspect
@@ -18,21 +17,20 @@ import time
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from real20m.datasets import ClusterBatchSampler, Collator, SourceBatchSampler, build_train_dataset
-from real20m.engine.builders import make_model, prepare_tokenizer, restore_tokenizer, tokenizer_files
+from real20m.config import Config, OptimConfig, write_config
+from real20m.datasets import build_train_dataset
 from real20m.engine.checkpoint import CheckpointManager, load_checkpoint
 from real20m.engine.distributed import DistEnv, barrier, cleanup_distributed, init_distributed
 from real20m.engine.optim import build_optimizer, build_scheduler
+from real20m.factory import build_collator, build_model, build_objective, build_tokenizer_for, \
+    build_train_data, load_weights, restore_tokenizer, tokenizer_files, TOKENIZER_DIR
 from real20m.losses import QCDLoss
-from real20m.models.convert import load_weights_into
 from real20m.utils.logging import setup_logging
 from real20m.utils.meters import AverageMeter
 from real20m.utils.seeding import rng_state, seed_everything, set_rng_state
-from real20m.utils.workers import worker_init_for
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +48,7 @@ class TrainStep(nn.Module):
         self.criterion = criterion
 
     def forward(self, batch: dict):
-        out = self.model(batch)
-        caption = self.model.caption_loss(out["visual"], batch["query_ids"], batch["query_mask"])
-        return self.criterion(out, caption)
+        return self.criterion(self.model(batch))
 
 
 class DataIssueLog:
@@ -82,10 +78,10 @@ def move_to_device(batch: dict, device: torch.device) -> dict:
             for key, value in batch.items()}
 
 
-def autocast_context(cfg: argparse.Namespace, device: torch.device):
+def autocast_context(optim: OptimConfig, device: torch.device):
     """Mixed precision only on CUDA: fp16 (with a GradScaler) or bf16. CPU runs stay fp32."""
-    if cfg.mixed_precision_training and device.type == "cuda":
-        dtype = torch.float16 if cfg.amp_dtype == "fp16" else torch.bfloat16
+    if optim.mixed_precision_training and device.type == "cuda":
+        dtype = torch.float16 if optim.amp_dtype == "fp16" else torch.bfloat16
         return torch.autocast(device_type="cuda", dtype=dtype)
     return contextlib.nullcontext()
 
@@ -99,75 +95,50 @@ def no_buffer_resync() -> dict:
     return {"broadcast_buffers": False}
 
 
-def build_sampler(cfg: argparse.Namespace, dataset, dist: DistEnv):
-    sampler_cls = ClusterBatchSampler if cfg.hard_sample else SourceBatchSampler
-    return sampler_cls(dataset, cfg.batch_size, dist.rank, dist.world_size, cfg.seed)
-
-
-def build_loader(cfg: argparse.Namespace, dataset, sampler, collate, dist: DistEnv) -> DataLoader:
-    """One loader for the whole run. Its workers persist across epochs (starting them costs more
-    than a tiny epoch); they hold no randomness of their own, because every sample is drawn from
-    the seed its sampler key carries, so persistence does not affect what a resumed run sees."""
-    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + dist.rank)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.workers,
-                      pin_memory=dist.device.type == "cuda", generator=generator,
-                      persistent_workers=cfg.workers > 0,
-                      worker_init_fn=worker_init_for(dist.device))
-
-
 class Trainer:
-    def __init__(self, cfg: argparse.Namespace, dist: DistEnv):
+    def __init__(self, cfg: Config, dist: DistEnv):
         self.cfg = cfg
         self.dist = dist
         seed_everything(cfg.seed)
-        self.dataset = build_train_dataset(cfg)
-        resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
+        dataset = build_train_dataset(cfg.data)
+        resume_state = load_checkpoint(cfg.run.resume) if cfg.run.resume else None
         if resume_state and resume_state.get("tokenizer_files"):
             # The run continues with the vocabulary it started with, whatever the texts are now.
-            self.tokenizer = restore_tokenizer(resume_state["tokenizer_files"], cfg.output_dir)
+            self.tokenizer = restore_tokenizer(resume_state["tokenizer_files"], cfg.run.output_dir)
         else:
-            self.tokenizer = prepare_tokenizer(cfg, self.dataset.training_texts(), dist.is_main)
-        self.collate = Collator(self.tokenizer, cfg.max_query_len, cfg.max_title_len)
-        self.sampler = build_sampler(cfg, self.dataset, dist)
-        self.loader = build_loader(cfg, self.dataset, self.sampler, self.collate, dist)
-        if len(self.sampler) == 0:
-            raise ValueError(f"{cfg.train_file}: too few samples for one batch of {cfg.batch_size} "
-                             f"per source on each of {dist.world_size} process(es)")
+            self.tokenizer = build_tokenizer_for(cfg.data, cfg.model, cfg.run.output_dir,
+                                                 dataset.training_texts, dist.is_main)
+        self.dataset, self.sampler, self.loader = build_train_data(
+            cfg.data, build_collator(cfg.data, self.tokenizer), dist, cfg.seed, dataset)
 
-        if not cfg.loss_weights.get("caption"):
-            # A decoder whose loss has weight 0 would never get a gradient (and DDP refuses
-            # parameters that get none): build the model without it.
-            cfg.model = {**cfg.model, "caption": None}
-        self.model = make_model(cfg.model, self.tokenizer, cfg.seed, cfg.compat).to(dist.device)
-        self.criterion = QCDLoss(
-            weights=cfg.loss_weights, logit_scale=cfg.logit_scale, learnable_scale=cfg.learnable_scale,
-            delta=cfg.delta, xbm_size=cfg.xbm_size if cfg.is_xbm else 0,
-            embed_dim=self.model.embed_dim).to(dist.device)
+        self.model = build_model(cfg.model, self.tokenizer, cfg.seed, cfg.optim.train_vision).to(dist.device)
+        self.criterion = build_objective(cfg.loss, self.model.embed_dim).to(dist.device)
         self.step_module = TrainStep(self.model, self.criterion)
         if dist.world_size > 1:
             device_ids = [dist.local_rank] if dist.device.type == "cuda" else None
             self.step_module = DistributedDataParallel(self.step_module, device_ids=device_ids,
                                                        **no_buffer_resync())
 
-        self.optimizer = build_optimizer(self.model, cfg, extra_params=list(self.criterion.parameters()))
-        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.sampler))
-        use_scaler = cfg.mixed_precision_training and dist.device.type == "cuda" and cfg.amp_dtype == "fp16"
+        self.optimizer = build_optimizer(self.model, cfg.optim, extra_params=list(self.criterion.parameters()))
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, len(self.sampler))
+        use_scaler = cfg.optim.mixed_precision_training and dist.device.type == "cuda" \
+            and cfg.optim.amp_dtype == "fp16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
-        self.epoch = 0
+        self.epoch = cfg.run.start_epoch
         self.batch_in_epoch = 0
-        self.global_step = 0
-        self.checkpoints = CheckpointManager(cfg.checkpoints, cfg.keep_checkpoints) if dist.is_main else None
-        self.writer = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard")) if dist.is_main else None
+        self.global_step = cfg.run.start_step
+        self.checkpoints = CheckpointManager(cfg.run.checkpoints, cfg.run.keep_checkpoints) if dist.is_main else None
+        self.writer = SummaryWriter(os.path.join(cfg.run.output_dir, "tensorboard")) if dist.is_main else None
         self.issues = DataIssueLog()
-        self._tokenizer_files = tokenizer_files(os.path.join(cfg.output_dir, "tokenizer")) \
-            if dist.is_main and not (cfg.tokenizer or cfg.model.get("pretrained")) else {}
+        self._tokenizer_files = tokenizer_files(os.path.join(cfg.run.output_dir, TOKENIZER_DIR)) \
+            if dist.is_main else {}
 
-        if cfg.resume:
-            self.resume(resume_state, cfg.resume)
-        elif cfg.finetune:
-            load_weights_into(self.model, load_checkpoint(cfg.finetune))
-            logger.info("initialised the weights from %s", cfg.finetune)
+        if cfg.run.resume:
+            self.resume(resume_state, cfg.run.resume)
+        elif cfg.run.init_weights:
+            logger.info("%s; initialised from %s", load_weights(self.model, cfg.run.init_weights),
+                        cfg.run.init_weights)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def gather_rng_states(self) -> list[dict]:
@@ -190,9 +161,9 @@ class Trainer:
             "global_step": self.global_step,
             "world_size": self.dist.world_size,
             "rng": rng_states,
-            "model_cfg": self.cfg.model,
+            "model_cfg": self.model.resolved_config(),
             "tokenizer_files": self._tokenizer_files,
-            "args": {key: value for key, value in vars(self.cfg).items()},
+            "config": self.cfg.to_dict(),
         }
 
     def save(self) -> None:
@@ -205,7 +176,7 @@ class Trainer:
     def resume(self, state: dict, path: str) -> None:
         if "optimizer" not in state or "model" not in state:
             # A release checkpoint or exported weights: start training from those weights.
-            load_weights_into(self.model, state)
+            load_weights(self.model, state)
             logger.info("loaded weights from %s (no training state in it: starting at step 0)", path)
             return
         self.model.load_state_dict(state["model"])
@@ -226,13 +197,14 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
         batch = move_to_device(batch, self.dist.device)
-        with autocast_context(self.cfg, self.dist.device):
+        with autocast_context(self.cfg.optim, self.dist.device):
             loss, terms = self.step_module(batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.cfg.clip_grad > 0:
+        if self.cfg.optim.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
-            terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad))
+            terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                      self.cfg.optim.clip_grad))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -241,7 +213,7 @@ class Trainer:
     def log_step(self, terms: dict[str, float], meters: dict[str, AverageMeter]) -> None:
         for name, value in terms.items():
             meters.setdefault(name, AverageMeter()).update(value)
-        if self.writer is None or self.global_step % self.cfg.print_freq:
+        if self.writer is None or self.global_step % self.cfg.run.print_freq:
             return
         for name, meter in meters.items():
             self.writer.add_scalar(f"train/{name}", meter.avg, self.global_step)
@@ -266,7 +238,7 @@ class Trainer:
             self.batch_in_epoch += 1
             progress.set_postfix(loss=f"{terms['total']:.3f}", top1=f"{terms['top1']:.2f}")
             self.log_step(terms, meters)
-            if self.cfg.save_freq and self.global_step % self.cfg.save_freq == 0:
+            if self.cfg.run.save_freq and self.global_step % self.cfg.run.save_freq == 0:
                 self.save()
             if self.reached_max_steps():
                 self.issues.report(self.epoch)  # a run cut short still tells what data it skipped
@@ -276,14 +248,14 @@ class Trainer:
         self.batch_in_epoch = 0
 
     def reached_max_steps(self) -> bool:
-        return bool(self.cfg.max_steps) and self.global_step >= self.cfg.max_steps
+        return bool(self.cfg.optim.max_steps) and self.global_step >= self.cfg.optim.max_steps
 
     def fit(self) -> None:
         logger.info("training on %s: %d batches of %d per process per epoch, %d process(es), device %s",
-                    self.cfg.train_file, len(self.sampler), self.cfg.batch_size, self.dist.world_size,
+                    self.cfg.data.train_file, len(self.sampler), self.cfg.data.batch_size, self.dist.world_size,
                     self.dist.device)
         start = time.time()
-        while self.epoch < self.cfg.epochs and not self.reached_max_steps():
+        while self.epoch < self.cfg.optim.epochs and not self.reached_max_steps():
             self.run_epoch()
             self.save()
         if self.writer is not None:
@@ -291,9 +263,11 @@ class Trainer:
         logger.info("training finished after %d steps in %.1f s", self.global_step, time.time() - start)
 
 
-def train(cfg: argparse.Namespace) -> None:
-    dist = init_distributed(cfg.dist_timeout)
-    setup_logging(cfg.output_dir, dist.rank)
+def train(cfg: Config) -> None:
+    dist = init_distributed(cfg.run.dist_timeout)
+    setup_logging(cfg.run.output_dir, dist.rank)
+    if dist.is_main:
+        write_config(cfg, cfg.run.output_dir)
     try:
         Trainer(cfg, dist).fit()
     finally:

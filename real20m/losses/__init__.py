@@ -1,6 +1,7 @@
-"""Training objectives: InfoNCE with cross-rank negatives, cross-batch memory, the QCD loss."""
+"""Training objectives: InfoNCE with cross-rank negatives, cross-batch memory, the QCD loss and its terms."""
 from real20m.losses.contrastive import gather_with_grad, info_nce
 from real20m.losses.memory_bank import CrossBatchMemory
 from real20m.losses.qcd_loss import QCDLoss
+from real20m.losses.terms import TERMS, TermInputs, register_term
 
-__all__ = ["CrossBatchMemory", "QCDLoss", "gather_with_grad", "info_nce"]
+__all__ = ["CrossBatchMemory", "QCDLoss", "TERMS", "TermInputs", "gather_with_grad", "info_nce", "register_term"]

@@ -1,31 +1,32 @@
-"""The query-driven cross-domain (QCD) objective.
+"""The query-driven cross-domain (QCD) objective: the weighted sum of the terms in terms.py.
 
-total = w_fused * InfoNCE(query, fused) + w_title * InfoNCE(query, title)
-      + w_visual * InfoNCE(query, visual) + delta * mean((fused - visual)^2)
-      + w_caption * caption_loss + w_itc * InfoNCE(title, visual)
-
-Every InfoNCE uses negatives from all ranks (see contrastive.py). The optional cross-batch memory
-adds past (query, fused) pairs as negatives of the fused term, the one used for retrieval.
+total = sum over terms of weight[name] * term(name), in the table's order; with the defaults
+  fused + title + visual (query-guided InfoNCE) + delta * mean((fused - visual)^2) + caption.
+Every InfoNCE uses negatives from all ranks (see contrastive.py); only the embeddings that some
+enabled term scores globally are gathered. The optional cross-batch memory adds past
+(query, fused) pairs as negatives of the fused term, the one used for retrieval.
 """
 import math
 
 import torch
 from torch import Tensor, nn
 
-from real20m.losses.contrastive import gather_with_grad, info_nce_gathered, local_row_offset
+from real20m.losses.contrastive import gather_with_grad, local_row_offset
 from real20m.losses.memory_bank import CrossBatchMemory
+from real20m.losses.terms import TERMS, TermInputs
 
-# The paper weights every relevance term and the caption loss by 1; image-text contrast is off.
-DEFAULT_WEIGHTS = {"fused": 1.0, "title": 1.0, "visual": 1.0, "caption": 1.0, "itc": 0.0}
 MAX_LOGIT_SCALE = 100.0
 EMBEDDING_KEYS = ("query", "title", "visual", "fused")
+# The in-batch accuracy logged every step compares queries with fused embeddings.
+ACCURACY_KEYS = ("query", "fused")
 
 
 def merge_weights(weights: dict | None) -> dict[str, float]:
-    unknown = sorted(set(weights or {}) - set(DEFAULT_WEIGHTS))
+    unknown = sorted(set(weights or {}) - set(TERMS))
     if unknown:
-        raise ValueError(f"unknown QCD loss weight(s) {unknown}; known: {sorted(DEFAULT_WEIGHTS)}")
-    return {**DEFAULT_WEIGHTS, **{name: float(value) for name, value in (weights or {}).items()}}
+        raise ValueError(f"unknown QCD loss term(s) {unknown}; known: {sorted(TERMS)}")
+    defaults = {name: term.default_weight for name, term in TERMS.items()}
+    return {**defaults, **{name: float(value) for name, value in (weights or {}).items()}}
 
 
 @torch.no_grad()
@@ -44,7 +45,6 @@ class QCDLoss(nn.Module):
         weights: dict | None = None,
         logit_scale: float = 20.0,
         learnable_scale: bool = False,
-        delta: float = 1.0,
         xbm_size: int = 0,
         embed_dim: int = 512,
     ):
@@ -52,7 +52,7 @@ class QCDLoss(nn.Module):
         if not 0 < logit_scale <= MAX_LOGIT_SCALE:
             raise ValueError(f"logit_scale must be in (0, {MAX_LOGIT_SCALE}], got {logit_scale}")
         self.weights = merge_weights(weights)
-        self.delta = float(delta)
+        self.enabled = [name for name, weight in self.weights.items() if weight != 0]
         # Stored as log(scale) under one name whether learnable or not, so checkpoints load either way.
         log_scale = torch.tensor(math.log(logit_scale))
         if learnable_scale:
@@ -64,20 +64,16 @@ class QCDLoss(nn.Module):
     def logit_scale(self) -> Tensor:
         return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
-    def _keys_to_gather(self) -> list[str]:
-        """Only embeddings some enabled term scores globally (the same list on every rank)."""
-        w = self.weights
-        keys = ["query", "fused"]  # fused also feeds the in-batch accuracy
-        if w["title"] != 0 or w["itc"] != 0:
-            keys.append("title")
-        if w["visual"] != 0 or w["itc"] != 0:
-            keys.append("visual")
-        return keys
+    def keys_to_gather(self) -> list[str]:
+        """Embeddings some enabled term scores globally, in a fixed order (the same on every rank)."""
+        wanted = set(ACCURACY_KEYS).union(*(TERMS[name].gathers for name in self.enabled))
+        return [key for key in EMBEDDING_KEYS if key in wanted]
 
-    def forward(self, out: dict, caption_loss: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """out: L2-normalised local (B, D) embeddings "query", "title", "visual", "fused".
+    def forward(self, out: dict) -> tuple[Tensor, dict[str, float]]:
+        """out: the model's outputs, L2-normalised local (B, D) "query", "title", "visual", "fused"
+        and whatever else a term reads (the caption logits and targets).
 
-        Returns the weighted total and the unweighted terms as floats (0.0 for disabled terms).
+        Returns the weighted total and every term's unweighted value as floats (0.0 when disabled).
         While training, the gathered (query, fused) pairs then enter the memory bank.
         """
         missing = [key for key in EMBEDDING_KEYS if key not in out]
@@ -85,44 +81,17 @@ class QCDLoss(nn.Module):
             raise KeyError(f"QCDLoss needs model outputs {list(EMBEDDING_KEYS)}, missing {missing}")
         # Contrastive logits in fp32 even under autocast: softmax over thousands of columns.
         local = {key: out[key].float() for key in EMBEDDING_KEYS}
-        w = self.weights
-        gathered = {key: gather_with_grad(local[key]) for key in self._keys_to_gather()}
-        scale = self.logit_scale()
+        gathered = {key: gather_with_grad(local[key]) for key in self.keys_to_gather()}
+        inputs = TermInputs(local=local, gathered=gathered, scale=self.logit_scale(),
+                            memory=self.memory.negatives() if self.memory is not None else None, outputs=out)
         zero = local["query"].new_zeros(())
-
-        def relevance(item_key: str, weight: float, memory: tuple | None = None) -> Tensor:
-            if weight == 0:
-                return zero
-            extra_query, extra_item = memory if memory is not None else (None, None)
-            return info_nce_gathered(
-                local["query"], local[item_key], gathered["query"], gathered[item_key], scale, extra_query, extra_item
-            )
-
-        memory = self.memory.negatives() if self.memory is not None else None
-        terms = {
-            "rel_fused": relevance("fused", w["fused"], memory),
-            "rel_title": relevance("title", w["title"]),
-            "rel_visual": relevance("visual", w["visual"]),
-            "consistency": (local["fused"] - local["visual"]).pow(2).mean() if self.delta != 0 else zero,
-            "caption": caption_loss.float() if caption_loss is not None and w["caption"] != 0 else zero,
-            "itc": (
-                info_nce_gathered(local["title"], local["visual"], gathered["title"], gathered["visual"], scale)
-                if w["itc"] != 0
-                else zero
-            ),
-        }
-        total = (
-            w["fused"] * terms["rel_fused"]
-            + w["title"] * terms["rel_title"]
-            + w["visual"] * terms["rel_visual"]
-            + self.delta * terms["consistency"]
-            + w["caption"] * terms["caption"]
-            + w["itc"] * terms["itc"]
-        )
+        terms = {name: TERMS[name].compute(inputs) if name in self.enabled else zero for name in self.weights}
+        total = sum((self.weights[name] * terms[name] for name in self.enabled[1:]),
+                    self.weights[self.enabled[0]] * terms[self.enabled[0]]) if self.enabled else zero
         top1, top5 = topk_accuracy(local["query"].detach(), gathered["fused"].detach())
         if self.training and self.memory is not None:
             self.memory.enqueue(gathered["query"], gathered["fused"])
-        report = {**terms, "total": total, "top1": top1, "top5": top5, "logit_scale": scale}
+        report = {**terms, "total": total, "top1": top1, "top5": top5, "logit_scale": inputs.scale}
         # One device->host copy for all terms instead of one sync per .item().
         values = torch.stack([value.detach().float() for value in report.values()]).tolist()
         return total, dict(zip(report.keys(), values))

@@ -1,18 +1,17 @@
 """Caption decoder: a small GPT-2 that regenerates the query from the visual embedding.
 
 The visual embedding enters as a length-1 encoder sequence for the decoder's cross-attention,
-so the loss pushes the visual embedding to carry what the query says (the QCD caption term).
+so the objective's caption term pushes the visual embedding to carry what the query says.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from .towers import set_hf_checkpointing
+from real20m.losses.terms import IGNORE_INDEX
 
-IGNORE_INDEX = -100  # label value the LM loss skips (padding)
+from .towers import set_hf_checkpointing
 
 
 class CaptionDecoder(nn.Module):
@@ -29,8 +28,10 @@ class CaptionDecoder(nn.Module):
         self.visual_to_decoder = nn.Linear(embed_dim, n_embd)
         self.decoder = GPT2LMHeadModel(config)
 
-    def forward(self, visual: torch.Tensor, query_ids: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced next-token cross-entropy over the non-padding query tokens."""
+    def forward(self, visual: torch.Tensor, query_ids: torch.Tensor,
+                query_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced next-token logits (B, L-1, V) and their targets (B, L-1): position t
+        predicts token t + 1, and padded targets are IGNORE_INDEX (the objective skips them)."""
         max_positions = self.decoder.config.n_positions
         if query_ids.shape[1] > max_positions:
             raise ValueError(
@@ -42,9 +43,8 @@ class CaptionDecoder(nn.Module):
             encoder_hidden_states=encoder_states,
             use_cache=False,
         ).logits
-        # position t predicts token t + 1; padded targets do not count
         targets = query_ids[:, 1:].masked_fill(query_mask[:, 1:] == 0, IGNORE_INDEX)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return logits[:, :-1], targets
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         set_hf_checkpointing(self.decoder, enabled)

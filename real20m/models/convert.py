@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from .qcd import QCDModel, build_model
 from .release_layout import (
     ReleaseLayoutError,
+    WeightMismatchError,
     is_release_checkpoint,
     map_release_checkpoint,
     model_config_from_release,
@@ -46,11 +47,6 @@ __all__ = [
     "load_weights_into", "build_model_from_release_config", "load_release_model",
     "save_converted", "load_converted", "convert_checkpoint", "embed_reference_inputs", "check_fixture",
 ]
-
-
-class WeightMismatchError(ValueError):
-    """Checkpoint tensors do not fit the model: the message lists missing, unexpected and
-    wrongly shaped keys."""
 
 
 def read_checkpoint(path) -> dict:

@@ -11,7 +11,8 @@ model_cfg keys (YAML section `model:`):
     timm_name     timm model name (backbone timm)
     embed_dim     D; clip_length: frames per video; frame_heads: heads of the frame transformer
     caption       {n_layer, n_head, n_embd[, n_positions, dropout]} or null (no caption decoder)
-    gradient_checkpointing (bool), use_title_mask (bool, default true; false = original behaviour)
+    gradient_checkpointing (bool), use_title_mask / use_query_mask (bool, default true; false =
+                  the original's unmasked titles and queries)
 
 Pixels: the data loader gives raw uint8 RGB frames, which the model normalises on its own device
 (``normalize_pixels``: /255, ImageNet mean and std), so that loader workers do no float work.
@@ -59,6 +60,7 @@ class QCDModel(nn.Module):
         text_vocab = self.text.encoder.get_input_embeddings().num_embeddings
         self.caption = CaptionDecoder(self.embed_dim, text_vocab, **caption_cfg) if caption_cfg else None
         self.use_title_mask = bool(model_cfg.get("use_title_mask", True))
+        self.use_query_mask = bool(model_cfg.get("use_query_mask", True))
         # Non-persistent buffers: they follow the model to its device (a host-to-GPU copy of the
         # statistics at every step would wait for the GPU) and stay out of checkpoints.
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
@@ -86,7 +88,8 @@ class QCDModel(nn.Module):
 
     # ----------------------------------------------------------------------------- embeddings
     def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_features(input_ids, attention_mask), dim=-1)
+        mask = attention_mask if self.use_query_mask else None
+        return F.normalize(self.text_features(input_ids, mask), dim=-1)
 
     def encode_items(self, title_ids: torch.Tensor, title_mask: torch.Tensor | None,
                      pixels: torch.Tensor) -> ItemEmbeddings:
@@ -104,16 +107,15 @@ class QCDModel(nn.Module):
         return ItemEmbeddings(title=title, visual=visual, fused=fused, pool_weights=weights)
 
     def forward(self, batch: dict) -> dict:
-        """Training step embeddings: {"query", "title", "visual", "fused"}, each (B, D) unit-norm."""
+        """Training step outputs: {"query", "title", "visual", "fused"}, each (B, D) unit-norm, and
+        with a caption decoder its next-token "caption_logits" and "caption_targets"."""
         items = self.encode_items(batch["title_ids"], batch.get("title_mask"), batch["pixels"])
         query = self.encode_query(batch["query_ids"], batch["query_mask"])
-        return {"query": query, "title": items.title, "visual": items.visual, "fused": items.fused}
-
-    def caption_loss(self, visual: torch.Tensor, query_ids: torch.Tensor,
-                     query_mask: torch.Tensor) -> torch.Tensor | None:
-        if self.caption is None:
-            return None
-        return self.caption(visual, query_ids, query_mask)
+        out = {"query": query, "title": items.title, "visual": items.visual, "fused": items.fused}
+        if self.caption is not None:
+            out["caption_logits"], out["caption_targets"] = self.caption(
+                items.visual, batch["query_ids"], batch["query_mask"])
+        return out
 
     # ------------------------------------------------------------------------------ training
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -145,6 +147,7 @@ class QCDModel(nn.Module):
             cfg["vision"] = architecture_kwargs(self.vision.encoder.config)
         cfg["pretrained"] = None
         cfg["use_title_mask"] = self.use_title_mask
+        cfg["use_query_mask"] = self.use_query_mask
         return cfg
 
 

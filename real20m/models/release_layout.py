@@ -52,6 +52,11 @@ class ReleaseLayoutError(ValueError):
     """A checkpoint does not match the expected layout; the message lists the offending keys."""
 
 
+class WeightMismatchError(ValueError):
+    """Checkpoint tensors do not fit the model: the message lists missing, unexpected and
+    wrongly shaped keys."""
+
+
 def model_config_from_release(release_cfg: dict | None) -> dict:
     """QCD model_cfg for a cn_clip-style configuration.
 

@@ -21,8 +21,6 @@ from transformers import (
     CLIPVisionModel,
 )
 
-BACKBONES = ("chinese_clip", "clip", "timm")
-
 # Config fields that describe bookkeeping, not architecture; they are dropped when a config is
 # written back into model_cfg so that the dict rebuilds the same network.
 _CONFIG_BOOKKEEPING = {
@@ -127,16 +125,14 @@ def _match_vocab(encoder: nn.Module, vocab_size: int | None) -> None:
         encoder.resize_token_embeddings(vocab_size)
 
 
-def build_towers(model_cfg: dict, vocab_size: int | None, pad_token_id: int) -> tuple[TextTower, VisionTower]:
-    """Build (text tower, vision tower) from model_cfg (see QCD model config docs in qcd.py)."""
-    backbone = model_cfg.get("backbone", "chinese_clip")
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown model.backbone {backbone!r}; expected one of {BACKBONES}")
+def _build_hf_towers(backbone: str, model_cfg: dict, vocab_size: int | None,
+                     pad_token_id: int) -> tuple[TextTower, VisionTower]:
+    """chinese_clip / clip: both towers of a pretrained dual encoder, or random ones from
+    model_cfg `text` / `vision`."""
     embed_dim = int(model_cfg["embed_dim"])
     pretrained = model_cfg.get("pretrained")
     pooling = "eos" if backbone == "clip" else "cls"
-
-    if backbone in ("chinese_clip", "clip") and pretrained:
+    if pretrained:
         pair = _load_pretrained_pair(backbone, pretrained)
         if pair.text_projection.out_features != embed_dim:
             raise ValueError(
@@ -147,13 +143,32 @@ def build_towers(model_cfg: dict, vocab_size: int | None, pad_token_id: int) -> 
         text = TextTower(pair.text_model, pair.text_projection, pooling)
         vision = VisionTower(pair.vision_model, pair.visual_projection, "hf")
         return text, vision
-
     text = _build_random_text_tower(backbone, model_cfg, vocab_size, pad_token_id, embed_dim, pooling)
-    if backbone == "timm":
-        vision = _build_timm_vision_tower(model_cfg, embed_dim)
-    else:
-        vision = _build_random_hf_vision_tower(backbone, model_cfg, embed_dim)
-    return text, vision
+    return text, _build_random_hf_vision_tower(backbone, model_cfg, embed_dim)
+
+
+def _build_timm_towers(model_cfg: dict, vocab_size: int | None, pad_token_id: int) -> tuple[TextTower, VisionTower]:
+    """A random Chinese-CLIP text tower from model_cfg `text` + any timm vision model."""
+    embed_dim = int(model_cfg["embed_dim"])
+    text = _build_random_text_tower("chinese_clip", model_cfg, vocab_size, pad_token_id, embed_dim, "cls")
+    return text, _build_timm_vision_tower(model_cfg, embed_dim)
+
+
+# model.backbone -> builder(model_cfg, vocab_size, pad_token_id) -> (text tower, vision tower).
+# Adding a backbone is one entry here (plus its test).
+BACKBONES = {
+    "chinese_clip": lambda cfg, vocab, pad: _build_hf_towers("chinese_clip", cfg, vocab, pad),
+    "clip": lambda cfg, vocab, pad: _build_hf_towers("clip", cfg, vocab, pad),
+    "timm": _build_timm_towers,
+}
+
+
+def build_towers(model_cfg: dict, vocab_size: int | None, pad_token_id: int) -> tuple[TextTower, VisionTower]:
+    """Build (text tower, vision tower) from model_cfg (see QCD model config docs in qcd.py)."""
+    backbone = model_cfg.get("backbone", "chinese_clip")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown model.backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
+    return BACKBONES[backbone](model_cfg, vocab_size, pad_token_id)
 
 
 def _build_random_text_tower(backbone, model_cfg, vocab_size, pad_token_id, embed_dim, pooling) -> TextTower:

@@ -1,0 +1,103 @@
+"""The terms of the QCD objective, one table entry each.
+
+A term is a function of ``TermInputs`` returning a scalar; its name is also the name of its weight
+(``loss.weights.<name>``) and of its logged value (``train/<name>`` in TensorBoard). ``gathers``
+lists the embeddings it scores against the whole (all-rank) batch, so only those are gathered.
+Adding a term is one ``@register_term`` function here (or in any module imported before the
+config is resolved) plus its test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from real20m.losses.contrastive import info_nce_gathered
+
+IGNORE_INDEX = -100  # caption targets the loss skips (padding)
+
+
+@dataclass
+class TermInputs:
+    """What the terms read: local (B, D) embeddings, their gathered (all-rank) versions, the logit
+    scale, the memory bank's (queries, items) negatives or None, and every model output."""
+
+    local: dict[str, Tensor]
+    gathered: dict[str, Tensor]
+    scale: Tensor
+    memory: tuple[Tensor, Tensor] | None
+    outputs: dict
+
+
+@dataclass(frozen=True)
+class Term:
+    compute: Callable[[TermInputs], Tensor]
+    default_weight: float
+    gathers: tuple[str, ...] = ()
+
+
+TERMS: dict[str, Term] = {}
+
+
+def register_term(name: str, default_weight: float = 0.0, gathers: tuple[str, ...] = ()):
+    """Decorator: add ``fn(inputs) -> scalar`` to the objective as term ``name``."""
+    def add(compute: Callable[[TermInputs], Tensor]) -> Callable[[TermInputs], Tensor]:
+        if name in TERMS:
+            raise ValueError(f"loss term {name!r} is already registered")
+        TERMS[name] = Term(compute, float(default_weight), tuple(gathers))
+        return compute
+    return add
+
+
+def default_weights() -> dict[str, float]:
+    return {name: term.default_weight for name, term in TERMS.items()}
+
+
+def query_relevance(inputs: TermInputs, item_key: str, memory: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Symmetric InfoNCE between the query and one item embedding, negatives from every rank."""
+    extra_query, extra_item = memory if memory is not None else (None, None)
+    return info_nce_gathered(inputs.local["query"], inputs.local[item_key], inputs.gathered["query"],
+                             inputs.gathered[item_key], inputs.scale, extra_query, extra_item)
+
+
+# The paper weights every relevance term, the consistency term (delta) and the caption loss by 1;
+# the image-text contrast is off. Order = order of summation (kept: it fixes the float result).
+
+@register_term("fused", default_weight=1.0, gathers=("query", "fused"))
+def fused_relevance(inputs: TermInputs) -> Tensor:
+    """Query vs the fused (retrieval) embedding; the cross-batch memory adds its negatives here."""
+    return query_relevance(inputs, "fused", inputs.memory)
+
+
+@register_term("title", default_weight=1.0, gathers=("query", "title"))
+def title_relevance(inputs: TermInputs) -> Tensor:
+    return query_relevance(inputs, "title")
+
+
+@register_term("visual", default_weight=1.0, gathers=("query", "visual"))
+def visual_relevance(inputs: TermInputs) -> Tensor:
+    return query_relevance(inputs, "visual")
+
+
+@register_term("consistency", default_weight=1.0)
+def fused_visual_consistency(inputs: TermInputs) -> Tensor:
+    """mean((fused - visual)^2): keeps the fused embedding near the visual one (delta in the paper)."""
+    return (inputs.local["fused"] - inputs.local["visual"]).pow(2).mean()
+
+
+@register_term("caption", default_weight=1.0)
+def caption_generation(inputs: TermInputs) -> Tensor:
+    """Teacher-forced cross-entropy of the caption decoder regenerating the query."""
+    if "caption_logits" not in inputs.outputs:
+        raise KeyError("the caption term needs a model with a caption decoder (model.caption)")
+    logits, targets = inputs.outputs["caption_logits"], inputs.outputs["caption_targets"]
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX).float()
+
+
+@register_term("itc", default_weight=0.0, gathers=("title", "visual"))
+def title_visual_contrast(inputs: TermInputs) -> Tensor:
+    """Image-text contrast between an item's own title and visual embeddings."""
+    return info_nce_gathered(inputs.local["title"], inputs.local["visual"], inputs.gathered["title"],
+                             inputs.gathered["visual"], inputs.scale)
