@@ -8,6 +8,7 @@
 set -eu
 ROOT=$(cd "$(dirname "$0")" && pwd)
 . "$ROOT/scripts/common.sh"
+show_help_if_asked "$@"
 
 ensure_dataset
 EPOCH_FLAG=""

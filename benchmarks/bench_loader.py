@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from argparse import Namespace
 
 import numpy as np
 import torch
@@ -27,12 +26,13 @@ sys.path.insert(0, REPO_ROOT)
 from real20m.datasets.annotations import PHOTO  # noqa: E402
 from real20m.datasets.collate import stack_frames  # noqa: E402
 from real20m.datasets.dataset import build_train_dataset  # noqa: E402
+from real20m.config import DataConfig  # noqa: E402
 from real20m.datasets.samplers import SampleKey  # noqa: E402
 
 
-def data_config(data_dir: str, args) -> Namespace:
+def data_config(data_dir: str, args) -> DataConfig:
     root = os.path.join(data_dir, "Real400K")
-    return Namespace(
+    return DataConfig(
         train_file=os.path.join(data_dir, "train_file", "train_items.txt"),
         goods_img_root=os.path.join(root, "goods", "images"), goods_text_root=os.path.join(root, "goods", "text"),
         photo_img_root=os.path.join(root, "video", "images"), photo_text_root=os.path.join(root, "video", "text"),

@@ -68,7 +68,7 @@ def main() -> None:
         with_loader = timed_steps(trainer, recording(trainer.loader))
         in_memory = timed_steps(trainer, loader_batches)
 
-    samples = cfg.batch_size
+    samples = cfg.data.batch_size
     print(json.dumps({
         "config": os.path.basename(args.config), "workers": args.workers, "steps": steps,
         "batch_size": samples, "torch_threads": torch.get_num_threads(),

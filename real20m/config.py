@@ -80,7 +80,7 @@ class DataConfig:
     max_query_len: int | None = None   # None: 32 (20 under compat original)
     max_title_len: int | None = None   # None: 64 (90 under compat original)
     text_aug: bool = True
-    compat: str = "default"
+    compat: str | None = None   # None: "original" to evaluate a release checkpoint, else "default"
     tokenizer: str | None = None
     vocab_size: int = 8000
     batch_size: int = 80
@@ -262,8 +262,8 @@ OPTIONS: tuple[Option, ...] = (
     _flag("data.max_query_len", "query tokens kept (default 32; 20 under --compat original)", type=int),
     _flag("data.max_title_len", "title tokens kept (default 64; 90 under --compat original)", type=int),
     _switch("data.text_aug", "training text augmentation (field dropping, typo noise)"),
-    _flag("data.compat", "'original' reproduces the release's evaluation inputs and masking (see README)",
-          choices=COMPAT_MODES),
+    _flag("data.compat", "'original' reproduces the release's evaluation inputs and masking (see README); "
+          "default: 'original' when evaluating a release-layout checkpoint, else 'default'", choices=COMPAT_MODES),
     _flag("data.tokenizer", "tokenizer name or folder; default: the backbone's, the shipped Chinese BERT "
           "vocabulary under --compat original, else a WordPiece trained on the training text"),
     _flag("data.vocab_size", "size of a from-scratch WordPiece vocabulary", type=int),
@@ -386,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         if option.choices:
             kwargs["choices"] = option.choices
         if option.bare is not None:
-            kwargs.update(nargs="?", const=option.bare)
+            kwargs.update(nargs="?", const=option.bare, metavar="BOOL")
+        elif option.choices is None:
+            kwargs["metavar"] = option.metavar or option.path.split(".")[-1].upper()
         groups[option.path.split(".")[0]].add_argument(*option.flag_names, **kwargs)
     original = parser.add_argument_group("original flags without effect (accepted, with a warning)")
     for flag, metavar in UNUSED_ORIGINAL_FLAGS.items():
@@ -559,6 +561,8 @@ def resolve(values: dict) -> Config:
     values = copy.deepcopy(values)
     data, model, loss, optim, run = (values[name] for name in SECTIONS)
     _fill_data_paths(data)
+    if data["compat"] is None:
+        data["compat"] = _compat_for(run)
     if data["compat"] not in COMPAT_MODES:
         raise ConfigError(f"data.compat must be one of {COMPAT_MODES}, got {data['compat']!r}")
     lengths = ORIGINAL_TEXT_LENGTHS if data["compat"] == "original" else DEFAULT_TEXT_LENGTHS
@@ -593,6 +597,20 @@ def resolve(values: dict) -> Config:
         run=RunConfig(**run),
         inputs=inputs,
     )
+
+
+def _compat_for(run: dict) -> str:
+    """Evaluating a checkpoint in the release layout reproduces the original unless told otherwise."""
+    resume = run["resume"]
+    if not run["evaluate"] or not resume or not os.path.isfile(resume):
+        return "default"
+    from real20m.engine.checkpoint import checkpoint_keys
+    from real20m.models.release_layout import WEIGHT_SECTIONS
+    if set(WEIGHT_SECTIONS) <= checkpoint_keys(resume):
+        logger.warning("%s is a release-layout checkpoint: evaluating with --compat original "
+                       "(give --compat default for this project's own evaluation inputs)", resume)
+        return "original"
+    return "default"
 
 
 def default_loss_weights() -> dict[str, float]:
@@ -636,6 +654,15 @@ def _fill_data_paths(data: dict) -> None:
     for name, path in layout.items():
         if data[name] is None:
             data[name] = path
+
+
+def override(config: Config, changes: Mapping[str, Any], source: str) -> Config:
+    """A new Config resolved from ``config``'s inputs with ``changes`` ({dotted path: value}) on top,
+    e.g. the input settings a checkpoint was trained with; ``source`` names them in errors."""
+    inputs = copy.deepcopy(plain(config.inputs))
+    for path, value in changes.items():
+        _set_path(inputs, path, value, source)
+    return resolve(inputs)
 
 
 def write_config(config: Config, output_dir: str) -> str:

@@ -15,6 +15,19 @@ MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
 if [ "$GPUS" -gt 0 ]; then NPROC_PER_NODE=${NPROC_PER_NODE:-$GPUS}; else NPROC_PER_NODE=${NPROC_PER_NODE:-1}; fi
 
+# --help / -h among the arguments: print the entry point's help and stop, before anything is written.
+show_help_if_asked() {
+    for argument in "$@"; do
+        case "$argument" in
+            -h|--help)
+                sed -n '2,/^set -eu/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+                echo
+                "$PYTHON" "$ROOT/main_cross_domain_emb.py" --help
+                exit 0 ;;
+        esac
+    done
+}
+
 # A missing data folder gets the synthetic dataset; an existing one is never written to.
 ensure_dataset() {
     if [ ! -e "$DATA_ROOT" ]; then

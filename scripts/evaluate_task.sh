@@ -1,5 +1,6 @@
 # Shared body of video2goods_evaluate.sh and goods2video_evaluate.sh (sourced, POSIX sh).
 # Expects ROOT, TASK, QUERY_FILE, GALLERY_FILE, GT_FILE; writes $OUTPUT_DIR/eval/$TASK/.
+show_help_if_asked "$@"
 CKPT=${CKPT:-$OUTPUT_DIR/checkpoints/last.pth.tar}
 if [ "$CKPT" != init ] && [ ! -f "$CKPT" ]; then
     echo "no checkpoint at $CKPT: train first (sh train.sh), set CKPT=path, or CKPT=init for the untrained baseline" >&2

@@ -13,16 +13,20 @@ import sys
 
 import yaml
 
+from real20m.config import parse_config
 from real20m.models.convert import convert_checkpoint
 
 
 def read_model_config(path: str) -> dict:
-    """A YAML/JSON file: either a whole run config (with a `model:` section) or the section."""
+    """A YAML/JSON file: a run config (resolved as training resolves it, so the frames per clip and
+    image size come from its data section), or a bare architecture mapping."""
     with open(path, encoding="utf-8") as f:
         cfg = yaml.safe_load(f)  # YAML is a superset of JSON
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: expected a mapping, got {type(cfg).__name__}")
-    return cfg.get("model", cfg)
+    if "model" in cfg:
+        return parse_config(["--config", path]).model.architecture()
+    return cfg
 
 
 def main(argv=None) -> int:

@@ -25,13 +25,12 @@ class Collator:
             "pids": torch.tensor([sample["pid"] for sample in samples], dtype=torch.long),
             "source": sources[0] if len(set(sources)) == 1 else sources,
             "pixels": stack_frames([sample["frames"] for sample in samples]),
-            "titles": titles,
             "issues": [issue for sample in samples for issue in sample["issues"]],
         }
         batch["title_ids"], batch["title_mask"] = self._tokenize(titles, self.max_title_len)
         if all("query" in sample for sample in samples):
-            batch["queries"] = [sample["query"] for sample in samples]
-            batch["query_ids"], batch["query_mask"] = self._tokenize(batch["queries"], self.max_query_len)
+            queries = [sample["query"] for sample in samples]
+            batch["query_ids"], batch["query_mask"] = self._tokenize(queries, self.max_query_len)
         return batch
 
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:

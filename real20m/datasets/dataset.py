@@ -162,7 +162,7 @@ def build_eval_dataset(data, test_file: str) -> EvalDataset:
     table = load_items(test_file)
     check_unique_pids(table)
     transform = build_eval_transform(data.image_size, data.compat)
-    loader = ItemLoader(item_roots(data), transform, data.clip_length, text_aug=False)
+    loader = ItemLoader(item_roots(data), transform, data.clip_length, text_aug=False, compat=data.compat)
     return EvalDataset(table, loader)
 
 

@@ -95,6 +95,15 @@ def load_checkpoint(path) -> dict:
     return state
 
 
+def checkpoint_keys(path) -> set[str]:
+    """Top-level keys of a checkpoint file, read without loading its tensors (memory-mapped)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file in the legacy (pre-zip) format cannot be memory-mapped
+        state = load_checkpoint(path)
+    return set(state) if isinstance(state, dict) else set()
+
+
 def _numbered_key(path: Path) -> tuple[int, int]:
     epoch, step = NUMBERED_PATTERN.match(path.name).groups()
     return int(epoch), int(step)

@@ -6,12 +6,12 @@ init`` — the untrained model with the run's seed, the baseline that shows what
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 
-from real20m.config import Config, DataConfig, write_config
+from real20m.assets import CHINESE_BERT_VOCAB_DIR
+from real20m.config import Config, override, write_config
 from real20m.datasets import build_tokenizer, build_train_dataset
 from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.distributed import DistEnv, cleanup_distributed, init_distributed
@@ -31,13 +31,14 @@ UNTRAINED = "init"
 TRAINED_INPUT_SETTINGS = ("image_size", "clip_length", "max_query_len", "max_title_len")
 
 
-def trained_inputs(data: DataConfig, trained: dict) -> DataConfig:
-    """The evaluation's data section with the checkpoint's input settings (each change logged)."""
+def with_trained_inputs(cfg: Config, trained: dict, checkpoint_path: str) -> Config:
+    """The evaluation's configuration with the checkpoint's input settings (each change logged)."""
     changes = {name: trained[name] for name in TRAINED_INPUT_SETTINGS
-               if name in trained and trained[name] != getattr(data, name)}
+               if name in trained and trained[name] != getattr(cfg.data, name)}
     for name, value in changes.items():
-        logger.info("using the checkpoint's %s = %s (not %s)", name, value, getattr(data, name))
-    return dataclasses.replace(data, **changes)
+        logger.info("using the checkpoint's %s = %s (not %s)", name, value, getattr(cfg.data, name))
+    return override(cfg, {f"data.{name}": value for name, value in changes.items()}, checkpoint_path) \
+        if changes else cfg
 
 
 def load_release_config(path: str | None) -> dict | None:
@@ -48,38 +49,36 @@ def load_release_config(path: str | None) -> dict | None:
 
 
 def load_model_for_inference(cfg: Config, dist: DistEnv):
-    """(model, tokenizer, data section to evaluate with) described by ``cfg.run.resume``."""
+    """(model, tokenizer, the configuration to evaluate with) described by ``cfg.run.resume``."""
     if not cfg.run.resume or cfg.run.resume == UNTRAINED:
         tokenizer = build_tokenizer_for(cfg.data, cfg.model, cfg.run.output_dir,
                                         lambda: build_train_dataset(cfg.data).training_texts(), dist.is_main)
         logger.info("evaluating the UNTRAINED model (seed %d)", cfg.seed)
-        return build_model(cfg.model, tokenizer, cfg.seed), tokenizer, cfg.data
+        return build_model(cfg.model, tokenizer, cfg.seed), tokenizer, cfg
 
     checkpoint = load_checkpoint(cfg.run.resume)
-    data = cfg.data
     if is_release_checkpoint(checkpoint):
-        if not data.tokenizer:
-            raise ValueError("a checkpoint in the paper's release layout needs --tokenizer: the Chinese "
-                             "RoBERTa-wwm-ext vocabulary (hub name or local folder)")
-        tokenizer = build_tokenizer(data.tokenizer, None, None)
+        # The release tokenises with the Chinese BERT vocabulary, shipped in the package.
+        tokenizer = build_tokenizer(cfg.data.tokenizer or CHINESE_BERT_VOCAB_DIR, None, None)
         model = build_model_from_release_config(load_release_config(cfg.run.release_config))
         model.use_title_mask = cfg.model.use_title_mask
         model.use_query_mask = cfg.model.use_query_mask
     else:
         # "config" since the configuration redesign; older checkpoints kept the flat "args".
-        data = trained_inputs(data, checkpoint.get("config", {}).get("data") or checkpoint.get("args", {}))
+        trained = checkpoint.get("config", {}).get("data") or checkpoint.get("args", {})
+        cfg = with_trained_inputs(cfg, trained, cfg.run.resume)
         files = checkpoint.get("tokenizer_files")
         if files:
             tokenizer = restore_tokenizer(files, cfg.run.output_dir)
         else:
-            tokenizer = build_tokenizer(data.tokenizer or cfg.model.pretrained, None, None)
+            tokenizer = build_tokenizer(cfg.data.tokenizer or cfg.model.pretrained, None, None)
         architecture = checkpoint.get("model_cfg") or cfg.model.architecture()
         architecture = {**architecture, "use_title_mask": cfg.model.use_title_mask,
                         "use_query_mask": cfg.model.use_query_mask}
         model = build_model(architecture, tokenizer, cfg.seed)
     load_weights(model, checkpoint)
     logger.info("loaded %s", cfg.run.resume)
-    return model, tokenizer, data
+    return model, tokenizer, cfg
 
 
 def write_features(cfg: Config) -> int:
@@ -88,9 +87,10 @@ def write_features(cfg: Config) -> int:
     dist = init_distributed(cfg.run.dist_timeout)
     setup_logging(cfg.run.output_dir, dist.rank)
     try:
-        model, tokenizer, data = load_model_for_inference(cfg, dist)
+        model, tokenizer, cfg = load_model_for_inference(cfg, dist)
+        data = cfg.data
         if dist.is_main:
-            write_config(dataclasses.replace(cfg, data=data), cfg.run.output_dir)
+            write_config(cfg, cfg.run.output_dir)
         model.to(dist.device)
         dataset = build_eval_data(data, data.test_file)
         count = extract_features(model, dataset, build_collator(data, tokenizer), dist, cfg.run.output_dir,

@@ -7,20 +7,22 @@ Shards are memory-mapped on load and read a chunk at a time (``read_rows``), the
 chunk released after use, so a 20M-item gallery is never resident whole.
 
 Legacy format: ``pid \\t f1,f2,...,fD`` one item a line, as the original
-release wrote them. We write every value as a fixed-width ``%+.8e`` token
-(nine significant digits: enough to parse float32 back bitwise). Fixed width
-lets the reader parse whole blocks with a handful of vectorised byte
-operations; files written by other tools take a slower general path.
+release wrote and read them. We write each value as the original did, ``str(float(v))``:
+the shortest decimal that reads back as the same float32, and a JSON number, so the
+original's scripts (``json.loads('[' + values + ']')``) read our files. The reader takes any
+float spelling. Files written by earlier versions of this package use fixed-width ``%+.8e``
+tokens; the reader parses those with a few vectorised byte operations per block.
+The original's files can hold a pid more than once (its DistributedSampler pads the last
+batch with repeated items): identical repeats are dropped with one warning, differing ones refused.
 """
 
 import collections
-import functools
 import json
+import logging
 import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 
@@ -28,7 +30,7 @@ META_FILE = "meta.json"
 FORMAT_NAME = "real20m-features-v1"
 SUPPORTED_DTYPES = ("float32", "float16")
 
-TOKEN_WIDTH = 16            # "+1.23456789e-02" plus the separator
+TOKEN_WIDTH = 16            # "+1.23456789e-02" and its separator (files of earlier versions)
 READ_BLOCK_BYTES = 1 << 20  # small blocks keep parse temporaries in cache and out of the RSS peak
 PARSE_THREADS = 2
 PARSE_ROWS = 64              # rows parsed per vectorised pass (~0.3 MB of temporaries at D=512)
@@ -43,6 +45,7 @@ class FeatureSet:
     ids: np.ndarray         # (N,) int64
     feats: object           # (N, D): ndarray, np.memmap or ShardedArray
     source: str
+    repeated_rows: int = 0  # identical repeats of a pid dropped on load (legacy files of the original)
 
     def __len__(self):
         return len(self.ids)
@@ -236,188 +239,23 @@ def load_features(path):
 
 
 # --------------------------------------------------------------------- legacy text: writing
-#
-# The original wrote str(float(v)) for every float32 value v: the shortest decimal that reads back
-# as the same double (and so the same float32). Python formats about two million values a second,
-# which would make a 20M-item export take hours, so the digits are computed here with numpy:
-# v * 10**s in double-double arithmetic (exact to ~1e-14 at 17 integer digits), then the fewest
-# digits whose nearest decimal stays inside v's rounding interval. The few values too close to a
-# decision to trust (and zeros, powers of two) are formatted by str() itself.
-
-SIGNIFICANT = 17              # digits that always identify a double
-POW10_RANGE = range(-30, 70)  # decimal scales s; float32 magnitudes need about -23..62
-TOKEN_BYTES = 24              # the longest token, "-1.2345678901234567e-45", and its separator
-DECISION_MARGIN = 1e-9        # closer than this to a rounding decision: let str() decide
-
-
-def _double_double(value):
-    high = float(value)
-    return high, float(value - Fraction(high))
-
-
-_POW10_DD = np.array([_double_double(Fraction(10) ** s) for s in POW10_RANGE])   # rows: (high, low)
-_POW10_INT = 10 ** np.arange(SIGNIFICANT + 1, dtype=np.int64)
-_FOUR_DIGITS = np.array([list(b"%04d" % i) for i in range(10000)], np.uint8)
-
-
-def _split(a):
-    """Dekker's split of doubles into two halves of at most 26 bits each."""
-    c = 134217729.0 * a   # 2**27 + 1
-    high = c - (c - a)
-    return high, a - high
-
-
-def _scaled(magnitude, scale):
-    """magnitude * 10**scale as (int64 integer part, fraction in [0, 1)), exact to ~1e-14."""
-    high, low = _POW10_DD[scale - POW10_RANGE.start].T
-    product = magnitude * high
-    m_high, m_low = _split(magnitude)
-    p_high, p_low = _split(high)
-    error = ((m_high * p_high - product) + m_high * p_low + m_low * p_high) + m_low * p_low
-    rest = error + magnitude * low
-    whole = np.floor(rest)
-    return product.astype(np.int64) + whole.astype(np.int64), rest - whole
-
-
-def _half_ulp_scaled(magnitude, scale):
-    """Half the double spacing at each value, times 10**scale (the radius of its rounding interval)."""
-    _, binary_exponent = np.frexp(magnitude)
-    high, low = _POW10_DD[scale - POW10_RANGE.start].T
-    return np.ldexp(high, binary_exponent - 54) + np.ldexp(low, binary_exponent - 54)
-
-
-def _seventeen_digits(magnitude):
-    """Each positive double as 17-digit integer part, fraction and decimal exponent."""
-    exponent10 = np.floor(np.log10(magnitude)).astype(np.int64)
-    number, fraction = _scaled(magnitude, SIGNIFICANT - 1 - exponent10)
-    # log10 can be one off next to a power of ten: rescale those to exactly 17 integer digits.
-    for shift, off in ((1, number >= _POW10_INT[SIGNIFICANT]), (-1, number < _POW10_INT[SIGNIFICANT - 1])):
-        if off.any():
-            exponent10[off] += shift
-            number[off], fraction[off] = _scaled(magnitude[off], SIGNIFICANT - 1 - exponent10[off])
-    return number, fraction, exponent10
-
-
-def _shortest_digits(magnitude):
-    """repr digits of positive doubles: (digits int64, digit count, decimal exponent, undecided mask).
-
-    Fewer digits only ever fit if more digits fit, so lengths are tried from 17 down, each on the
-    values that still fit. Undecided values (a decision within DECISION_MARGIN) are left to str().
-    """
-    number, fraction, exponent10 = _seventeen_digits(magnitude)
-    radius = _half_ulp_scaled(magnitude, SIGNIFICANT - 1 - exponent10)
-    undecided = np.frexp(magnitude)[0] == 0.5   # a power of two has a narrower interval below it
-    digits, count = number.copy(), np.full(len(magnitude), SIGNIFICANT)
-    active = np.flatnonzero(~undecided)
-    for length in range(SIGNIFICANT, 0, -1):
-        unit = _POW10_INT[SIGNIFICANT - length]
-        quotient, remainder = np.divmod(number[active], unit)
-        below = remainder + fraction[active]             # distance to the candidate rounded down
-        above = (unit - remainder) - fraction[active]    # and rounded up
-        distance = np.minimum(below, above)
-        close = (np.abs(distance - radius[active]) <= DECISION_MARGIN) | (np.abs(above - below) <= DECISION_MARGIN)
-        fits = (distance < radius[active]) & ~close
-        undecided[active[close]] = True
-        active = active[fits]
-        digits[active] = quotient[fits] + (above[fits] < below[fits])
-        count[active] = length
-        if not len(active):
-            break
-    rolled = digits == _POW10_INT[count]   # 9.999.. rounded up to 10: one digit of the next decade
-    digits[rolled], count[rolled] = 1, 1
-    exponent10[rolled] += 1
-    return digits, count, exponent10, undecided
-
-
-def _digit_chars(digits, count):
-    """(n, 17) ASCII digits, left-aligned: '0' after each value's last significant digit."""
-    aligned = digits * _POW10_INT[SIGNIFICANT - count]
-    head, tail = np.divmod(aligned, _POW10_INT[16])
-    chars = np.empty((len(digits), SIGNIFICANT), np.uint8)
-    chars[:, 0] = head + ord("0")
-    for stop in (17, 13, 9, 5):
-        tail, group = np.divmod(tail, _POW10_INT[4])
-        chars[:, stop - 4:stop] = _FOUR_DIGITS[group]
-    return chars
-
-
-@functools.lru_cache(maxsize=None)
-def _repr_layout(negative, count, exponent10):
-    """Where str(float) puts what, for one class of values: an int is a digit's index, bytes a literal.
-
-    Positional for decimal exponents -4..15 ("0.00123", "12.5", "3.0"), else "1.25e-05" style.
-    """
-    sign = [b"-"] if negative else []
-    if 0 <= exponent10 < 16:
-        whole = exponent10 + 1
-        return sign + list(range(whole)) + [b"."] + list(range(whole, max(count, whole + 1)))
-    if -4 <= exponent10 < 0:
-        return sign + [b"0", b"."] + [b"0"] * (-exponent10 - 1) + list(range(count))
-    mantissa = [0] + ([b"."] + list(range(1, count)) if count > 1 else [])
-    return sign + mantissa + [b"e", b"-" if exponent10 < 0 else b"+"] + [bytes([c]) for c in b"%02d" % abs(exponent10)]
-
-
-def _fill_layout(canvas, rows, chars, layout, separator):
-    """Write one layout (and the separator after it) into the canvas rows of its values."""
-    token = np.empty((len(chars), len(layout) + 1), np.uint8)
-    digit_slots = [slot for slot, part in enumerate(layout) if isinstance(part, int)]
-    token[:, digit_slots] = chars[:, [layout[slot] for slot in digit_slots]]
-    for slot, part in enumerate(layout):
-        if not isinstance(part, int):
-            token[:, slot] = part[0]
-    token[:, -1] = separator
-    canvas[rows, :token.shape[1]] = token
-
-
-def _fill_with_str(canvas, rows, values, separators):
-    for row, value, separator in zip(rows.tolist(), values[rows].tolist(), separators[rows].tolist()):
-        token = str(value).encode() + bytes([separator])
-        canvas[row, :len(token)] = np.frombuffer(token, np.uint8)
-
-
-def _value_tokens(values, separators, canvas):
-    """Each value's str(float(v)) and its separator into its canvas row (zero-padded)."""
-    nonzero = np.flatnonzero(values != 0)
-    digits, count, exponent10, undecided = _shortest_digits(np.abs(values[nonzero]))
-    _fill_with_str(canvas, np.concatenate([np.flatnonzero(values == 0), nonzero[undecided]]), values, separators)
-    decided = ~undecided
-    rows, digits, count, exponent10 = nonzero[decided], digits[decided], count[decided], exponent10[decided]
-    chars = _digit_chars(digits, count)
-    negative = np.signbit(values[rows])
-    # One layout per (sign, digit count, exponent, separator): group the values by that key.
-    key = (((negative * 32 + count) * 256 + exponent10 + 128) * 256) + separators[rows]
-    order = np.argsort(key, kind="stable")
-    for group in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
-        if len(group):
-            first = group[0]
-            layout = _repr_layout(bool(negative[first]), int(count[first]), int(exponent10[first]))
-            _fill_layout(canvas, rows[group], chars[group], layout, separators[rows[first]])
-
 
 def format_legacy_lines(ids, feats):
-    """``pid\tv1,...,vD\n`` lines as bytes, every value spelled str(float(v)) as the original wrote it."""
+    """``pid\tv1,...,vD\n`` lines as bytes, each value spelled ``str(float(v))`` as the original wrote it.
+
+    That is the shortest decimal that reads back as the same double, so as the same float32, and it
+    is always a JSON number. (A numpy re-implementation of the shortest-digit search was exact but no
+    faster than CPython's own float repr, which is what ``tolist`` + ``str`` run here.)
+    """
     feats = np.asarray(feats, dtype=np.float32)
     if not np.isfinite(feats).all():
         raise ValueError("features contain NaN or infinity; refusing to write them")
-    n_rows, dim = feats.shape
-    # One token slot per value plus one in front of every row for its pid.
-    canvas = np.zeros((n_rows, dim + 1, TOKEN_BYTES), np.uint8)
-    for row, pid in enumerate(np.asarray(ids, dtype=np.int64).tolist()):
-        token = b"%d\t" % pid
-        canvas[row, 0, :len(token)] = np.frombuffer(token, np.uint8)
-    separators = np.full((n_rows, dim), ord(","), np.uint8)
-    separators[:, -1] = ord("\n")
-    value_canvas = canvas[:, 1:].reshape(-1, TOKEN_BYTES)
-    _value_tokens(feats.astype(np.float64).ravel(), separators.ravel(), value_canvas)
-    canvas[:, 1:] = value_canvas.reshape(n_rows, dim, TOKEN_BYTES)
-    return canvas[canvas != 0].tobytes()   # no token contains a zero byte: dropping them joins the tokens
+    return b"".join(b"%d\t%s\n" % (pid, ",".join(map(str, row)).encode("ascii"))
+                    for pid, row in zip(np.asarray(ids, dtype=np.int64).tolist(), feats.tolist()))
 
 
 def write_legacy_features(path, ids, feats, rows_per_block=1024):
-    """Write ``pid \\t v1,...,vD`` lines exactly as the original did (``str(float(v))`` per value).
-
-    Every value is a JSON number and reads back as the same float32.
-    """
+    """Write ``pid \\t v1,...,vD`` lines exactly as the original did; values read back bitwise."""
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) != len(feats):
         raise ValueError(f"{len(ids)} ids but {len(feats)} feature rows")
@@ -425,7 +263,7 @@ def write_legacy_features(path, ids, feats, rows_per_block=1024):
     with open(tmp, "wb") as f:
         for start in range(0, len(ids), rows_per_block):
             stop = start + rows_per_block
-            f.write(format_legacy_lines(ids[start:stop], np.asarray(feats[start:stop], dtype=np.float32)))
+            f.write(format_legacy_lines(ids[start:stop], feats[start:stop]))
     os.replace(tmp, path)
 
 
@@ -623,5 +461,37 @@ def read_legacy_features(path, show_progress=False):
     finally:
         if progress is not None:
             progress.close()
-    _check_unique_ids(features.ids, path)
-    return features
+    return drop_identical_repeats(features)
+
+
+def _repeats(ids):
+    """(row of each repeated pid, row of its first occurrence), both in file order."""
+    order = np.argsort(ids, kind="stable")          # stable: the first occurrence leads its run
+    sorted_ids = ids[order]
+    repeated = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1]) + 1
+    run_starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+    first = run_starts[np.searchsorted(run_starts, repeated, side="right") - 1]
+    return order[repeated], order[first]
+
+
+def drop_identical_repeats(features):
+    """Keep the first line of a pid repeated with a bitwise identical vector; refuse differing repeats.
+
+    Line numbers are row numbers + 1: the legacy reader accepts no blank or comment lines.
+    """
+    repeat_rows, first_rows = _repeats(features.ids)
+    if not len(repeat_rows):
+        return features
+    differs = np.any(features.feats[repeat_rows].view(np.uint32) != features.feats[first_rows].view(np.uint32),
+                     axis=1)
+    if differs.any():
+        row, first = int(repeat_rows[differs][0]), int(first_rows[differs][0])
+        raise FeatureFileError(
+            f"{features.source}:{row + 1}: pid {int(features.ids[row])} also on line {first + 1} with a "
+            f"different vector ({int(differs.sum())} repeated pids differ); cannot tell which one to keep")
+    keep = np.ones(len(features.ids), bool)
+    keep[repeat_rows] = False
+    logging.warning("%s: dropped %d repeated lines of pids listed earlier with an identical vector "
+                    "(the original's DistributedSampler pads with repeats)", features.source, len(repeat_rows))
+    return FeatureSet(ids=features.ids[keep], feats=features.feats[keep], source=features.source,
+                      repeated_rows=len(repeat_rows))

@@ -1,21 +1,30 @@
 """A self-contained HTML report of retrieval results and a Recall@K plot.
 
-Images are embedded as small base64 JPEG thumbnails, so report.html can be
-moved or mailed and never points outside its folder. Every string that comes
-from the data (titles, queries, paths) is escaped. The item lookup is injected
+Images are embedded as small base64 JPEG thumbnails, so the pages can be moved
+or mailed and never point outside their folder. The pages are rendered by a
+Jinja2 template with autoescaping on, so every string that comes from the data
+(titles, task names, paths) is escaped. The item lookup is injected
 (``resolver(pid) -> (title, [image paths])``) so this module knows nothing
 about the dataset layout.
+
+Each shown query has its own title and frames, a panel of its ground-truth items,
+and its top results with their scores, ground-truth hits marked. Up to
+QUERIES_PER_PAGE queries go in ``report.html`` itself; more are split over
+``report_001.html``, ``report_002.html``, ... that ``report.html`` links to.
 """
 
 import base64
-import html
 import io
 import os
 
+import jinja2
 import numpy as np
 
 THUMBNAIL_SIZE = (96, 96)
-RESULTS_SHOWN = 10
+RESULTS_SHOWN = 20
+GT_SHOWN = 20            # ground-truth items shown per query (the count says how many there are)
+QUERY_FRAMES_SHOWN = 5
+QUERIES_PER_PAGE = 100   # what a browser still opens quickly with thumbnails embedded
 
 STYLE = """
 body { font-family: sans-serif; margin: 1em; }
@@ -24,12 +33,45 @@ table.metrics td, table.metrics th { padding: 2px 8px; text-align: right; }
 .items { display: flex; flex-wrap: wrap; gap: 6px; }
 .item { width: 110px; font-size: 11px; border: 3px solid transparent; }
 .item.hit { border-color: #2a2; background: #e3f6e3; }
+.item.gt { border-color: #27c; }
 .badge { display: inline-block; background: #2a2; color: #fff; font-weight: bold; padding: 0 3px; }
+.score { color: #555; }
 .label { font-size: 12px; color: #555; margin: 4px 0 2px; }
 .legend { font-size: 13px; }
 .item img { width: 96px; height: 96px; object-fit: cover; }
 .noimg { width: 96px; height: 96px; background: #ddd; }
 """
+
+PAGE = jinja2.Template("""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{{ task }}</title>
+<style>{{ style }}</style></head><body><h1>{{ task }}</h1>
+{%- macro image(picture) -%}
+{%- if picture.uri %}<img src="{{ picture.uri }}" alt="">
+{%- else %}<div class="noimg" title="{{ picture.path }}">{{ picture.reason }}</div>{% endif -%}
+{%- endmacro -%}
+{%- macro item(entry, kind) -%}
+<div class="item{% if entry.hit %} hit{% endif %}{% if kind == 'gt' %} gt{% endif %}">{{ image(entry.picture) }}<div>
+{%- if entry.rank %}#{{ entry.rank }}{% endif %}{% if entry.hit %} <span class="badge">&#10003; GT</span>{% endif %}
+{%- if entry.score is not none %} <span class="score">{{ '%.4f' % entry.score }}</span>{% endif %} {{ entry.title }}</div></div>
+{%- endmacro -%}
+{% if metrics %}<table class="metrics"><tr><th>K</th><th>Recall@K</th><th>hit@K</th><th>mAP@K</th></tr>
+{%- for row in metrics.rows %}<tr><td>{{ row.k }}</td><td>{{ '%.4f' % row.recall }}</td><td>{{ '%.4f' % row.hit }}</td>
+<td>{{ '%.4f' % row.map }}</td></tr>{% endfor %}</table>
+<ul>{% for name, value in metrics.counters %}<li>{{ name }}: {{ value }}</li>{% endfor %}</ul>{% endif %}
+<p class="legend">{{ legend }}; a green frame and <span class="badge">&#10003; GT</span> mark a ground-truth item
+among the results, the number after the rank is the similarity score.</p>
+{% if pages %}<ul class="pages">{% for page in pages %}<li><a href="{{ page.file }}">queries {{ page.first }} to
+{{ page.last }}</a></li>{% endfor %}</ul>{% endif %}
+{% if index_file %}<p><a href="{{ index_file }}">back to the summary</a></p>{% endif %}
+{% for query in queries %}<div class="query"><h3>query {{ query.pid }}: {{ query.title }}</h3>
+<div class="label">query frames</div><div class="items">{% for picture in query.pictures %}{{ image(picture) }}
+{%- endfor %}</div>
+<div class="label">ground truth: {{ query.gt_count }} items{% if query.gt_count > query.gt|length %}
+(first {{ query.gt|length }} shown){% endif %}</div><div class="items">{% for entry in query.gt %}{{ item(entry, 'gt') }}
+{%- endfor %}</div>
+<div class="label">top {{ query.results|length }} results: {{ query.found }} of {{ query.gt_count }} ground-truth items
+</div><div class="items">{% for entry in query.results %}{{ item(entry, 'result') }}{% endfor %}</div></div>
+{% endfor %}</body></html>
+""", autoescape=True)
 
 
 def _thumbnail_uri(path):
@@ -46,74 +88,79 @@ def _thumbnail_uri(path):
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _image_html(paths, max_images):
-    cells = []
-    for path in paths[:max_images]:
-        uri = _thumbnail_uri(path)
-        if uri is None:
-            cells.append(f'<div class="noimg" title="{html.escape(str(path), quote=True)}">missing</div>')
-        else:
-            cells.append(f'<img src="{uri}" alt="">')
-    return "".join(cells) or '<div class="noimg">no image</div>'
+def _pictures(paths, max_images):
+    """Thumbnails of the first images; a grey placeholder (the path in its tooltip) for unreadable ones."""
+    pictures = [{"uri": _thumbnail_uri(path), "path": str(path), "reason": "missing"} for path in paths[:max_images]]
+    return pictures or [{"uri": None, "path": "", "reason": "no image"}]
 
 
-def _item_html(pid, resolver, is_hit, rank):
+def _item(pid, resolver, rank=None, score=None, hit=False):
     title, paths = resolver(int(pid))
-    mark = ' <span class="badge">&#10003; GT</span>' if is_hit else ""
-    return (f'<div class="item{" hit" if is_hit else ""}">{_image_html(paths, 1)}'
-            f'<div>#{rank}{mark} {html.escape(str(title), quote=True)}</div></div>')
+    return {"title": str(title), "picture": _pictures(paths, 1)[0], "rank": rank, "score": score, "hit": hit}
 
 
-def _metrics_html(metrics):
+def _metrics_view(metrics):
     ks = sorted(int(key.split("@")[1]) for key in metrics if key.startswith("recall@"))
-    rows = "".join(f"<tr><td>{k}</td><td>{metrics[f'recall@{k}']:.4f}</td><td>{metrics[f'hit@{k}']:.4f}</td>"
-                   f"<td>{metrics[f'map@{k}']:.4f}</td></tr>" for k in ks)
-    counters = "".join(f"<li>{html.escape(name)}: {metrics[name]}</li>" for name in
-                       ("num_queries", "num_gallery", "queries_without_gt", "gt_queries_missing_from_query_set",
-                        "gt_docs_missing_from_gallery", "duplicate_gallery_ids") if name in metrics)
-    return (f'<table class="metrics"><tr><th>K</th><th>Recall@K</th><th>hit@K</th><th>mAP@K</th></tr>{rows}'
-            f"</table><ul>{counters}</ul>")
+    rows = [{"k": k, "recall": metrics[f"recall@{k}"], "hit": metrics[f"hit@{k}"], "map": metrics[f"map@{k}"]}
+            for k in ks]
+    counters = [(name, metrics[name]) for name in
+                ("num_queries", "num_gallery", "queries_without_gt", "gt_queries_missing_from_query_set",
+                 "gt_docs_missing_from_gallery", "duplicate_gallery_ids") if name in metrics]
+    return {"rows": rows, "counters": counters}
 
 
 def _sample_queries(query_ids, ground_truth, max_queries, seed):
-    """Up to max_queries query rows that have ground truth, drawn reproducibly."""
+    """Query rows that have ground truth: all of them (max_queries None) or a reproducible sample."""
     rows = np.array([i for i, q in enumerate(query_ids.tolist()) if q in ground_truth], dtype=np.int64)
-    if len(rows) > max_queries:
+    if max_queries is not None and len(rows) > max_queries:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_queries, replace=False))
     return rows
 
 
-def write_report(out_dir, task, query_items, retrieved, gt, metrics, image_resolver, max_queries=20, seed=0):
-    """Write ``out_dir/report.html``: metrics, then sampled queries with their top-10 results.
+def _query_view(query_pid, retrieved_row, score_row, relevant, resolver):
+    title, paths = resolver(query_pid)
+    results = [_item(pid, resolver, rank + 1, None if score_row is None else float(score_row[rank]), pid in relevant)
+               for rank, pid in enumerate(retrieved_row[:RESULTS_SHOWN].tolist()) if pid >= 0]
+    return {"pid": query_pid, "title": str(title), "pictures": _pictures(paths, QUERY_FRAMES_SHOWN),
+            "gt": [_item(pid, resolver) for pid in relevant[:GT_SHOWN]], "gt_count": len(relevant),
+            "results": results, "found": sum(entry["hit"] for entry in results)}
 
-    query_items: (Q,) query pids; retrieved: (Q, >=10) retrieved gallery pids (-1 = none);
-    gt: query pid -> GT doc pids; image_resolver: pid -> (title, [image paths]).
+
+def _write_page(path, **view):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(PAGE.render(style=STYLE, **view))
+    return path
+
+
+def write_report(out_dir, task, query_items, retrieved, gt, metrics, image_resolver, max_queries=20, seed=0,
+                 scores=None):
+    """Write ``out_dir/report.html`` (and its pages): metrics, then the shown queries and their results.
+
+    query_items: (Q,) query pids; retrieved: (Q, depth) retrieved gallery pids (-1 = none); scores:
+    their (Q, depth) similarity scores, or None; gt: query pid -> GT doc pids; image_resolver:
+    pid -> (title, [image paths]); max_queries: how many queries with ground truth to show
+    (a reproducible sample), None for all of them. Returns the path of report.html.
     """
     query_items = np.asarray(query_items, dtype=np.int64)
-    sections = []
-    for row in _sample_queries(query_items, gt, max_queries, seed):
-        query_pid = int(query_items[row])
-        title, paths = image_resolver(query_pid)
-        relevant = set(gt[query_pid])
-        results = [pid for pid in retrieved[row, :RESULTS_SHOWN].tolist() if pid >= 0]
-        items = "".join(_item_html(pid, image_resolver, pid in relevant, rank + 1)
-                        for rank, pid in enumerate(results))
-        found = sum(pid in relevant for pid in results)
-        sections.append(
-            f'<div class="query"><h3>query {query_pid}: {html.escape(str(title), quote=True)}</h3>'
-            f'<div class="label">query frames</div><div class="items">{_image_html(paths, 5)}</div>'
-            f'<div class="label">top {RESULTS_SHOWN} results: {found} of {len(relevant)} ground-truth items</div>'
-            f'<div class="items">{items}</div></div>')
-    safe_task = html.escape(str(task), quote=True)
-    page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{safe_task}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{safe_task}</h1>{_metrics_html(metrics)}"
-            f'<p class="legend">{len(sections)} sampled queries; a green frame and '
-            f'<span class="badge">&#10003; GT</span> mark a ground-truth item.</p>'
-            f'{"".join(sections)}</body></html>')
-    path = os.path.join(out_dir, "report.html")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
-    return path
+    rows = _sample_queries(query_items, gt, max_queries, seed)
+    legend = f"{len(rows)} {'sampled ' if max_queries is not None else ''}queries with ground truth"
+
+    def views(chunk):
+        return [_query_view(int(query_items[row]), retrieved[row], None if scores is None else scores[row],
+                            list(gt[int(query_items[row])]), image_resolver) for row in chunk]
+
+    index_path = os.path.join(out_dir, "report.html")
+    page_view = {"task": str(task), "legend": legend}
+    if len(rows) <= QUERIES_PER_PAGE:
+        return _write_page(index_path, metrics=_metrics_view(metrics), queries=views(rows), **page_view)
+    pages = []
+    for number, first in enumerate(range(0, len(rows), QUERIES_PER_PAGE), start=1):
+        chunk = rows[first:first + QUERIES_PER_PAGE]
+        page = {"file": f"report_{number:03d}.html", "first": first + 1, "last": first + len(chunk)}
+        _write_page(os.path.join(out_dir, page["file"]), queries=views(chunk), index_file="report.html",
+                    **page_view)
+        pages.append(page)
+    return _write_page(index_path, metrics=_metrics_view(metrics), pages=pages, queries=[], **page_view)
 
 
 def plot_recall(metrics, path):

@@ -8,8 +8,8 @@ from real20m.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "convert": ["WeightMismatchError", "build_model_from_release_config", "is_release_checkpoint",
-                "load_converted", "load_release_model", "load_weights_into", "save_converted"],
-    "qcd": ["ItemEmbeddings", "QCDModel", "build_model", "tiny_model_config"],
+                "load_converted", "load_weights_into", "save_converted"],
+    "qcd": ["ItemEmbeddings", "QCDModel", "build_model"],
     "release_layout": ["ReleaseLayoutError"],
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

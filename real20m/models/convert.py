@@ -3,7 +3,6 @@
 Entry points:
     load_weights_into(model, checkpoint_dict)   release layout or {"model": state_dict}, strict
     build_model_from_release_config(cfg)        QCDModel for a cn_clip-style config (None = paper)
-    load_release_model(path, cfg=None)          both of the above from a .pth.tar file
     save_converted(model, dir) / load_converted(dir)   model.safetensors + config.json
     convert_checkpoint(src, dir)                any supported checkpoint -> our format
 
@@ -25,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from real20m.engine.checkpoint import load_checkpoint
+
 from .qcd import QCDModel, build_model
 from .release_layout import (
     ReleaseLayoutError,
@@ -32,6 +33,7 @@ from .release_layout import (
     is_release_checkpoint,
     map_release_checkpoint,
     model_config_from_release,
+    strip_ddp_prefix,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,20 +45,10 @@ DEFAULT_TOLERANCE = 1e-4
 RELEASE_UNMAPPED_PREFIXES = ("caption.",)
 
 __all__ = [
-    "WeightMismatchError", "ReleaseLayoutError", "is_release_checkpoint", "read_checkpoint",
-    "load_weights_into", "build_model_from_release_config", "load_release_model",
+    "WeightMismatchError", "ReleaseLayoutError", "is_release_checkpoint",
+    "load_weights_into", "build_model_from_release_config",
     "save_converted", "load_converted", "convert_checkpoint", "embed_reference_inputs", "check_fixture",
 ]
-
-
-def read_checkpoint(path) -> dict:
-    """torch.load on CPU with weights_only=True (no pickled code runs)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict):
-        raise WeightMismatchError(f"{path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
-    return checkpoint
 
 
 def check_state_dict(model: torch.nn.Module, state: dict, sources: dict | None = None,
@@ -81,8 +73,8 @@ def check_state_dict(model: torch.nn.Module, state: dict, sources: dict | None =
         raise WeightMismatchError("checkpoint does not fit the model: " + "; ".join(problems))
 
 
-def _strip_ddp_prefix(state: dict) -> dict:
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+def _strip_ddp_prefixes(state: dict) -> dict:
+    return {strip_ddp_prefix(key): value for key, value in state.items()}
 
 
 def load_weights_into(model: QCDModel, checkpoint: dict) -> str:
@@ -102,7 +94,7 @@ def load_weights_into(model: QCDModel, checkpoint: dict) -> str:
         if model.use_title_mask:
             summary += "; note: use_title_mask=True differs from the original (unmasked titles)"
     elif isinstance(checkpoint.get("model"), dict):
-        state = _strip_ddp_prefix(checkpoint["model"])
+        state = _strip_ddp_prefixes(checkpoint["model"])
         check_state_dict(model, state)
         model.load_state_dict(state, strict=True)
         summary = f"loaded {len(state)} tensors (QCDModel format)"
@@ -117,12 +109,6 @@ def load_weights_into(model: QCDModel, checkpoint: dict) -> str:
 def build_model_from_release_config(cfg_json: dict | None = None) -> QCDModel:
     """QCDModel for a cn_clip-style configuration (None: the paper's), in original-compat mode."""
     return build_model(model_config_from_release(cfg_json))
-
-
-def load_release_model(path, cfg_json: dict | None = None) -> QCDModel:
-    model = build_model_from_release_config(cfg_json)
-    load_weights_into(model, read_checkpoint(path))
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------- our format
@@ -155,7 +141,7 @@ def convert_checkpoint(src, dst_dir, release_cfg: dict | None = None, model_cfg:
     A release checkpoint is built from `release_cfg` (None: the paper's configuration). Our own
     checkpoints carry `model_cfg` (or pass one); the vocabulary size is read off the weights.
     """
-    checkpoint = read_checkpoint(src)
+    checkpoint = load_checkpoint(src)
     if is_release_checkpoint(checkpoint):
         model = build_model_from_release_config(release_cfg)
     else:
@@ -164,7 +150,7 @@ def convert_checkpoint(src, dst_dir, release_cfg: dict | None = None, model_cfg:
             raise WeightMismatchError(
                 f"{src}: not a release checkpoint, and not a QCDModel checkpoint with a model config "
                 f"(entries 'model' + 'model_cfg', or pass the model config); top-level keys: {sorted(checkpoint)}")
-        embeddings = _strip_ddp_prefix(checkpoint["model"]).get("text.encoder.embeddings.word_embeddings.weight")
+        embeddings = _strip_ddp_prefixes(checkpoint["model"]).get("text.encoder.embeddings.word_embeddings.weight")
         vocab_size = None if embeddings is None else int(embeddings.shape[0])
         model = build_model(model_cfg, vocab_size=vocab_size, pad_token_id=pad_token_id)
     load_weights_into(model, checkpoint)
@@ -205,7 +191,7 @@ def check_fixture(fixture_dir, checkpoint_name: str = "checkpoint.pth.tar", out_
     with open(fixture / "config.json", encoding="utf-8") as f:
         release_cfg = json.load(f)
     model = build_model_from_release_config(release_cfg)
-    load_weights_into(model, read_checkpoint(fixture / checkpoint_name))
+    load_weights_into(model, load_checkpoint(fixture / checkpoint_name))
     with np.load(fixture / "reference_io.npz") as npz:
         reference = {name: npz[name] for name in npz.files}
     produced = embed_reference_inputs(model, reference, model.frame.clip_length)

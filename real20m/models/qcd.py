@@ -153,21 +153,3 @@ class QCDModel(nn.Module):
 
 def build_model(model_cfg: dict, vocab_size: int | None = None, pad_token_id: int = 0) -> QCDModel:
     return QCDModel(model_cfg, vocab_size=vocab_size, pad_token_id=pad_token_id)
-
-
-def tiny_model_config() -> dict:
-    """The tiny CPU configuration (configs/tiny.yaml `model:`), for tests and laptop runs."""
-    layers = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
-    return {
-        "backbone": "chinese_clip",
-        "pretrained": None,
-        "text": dict(layers, max_position_embeddings=64),
-        "vision": dict(layers, image_size=64, patch_size=16),
-        "timm_name": None,
-        "embed_dim": 512,
-        "clip_length": 5,
-        "frame_heads": 8,
-        "caption": {"n_layer": 1, "n_head": 2, "n_embd": 64},
-        "gradient_checkpointing": False,
-        "use_title_mask": True,
-    }

@@ -138,7 +138,8 @@ class MappingReport:
         return text + (f"; unknown top-level entries (ignored): {', '.join(unknown)}" if unknown else "")
 
 
-def _strip_ddp(key: str) -> str:
+def strip_ddp_prefix(key: str) -> str:
+    """A state-dict key without the `module.` prefix DistributedDataParallel adds."""
     return key[len("module."):] if key.startswith("module.") else key
 
 
@@ -257,7 +258,7 @@ def map_release_checkpoint(checkpoint: dict) -> tuple[dict[str, torch.Tensor], M
     for section_name, mapper, prefix in (("state_dict", _map_vision_key, "visual_model."),
                                          ("doc_fusion_model", _map_fusion_key, "")):
         for key, tensor in checkpoint[section_name].items():
-            name = _strip_ddp(key)
+            name = strip_ddp_prefix(key)
             pairs = mapper(name[len(prefix):], tensor) if name.startswith(prefix) else None
             if pairs is None:
                 unexpected.append(f"{section_name}: {key}")
@@ -266,7 +267,7 @@ def map_release_checkpoint(checkpoint: dict) -> tuple[dict[str, torch.Tensor], M
                 _put(out, report, target, value, f"{section_name}: {key}")
             report.mapped[section_name] = report.mapped.get(section_name, 0) + 1
 
-    text = {_strip_ddp(k): v for k, v in checkpoint["doc_text_model"].items()}
+    text = {strip_ddp_prefix(k): v for k, v in checkpoint["doc_text_model"].items()}
     _map_text_section(text, report, out, unexpected)
     if unexpected:
         raise ReleaseLayoutError(f"{len(unexpected)} unexpected checkpoint keys: {sorted(unexpected)}")

@@ -225,6 +225,11 @@ def test_original_eval_transform_is_a_bilinear_squash(size):
     assert not torch.equal(out, nearest)
 
 
+def test_eval_transform_refuses_an_unknown_compat():
+    with pytest.raises(ValueError, match="compat"):
+        build_eval_transform(32, compat="bogus")
+
+
 def test_grayscale_images_are_replicated_to_three_channels(tmp_path):
     path = tmp_path / "gray.jpg"
     gradient_image(33, 31, "L").save(path)

@@ -3,7 +3,7 @@ import pytest
 
 from real20m.datasets.annotations import load_items, load_query_groups
 from real20m.datasets.dataset import TrainDataset
-from real20m.datasets.samplers import ClusterBatchSampler, SourceBatchSampler, build_batch_sampler, deal_batches
+from real20m.datasets.samplers import ClusterBatchSampler, SourceBatchSampler, deal_batches
 
 N_QUERIES = 103
 
@@ -89,15 +89,6 @@ def test_cluster_batches_stay_within_one_cluster_and_source(dataset):
         assert len({key.source for key in batch}) == 1
         assert len({int(sampler.row_clusters[key.row]) for key in batch}) == 1
     assert sampler.row_clusters[-3:].tolist() == [-1, -1, -1]  # not in cluster.txt
-
-
-def test_build_batch_sampler_picks_cluster_sampler(dataset):
-    from argparse import Namespace
-
-    cfg = Namespace(hard_sample=True, cluster_file=dataset.cluster_file, batch_size=2, seed=0)
-    assert isinstance(build_batch_sampler(dataset, cfg, 0, 1), ClusterBatchSampler)
-    cfg.hard_sample = False
-    assert type(build_batch_sampler(dataset, cfg, 0, 1)) is SourceBatchSampler
 
 
 def test_item_file_every_line_is_one_sample(tmp_path):

@@ -66,14 +66,3 @@ def test_eval_transform_default_resizes_and_center_crops_to_uint8():
     assert bool((out == 255).all())
     image = gradient_image()
     assert torch.equal(transform(image), transform(image))
-
-
-def test_eval_transform_original_uses_nearest_square_resize():
-    image = Image.fromarray(np.arange(4 * 8 * 3, dtype=np.uint8).reshape(4, 8, 3) * 2)
-    out = build_eval_transform(8, compat="original")(image)
-    nearest = torch.from_numpy(np.array(image.resize((8, 8), Image.NEAREST))).permute(2, 0, 1)
-    assert out.dtype == torch.uint8 and torch.equal(out, nearest)
-    default = build_eval_transform(8)(image)
-    assert default.shape == (3, 8, 8) and not torch.equal(out, default)
-    with pytest.raises(ValueError, match="compat"):
-        build_eval_transform(8, compat="bogus")

@@ -42,14 +42,16 @@ def test_trained_checkpoint_embeds_every_item_once_with_its_own_input_settings(t
                    "--image_size", "64")
     count = write_features(cfg)
 
-    expected = load_items(cfg.test_file).pids
+    expected = load_items(cfg.data.test_file).pids
     features = load_features(str(tmp_path / "eval"))
     legacy = load_features(str(tmp_path / "eval" / "features.feat"))
     assert count == len(expected) and sorted(features.ids) == sorted(expected)
     assert np.allclose(np.linalg.norm(np.asarray(features.feats), axis=1), 1.0, atol=1e-5)
     assert np.array_equal(legacy.ids, features.ids)
     assert np.array_equal(np.asarray(legacy.feats), np.asarray(features.feats))
-    assert cfg.image_size == 32
+    import yaml
+    written = yaml.safe_load((tmp_path / "eval" / "config.yaml").read_text(encoding="utf-8"))
+    assert written["data"]["image_size"] == 32  # config.yaml records what the evaluation used
 
 
 def write_fixture_vocabulary(folder: Path, size: int) -> str:
@@ -73,6 +75,6 @@ def test_release_checkpoint_evaluates_through_resume(tiny_data_root, tmp_path):
                    "--compat", "original")
     count = write_features(cfg)
     features = load_features(str(tmp_path / "eval"))
-    assert count == len(load_items(cfg.test_file).pids) == len(features.ids)
+    assert count == len(load_items(cfg.data.test_file).pids) == len(features.ids)
     norms = np.linalg.norm(np.asarray(features.feats), axis=1)
     assert np.isfinite(np.asarray(features.feats)).all() and np.allclose(norms, 1.0, atol=1e-5)

@@ -1,9 +1,8 @@
-from argparse import Namespace
-
 import pytest
 import torch
 from torch import nn
 
+from real20m.config import OptimConfig
 from real20m.engine.checkpoint import load_checkpoint, save_checkpoint
 from real20m.engine.optim import build_optimizer, build_scheduler
 
@@ -25,7 +24,7 @@ def group_lrs(optimizer):
 
 
 def test_one_optimizer_with_the_paper_multipliers():
-    optimizer = build_optimizer(FiveParts(), Namespace(lr=1e-2, weight_decay=0.05))
+    optimizer = build_optimizer(FiveParts(), OptimConfig(lr=1e-2, weight_decay=0.05))
     assert isinstance(optimizer, torch.optim.AdamW)
     assert group_lrs(optimizer) == pytest.approx({"text": 1e-4, "vision": 1e-5, "fusion": 1e-2, "frame": 1e-4})
     assert all(group["weight_decay"] == 0.05 for group in optimizer.param_groups)
@@ -33,22 +32,20 @@ def test_one_optimizer_with_the_paper_multipliers():
 
 def test_overridden_multiplier_loss_group_and_other_optimizers():
     scale = nn.Parameter(torch.tensor(3.0))
-    cfg = Namespace(lr=0.1, optimizer="sgd", lr_mult={"vision": 0.5})
+    cfg = OptimConfig(lr=0.1, optimizer="sgd", lr_mult={"vision": 0.5})
     optimizer = build_optimizer(FiveParts(), cfg, extra_params=[scale])
     assert isinstance(optimizer, torch.optim.SGD)
     assert group_lrs(optimizer) == pytest.approx({"text": 1e-3, "vision": 0.05, "fusion": 0.1, "frame": 1e-3, "loss": 0.1})
-    assert isinstance(build_optimizer(FiveParts(), Namespace(lr=0.1, optimizer="adam")), torch.optim.Adam)
+    assert isinstance(build_optimizer(FiveParts(), OptimConfig(lr=0.1, optimizer="adam")), torch.optim.Adam)
 
 
 def test_configuration_mistakes_are_refused():
     with pytest.raises(ValueError, match="unknown optimizer"):
-        build_optimizer(FiveParts(), Namespace(lr=0.1, optimizer="lamb"))
-    with pytest.raises(ValueError, match="unknown lr_mult"):
-        build_optimizer(FiveParts(), Namespace(lr=0.1, lr_mult={"txt": 1.0}))
+        build_optimizer(FiveParts(), OptimConfig(lr=0.1, optimizer="lamb"))
     model = FiveParts()
     model.extra = nn.Linear(2, 2)  # trainable but in no group: it would never be updated
     with pytest.raises(ValueError, match="in no parameter group"):
-        build_optimizer(model, Namespace(lr=0.1))
+        build_optimizer(model, OptimConfig(lr=0.1))
 
 
 def lrs_over(cfg, steps, steps_per_epoch=10):
@@ -64,14 +61,14 @@ def lrs_over(cfg, steps, steps_per_epoch=10):
 
 
 def test_step_schedule_decays_every_decay_epochs():
-    lrs = lrs_over(Namespace(lr=1.0, lr_schedule="step", lr_decay_rate=0.1, decay_epochs=2), steps=45)
+    lrs = lrs_over(OptimConfig(lr=1.0, lr_schedule="step", lr_decay_rate=0.1, decay_epochs=2), steps=45)
     assert lrs[0] == lrs[19] == pytest.approx(1.0)
     assert lrs[20] == lrs[39] == pytest.approx(0.1)
     assert lrs[40] == pytest.approx(0.01)
 
 
 def test_cosine_schedule_with_linear_warmup():
-    lrs = lrs_over(Namespace(lr=1.0, lr_schedule="cosine", warmup_steps=4, epochs=2), steps=21)
+    lrs = lrs_over(OptimConfig(lr=1.0, lr_schedule="cosine", warmup_steps=4, epochs=2), steps=21)
     assert lrs[0] == pytest.approx(0.25) and lrs[3] == pytest.approx(1.0)
     assert lrs[4] == pytest.approx(1.0)
     assert lrs[12] == pytest.approx(0.5)  # half way through the 16 cosine steps
@@ -79,13 +76,13 @@ def test_cosine_schedule_with_linear_warmup():
 
 
 def test_unknown_schedule_is_refused():
-    optimizer = build_optimizer(FiveParts(), Namespace(lr=1.0))
+    optimizer = build_optimizer(FiveParts(), OptimConfig(lr=1.0))
     with pytest.raises(ValueError, match="unknown lr_schedule"):
-        build_scheduler(optimizer, Namespace(lr=1.0, lr_schedule="poly"), steps_per_epoch=10)
+        build_scheduler(optimizer, OptimConfig(lr=1.0, lr_schedule="poly"), steps_per_epoch=10)
 
 
 def test_scheduler_resumes_exactly_from_a_checkpoint(tmp_path):
-    cfg = Namespace(lr=1.0, lr_schedule="cosine", warmup_steps=3, epochs=2)
+    cfg = OptimConfig(lr=1.0, lr_schedule="cosine", warmup_steps=3, epochs=2)
     expected = lrs_over(cfg, steps=20)
 
     optimizer = build_optimizer(FiveParts(), cfg)

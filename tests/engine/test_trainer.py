@@ -1,5 +1,4 @@
 """The training loop on a tiny synthetic dataset: it learns, it checkpoints, it resumes exactly."""
-import argparse
 import os
 import subprocess
 import sys
@@ -8,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from real20m.config import parse_config
+from real20m.config import DataConfig, parse_config
 from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.distributed import DistEnv
-from real20m.engine.trainer import Trainer, build_loader
+from real20m.engine.trainer import Trainer
+from real20m.factory import build_train_loader
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, backend=None)
@@ -90,10 +90,9 @@ def test_torchrun_with_two_gloo_processes_trains_and_saves(data_root, tmp_path):
 
 
 def test_a_caption_weight_of_zero_builds_no_caption_decoder(data_root, tmp_path):
-    cfg = tiny_cfg(data_root, tmp_path, "--max_steps", "1")
-    cfg.loss_weights["caption"] = 0.0
+    cfg = tiny_cfg(data_root, tmp_path, "--max_steps", "1", "--loss.weights.caption", "0")
     trainer = Trainer(cfg, SINGLE_CPU)
-    assert trainer.model.caption is None and trainer.cfg.model["caption"] is None
+    assert trainer.model.caption is None and trainer.cfg.model.caption is None
     trainer.fit()
     assert not any(name.startswith("caption") for name in load_checkpoint(tmp_path / "checkpoints" / "last.pth.tar")["model"])
 
@@ -110,8 +109,8 @@ class WorkerNiceness(torch.utils.data.Dataset):
 
 @pytest.mark.skipif(not hasattr(os, "nice"), reason="process niceness is POSIX")
 def test_loader_workers_run_at_the_lowest_cpu_priority():
-    cfg = argparse.Namespace(seed=0, workers=1)
     own = os.nice(0)
-    loader = build_loader(cfg, WorkerNiceness(), [[0, 1]], lambda niceness: niceness, SINGLE_CPU)
+    loader = build_train_loader(DataConfig(workers=1), WorkerNiceness(), [[0, 1]], lambda niceness: niceness,
+                                SINGLE_CPU, seed=0)
     assert [niceness for batch in loader for niceness in batch] == [19, 19]
     assert os.nice(0) == own  # the training process keeps its priority

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -22,6 +24,18 @@ def test_legacy_round_trip_is_bitwise(tmp_path):
     assert np.array_equal(loaded.feats.view(np.uint32), feats.view(np.uint32))
     first = open(path).readline()
     assert first.startswith("5\t") and first.count(",") == 7
+
+
+def test_legacy_writer_spells_values_as_the_original_and_as_json_numbers(tmp_path):
+    ids, feats = _features(n=20, dim=6)
+    feats[1] = [1e-5, 1e16, -0.0, 123456.0, 3.4028235e38, 0.1]   # exponent and positional spellings
+    path = tmp_path / "features.feat"
+    write_legacy_features(str(path), ids, feats)
+    for line, pid, row in zip(path.read_text().splitlines(), ids.tolist(), feats.tolist()):
+        pid_text, values = line.split("\t")
+        assert int(pid_text) == pid
+        assert values == ",".join(str(float(value)) for value in row)
+        assert np.array_equal(np.array(json.loads("[" + values + "]"), np.float32), np.array(row, np.float32))
 
 
 def test_legacy_reader_accepts_free_form_floats(tmp_path):
@@ -63,10 +77,22 @@ def test_empty_file_is_an_error(tmp_path):
         load_features(str(path))
 
 
-def test_legacy_duplicate_pids_are_an_error(tmp_path):
+def test_legacy_repeats_with_identical_vectors_are_dropped_with_one_warning(tmp_path, caplog):
+    # The original's DistributedSampler pads with repeated items: its files list those pids twice.
     path = tmp_path / "dup.feat"
-    path.write_text("1\t0.1,0.2\n1\t0.3,0.4\n")
-    with pytest.raises(FeatureFileError, match=r"1 pids appear more than once \(e.g. \[1\]\)"):
+    path.write_text("1\t0.1,0.2\n2\t0.5,0.25\n1\t0.1,0.2\n3\t1.0,2.0\n2\t0.5,0.25\n1\t0.10,0.2\n")
+    with caplog.at_level("WARNING"):
+        loaded = load_features(str(path))
+    assert loaded.ids.tolist() == [1, 2, 3] and loaded.repeated_rows == 3
+    assert np.array_equal(loaded.feats, np.array([[0.1, 0.2], [0.5, 0.25], [1.0, 2.0]], np.float32))
+    warnings = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "dup.feat: dropped 3 repeated lines" in warnings[0].getMessage()
+
+
+def test_legacy_repeats_with_differing_vectors_name_pid_and_both_lines(tmp_path):
+    path = tmp_path / "dup.feat"
+    path.write_text("1\t0.1,0.2\n7\t0.5,0.5\n1\t0.1,0.2\n7\t0.5,0.50000006\n")
+    with pytest.raises(FeatureFileError, match=r"dup\.feat:4: pid 7 also on line 2 with a different vector"):
         load_features(str(path))
 
 

@@ -80,7 +80,7 @@ def test_report_renders_hostile_titles_as_text_in_chromium(tmp_path):
     for title in TITLES.values():                     # every hostile title shows up verbatim, as text
         assert title in text, title
     assert "b" not in summary.tags                    # '<b>bold</b>' stayed text too
-    assert summary.tags.count("img") == 2 + 7        # one frame per query + 7 results, all thumbnails
+    assert summary.tags.count("img") == 2 + 2 + 7    # one frame per query, its GT panel, 7 results
     assert dom.count('class="item hit"') == 2         # pid 11 for query 1, pid 13 for query 2
 
 

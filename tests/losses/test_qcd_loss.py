@@ -28,21 +28,39 @@ def outputs():
             for name, value in (("query", QUERY), ("title", TITLE), ("visual", VISUAL), ("fused", FUSED))}
 
 
+# Caption decoder outputs: 3 queries x 2 next tokens over a vocabulary of 3; the last target is padding.
+CAPTION_LOGITS = np.array([[[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]],
+                           [[0.3, 0.3, 0.3], [1.5, -0.5, 0.2]],
+                           [[-1.0, 2.0, 0.0], [9.0, 9.0, 9.0]]])
+CAPTION_TARGETS = np.array([[0, 1], [2, 0], [1, -100]])
+
+
+def caption_outputs():
+    return {"caption_logits": torch.tensor(CAPTION_LOGITS, dtype=torch.float32),
+            "caption_targets": torch.tensor(CAPTION_TARGETS)}
+
+
+def numpy_caption_cross_entropy():
+    log_probs = CAPTION_LOGITS - np.log(np.exp(CAPTION_LOGITS).sum(axis=-1, keepdims=True))
+    kept = [log_probs[i, t, CAPTION_TARGETS[i, t]] for i in range(3) for t in range(2) if CAPTION_TARGETS[i, t] >= 0]
+    return -np.mean(kept)
+
+
 def test_terms_and_total_match_hand_computed_reference():
-    weights = {"fused": 1.0, "title": 0.5, "visual": 2.0, "caption": 0.3, "itc": 0.25}
-    loss = QCDLoss(weights, logit_scale=20.0, delta=3.0, embed_dim=4)
-    total, terms = loss(outputs(), caption_loss=torch.tensor(1.7))
+    weights = {"fused": 1.0, "title": 0.5, "visual": 2.0, "consistency": 3.0, "caption": 0.3, "itc": 0.25}
+    loss = QCDLoss(weights, logit_scale=20.0, embed_dim=4)
+    total, terms = loss({**outputs(), **caption_outputs()})
 
     expected = {
-        "rel_fused": numpy_symmetric_info_nce(QUERY, FUSED, 20.0),
-        "rel_title": numpy_symmetric_info_nce(QUERY, TITLE, 20.0),
-        "rel_visual": numpy_symmetric_info_nce(QUERY, VISUAL, 20.0),
+        "fused": numpy_symmetric_info_nce(QUERY, FUSED, 20.0),
+        "title": numpy_symmetric_info_nce(QUERY, TITLE, 20.0),
+        "visual": numpy_symmetric_info_nce(QUERY, VISUAL, 20.0),
         "consistency": np.mean((FUSED - VISUAL) ** 2),
-        "caption": 1.7,
+        "caption": numpy_caption_cross_entropy(),
         "itc": numpy_symmetric_info_nce(TITLE, VISUAL, 20.0),
     }
-    expected["total"] = (expected["rel_fused"] + 0.5 * expected["rel_title"] + 2.0 * expected["rel_visual"]
-                         + 3.0 * expected["consistency"] + 0.3 * 1.7 + 0.25 * expected["itc"])
+    expected["total"] = (expected["fused"] + 0.5 * expected["title"] + 2.0 * expected["visual"]
+                         + 3.0 * expected["consistency"] + 0.3 * expected["caption"] + 0.25 * expected["itc"])
     for name, value in expected.items():
         assert terms[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
     assert total.item() == pytest.approx(expected["total"], rel=1e-5)
@@ -53,27 +71,29 @@ def test_terms_and_total_match_hand_computed_reference():
 
 
 def test_paper_defaults_and_disabled_terms():
-    loss = QCDLoss({}, embed_dim=4)
-    total, terms = loss(outputs(), caption_loss=None)
-    assert terms["itc"] == 0.0 and terms["caption"] == 0.0  # itc off by default, no caption decoder
+    loss = QCDLoss({"caption": 0.0}, embed_dim=4)
+    total, terms = loss(outputs())
+    assert terms["itc"] == 0.0 and terms["caption"] == 0.0  # itc off by default, caption switched off
     expected = (numpy_symmetric_info_nce(QUERY, FUSED, 20.0) + numpy_symmetric_info_nce(QUERY, TITLE, 20.0)
                 + numpy_symmetric_info_nce(QUERY, VISUAL, 20.0) + np.mean((FUSED - VISUAL) ** 2))
     assert total.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_bad_configuration_is_refused():
-    with pytest.raises(ValueError, match="unknown QCD loss weight"):
+    with pytest.raises(ValueError, match="unknown QCD loss term"):
         QCDLoss({"fusd": 1.0})
     with pytest.raises(ValueError, match="logit_scale"):
         QCDLoss({}, logit_scale=0.0)
     with pytest.raises(KeyError, match="fused"):
-        QCDLoss({}, embed_dim=4)({"query": torch.zeros(3, 4)}, None)
+        QCDLoss({}, embed_dim=4)({"query": torch.zeros(3, 4)})
+    with pytest.raises(KeyError, match="caption decoder"):
+        QCDLoss({}, embed_dim=4)(outputs())  # caption weight 1 but no decoder outputs
 
 
 def test_learnable_scale_gets_a_gradient_and_is_clamped():
-    loss = QCDLoss({}, learnable_scale=True, embed_dim=4)
+    loss = QCDLoss({"caption": 0.0}, learnable_scale=True, embed_dim=4)
     embeddings = {name: value.requires_grad_(True) for name, value in outputs().items()}
-    total, _ = loss(embeddings, None)
+    total, _ = loss(embeddings)
     total.backward()
     assert loss.log_scale.grad is not None and loss.log_scale.grad.abs().item() > 0
     with torch.no_grad():
@@ -83,28 +103,28 @@ def test_learnable_scale_gets_a_gradient_and_is_clamped():
 
 
 def test_memory_bank_adds_negatives_only_after_it_has_been_filled():
-    with_memory = QCDLoss({}, xbm_size=8, embed_dim=4)
-    without_memory = QCDLoss({}, embed_dim=4)
-    _, first = with_memory(outputs(), None)
-    _, plain = without_memory(outputs(), None)
-    assert first["rel_fused"] == pytest.approx(plain["rel_fused"])  # memory still empty
+    with_memory = QCDLoss({"caption": 0.0}, xbm_size=8, embed_dim=4)
+    without_memory = QCDLoss({"caption": 0.0}, embed_dim=4)
+    _, first = with_memory(outputs())
+    _, plain = without_memory(outputs())
+    assert first["fused"] == pytest.approx(plain["fused"])  # memory still empty
     assert int(with_memory.memory.filled) == 3
 
-    _, second = with_memory(outputs(), None)
+    _, second = with_memory(outputs())
     memory_queries, memory_items = torch.tensor(QUERY, dtype=torch.float32), torch.tensor(FUSED, dtype=torch.float32)
     o = outputs()
     expected = info_nce(o["query"], o["fused"], 20.0, extra_a=memory_queries, extra_b=memory_items).item()
-    assert second["rel_fused"] == pytest.approx(expected, rel=1e-5)
-    assert second["rel_fused"] > plain["rel_fused"] + 0.1
-    assert second["rel_title"] == pytest.approx(plain["rel_title"])  # memory only serves the fused term
+    assert second["fused"] == pytest.approx(expected, rel=1e-5)
+    assert second["fused"] > plain["fused"] + 0.1
+    assert second["title"] == pytest.approx(plain["title"])  # memory only serves the fused term
 
     with_memory.eval()
-    with_memory(outputs(), None)
+    with_memory(outputs())
     assert int(with_memory.memory.filled) == 6  # evaluation passes do not enqueue
 
 
 GLOBAL_BATCH, IN_DIM, EMBED_DIM = 8, 5, 4
-WEIGHTS = {"fused": 1.0, "title": 0.7, "visual": 1.3, "caption": 0.5, "itc": 0.2}
+WEIGHTS = {"fused": 1.0, "title": 0.7, "visual": 1.3, "consistency": 2.0, "caption": 0.5, "itc": 0.2}
 
 
 def make_tower():
@@ -120,21 +140,23 @@ def make_tower():
 def forward_tower(params, batch, rows):
     out = {name: F.normalize(batch[name][rows] @ params[name], dim=1) for name in ("query", "title", "visual")}
     out["fused"] = F.normalize(params["mix"][0] * out["title"] + params["mix"][1] * out["visual"], dim=1)
-    caption_loss = (batch["query"][rows] @ params["visual"]).pow(2).mean()  # stands in for the decoder
-    return out, caption_loss
+    # stands in for the decoder: one next-token distribution over EMBED_DIM "tokens" per query
+    out["caption_logits"] = (batch["query"][rows] @ params["visual"]).unsqueeze(1)
+    out["caption_targets"] = torch.zeros(out["caption_logits"].shape[0], 1, dtype=torch.long)
+    return out
 
 
 def qcd_step_results(rows):
     """Two training steps; the second sees the first batch in its memory. Loss + grads of step two."""
     params, batches = make_tower()
-    loss = QCDLoss(WEIGHTS, logit_scale=12.0, learnable_scale=True, delta=2.0, xbm_size=32, embed_dim=EMBED_DIM)
+    loss = QCDLoss(WEIGHTS, logit_scale=12.0, learnable_scale=True, xbm_size=32, embed_dim=EMBED_DIM)
     with torch.no_grad():
-        loss(*forward_tower(params, batches[0], rows))
-    total, terms = loss(*forward_tower(params, batches[1], rows))
+        loss(forward_tower(params, batches[0], rows))
+    total, terms = loss(forward_tower(params, batches[1], rows))
     total.backward()
     result = {name: param.grad for name, param in params.items()}
     result.update(total=total.detach(), log_scale=loss.log_scale.grad, memory=loss.memory.items.clone(),
-                  top1=torch.tensor(terms["top1"]), rel_fused=torch.tensor(terms["rel_fused"]))
+                  top1=torch.tensor(terms["top1"]), fused_term=torch.tensor(terms["fused"]))
     return result
 
 

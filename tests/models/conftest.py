@@ -1,11 +1,11 @@
 """Shared helpers for the model tests: tiny configs, batches and the release fixture folder."""
-import copy
 from pathlib import Path
 
 import pytest
 import torch
 
-from real20m.models import build_model, tiny_model_config
+from real20m.config import parse_config
+from real20m.models import build_model
 
 VOCAB = 300
 FIXTURE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "upstream_ckpt_tiny"
@@ -13,7 +13,7 @@ FIXTURE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 
 def deterministic_tiny_config(**overrides) -> dict:
     """The tiny config with every dropout off, so two runs can be compared value for value."""
-    cfg = copy.deepcopy(tiny_model_config())
+    cfg = parse_config(["--config", "tiny"]).model.architecture()
     cfg["text"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     cfg["caption"]["dropout"] = 0.0
     cfg.update(overrides)

