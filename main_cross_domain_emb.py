@@ -11,12 +11,13 @@ are accepted; see `--help` or real20m/config.py.
 from real20m.config import ConfigError, parse_config
 from real20m.datasets.annotations import AnnotationError, UnsafePathError
 from real20m.engine.checkpoint import CheckpointError
+from real20m.evaluate.extract import EmbeddingInputError
 from real20m.evaluate.feature_io import FeatureFileError
 from real20m.models.release_layout import ReleaseLayoutError, WeightMismatchError
 from real20m.utils.entry import exit_on_input_error
 
 INPUT_ERRORS = (AnnotationError, UnsafePathError, CheckpointError, FeatureFileError, ConfigError,
-                ReleaseLayoutError, WeightMismatchError)
+                ReleaseLayoutError, WeightMismatchError, EmbeddingInputError)
 
 
 def main(argv=None) -> None:

@@ -103,13 +103,14 @@ class ModelConfig:
     image_size: int = 224
     use_title_mask: bool = True
     use_query_mask: bool = True
+    frame_fp16: bool = False
 
     def architecture(self) -> dict:
         """The plain dict ``QCDModel`` is built from (a from-scratch vision tower gets the data's
         image size; a pretrained one keeps its own)."""
         arch = {name: copy.deepcopy(plain(getattr(self, name))) for name in (
             "backbone", "pretrained", "text", "vision", "timm_name", "embed_dim", "frame_heads", "caption",
-            "gradient_checkpointing", "clip_length", "use_title_mask", "use_query_mask")}
+            "gradient_checkpointing", "clip_length", "use_title_mask", "use_query_mask", "frame_fp16")}
         if not self.pretrained and self.backbone != "timm":
             arch["vision"] = {**arch["vision"], "image_size": self.image_size}
         return arch
@@ -164,7 +165,7 @@ class RunConfig:
 SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
                    "run": RunConfig}
 # Fields resolve() computes; they are not inputs (a YAML file or flag setting one is refused).
-DERIVED = {"model": ("clip_length", "image_size", "use_title_mask", "use_query_mask")}
+DERIVED = {"model": ("clip_length", "image_size", "use_title_mask", "use_query_mask", "frame_fp16")}
 # Mappings whose entries are set one by one (``--optim.lr_mult.text``) and merged over the defaults.
 MAPPING_FIELDS = {"model.text", "model.vision", "model.caption", "loss.weights", "optim.lr_mult"}
 
@@ -460,6 +461,7 @@ _DERIVED_FROM = {
     "model.image_size": "the image size is data.image_size (--image_size)",
     "model.use_title_mask": "title masking follows data.compat",
     "model.use_query_mask": "query masking follows data.compat",
+    "model.frame_fp16": "the fp16 frame transformer follows data.compat",
 }
 _FLAT_NAMES = {name.lstrip("-"): option.path for option in OPTIONS for name in option.flag_names
                if name.startswith("--")}
@@ -583,6 +585,7 @@ def resolve(values: dict) -> Config:
         "image_size": data["image_size"],
         "use_title_mask": masked,
         "use_query_mask": masked,
+        "frame_fp16": not masked,
         # A decoder whose loss has weight 0 never gets a gradient (DDP refuses such parameters).
         "caption": model["caption"] if weights.get("caption", 0) else None,
     }

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 
+import torch
+
 from real20m.assets import CHINESE_BERT_VOCAB_DIR
 from real20m.config import Config, override, write_config
 from real20m.datasets import build_tokenizer, build_train_dataset
@@ -19,7 +21,7 @@ from real20m.evaluate.extract import extract_features
 from real20m.evaluate.feature_io import load_features, write_legacy_features
 from real20m.factory import build_collator, build_eval_data, build_model, build_tokenizer_for, load_weights, \
     restore_tokenizer
-from real20m.models.convert import build_model_from_release_config, is_release_checkpoint
+from real20m.models.release_layout import is_release_checkpoint, model_config_from_release
 from real20m.utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -60,9 +62,7 @@ def load_model_for_inference(cfg: Config, dist: DistEnv):
     if is_release_checkpoint(checkpoint):
         # The release tokenises with the Chinese BERT vocabulary, shipped in the package.
         tokenizer = build_tokenizer(cfg.data.tokenizer or CHINESE_BERT_VOCAB_DIR, None, None)
-        model = build_model_from_release_config(load_release_config(cfg.run.release_config))
-        model.use_title_mask = cfg.model.use_title_mask
-        model.use_query_mask = cfg.model.use_query_mask
+        architecture = model_config_from_release(load_release_config(cfg.run.release_config))
     else:
         # "config" since the configuration redesign; older checkpoints kept the flat "args".
         trained = checkpoint.get("config", {}).get("data") or checkpoint.get("args", {})
@@ -73,12 +73,23 @@ def load_model_for_inference(cfg: Config, dist: DistEnv):
         else:
             tokenizer = build_tokenizer(cfg.data.tokenizer or cfg.model.pretrained, None, None)
         architecture = checkpoint.get("model_cfg") or cfg.model.architecture()
-        architecture = {**architecture, "use_title_mask": cfg.model.use_title_mask,
-                        "use_query_mask": cfg.model.use_query_mask}
-        model = build_model(architecture, tokenizer, cfg.seed)
+    # How inputs are embedded (masks, fp16 frame transformer) follows this evaluation's compat mode.
+    model = build_model({**architecture, "use_title_mask": cfg.model.use_title_mask,
+                         "use_query_mask": cfg.model.use_query_mask, "frame_fp16": cfg.model.frame_fp16},
+                        tokenizer, cfg.seed)
     load_weights(model, checkpoint)
     logger.info("loaded %s", cfg.run.resume)
     return model, tokenizer, cfg
+
+
+def extraction_amp_dtype(cfg: Config) -> torch.dtype | None:
+    """Autocast dtype of feature extraction on CUDA: fp16 under compat (the original's scripts pass
+    --mixed_precision_training), the configured AMP dtype with --mixed_precision_training, else none."""
+    if cfg.data.compat == "original":
+        return torch.float16
+    if cfg.optim.mixed_precision_training:
+        return torch.float16 if cfg.optim.amp_dtype == "fp16" else torch.bfloat16
+    return None
 
 
 def write_features(cfg: Config) -> int:
@@ -94,7 +105,7 @@ def write_features(cfg: Config) -> int:
         model.to(dist.device)
         dataset = build_eval_data(data, data.test_file)
         count = extract_features(model, dataset, build_collator(data, tokenizer), dist, cfg.run.output_dir,
-                                 data.batch_size, data.workers, cfg.run.feature_dtype)
+                                 data.batch_size, data.workers, cfg.run.feature_dtype, extraction_amp_dtype(cfg))
         if dist.is_main and cfg.run.legacy_text_features:
             features = load_features(cfg.run.output_dir)
             write_legacy_features(os.path.join(cfg.run.output_dir, "features.feat"), features.ids, features.feats)

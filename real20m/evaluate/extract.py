@@ -23,17 +23,35 @@ from real20m.utils.workers import worker_init_for
 logger = logging.getLogger(__name__)
 
 
+class EmbeddingInputError(ValueError):
+    """An item the model cannot embed (e.g. a title longer than the text tower's positions)."""
+
+
+def check_title_lengths(batch, max_positions):
+    """Refuse, naming the first such pid, titles with more tokens than the text tower has positions
+    (its position lookup would fail with an IndexError deep inside the model)."""
+    lengths = batch["title_mask"].sum(dim=1)
+    too_long = torch.nonzero(lengths > max_positions).flatten()
+    if len(too_long):
+        first = int(too_long[0])
+        raise EmbeddingInputError(
+            f"pid {int(batch['pids'][first])}: its title has {int(lengths[first])} tokens but the text tower has "
+            f"{max_positions} positions; lower --max_title_len or use a model with more text positions")
+
+
 def rank_slice(num_items, rank, world_size):
     """The contiguous block of item indices this rank embeds (blocks differ in size by at most one)."""
     return range(num_items * rank // world_size, num_items * (rank + 1) // world_size)
 
 
 @torch.no_grad()
-def _embed(model, loader, device, use_amp, is_main):
+def _embed(model, loader, device, amp_dtype, is_main):
     ids, feats, issues = [], [], collections.Counter()
-    autocast = (torch.autocast("cuda", dtype=torch.float16) if use_amp and device.type == "cuda"
+    autocast = (torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None and device.type == "cuda"
                 else contextlib.nullcontext())
+    max_positions = model.text.encoder.config.max_position_embeddings
     for batch in tqdm(loader, desc="extract features", disable=not is_main):
+        check_title_lengths(batch, max_positions)
         with autocast:
             fused = model.encode_items(batch["title_ids"].to(device, non_blocking=True),
                                        batch["title_mask"].to(device, non_blocking=True),
@@ -59,7 +77,7 @@ def verify_shards(out_dir, expected_pids):
 
 
 def extract_features(model, dataset, collate_fn, dist_env, out_dir, batch_size, workers, dtype="float32",
-                     use_amp=False):
+                     amp_dtype=None):
     """Write ``out_dir/{ids,feats}_rank<r>.npy`` + meta.json; returns the number of items embedded.
 
     The count is verified on rank 0 (every pid of ``dataset.pids`` exactly once); other ranks
@@ -70,7 +88,7 @@ def extract_features(model, dataset, collate_fn, dist_env, out_dir, batch_size, 
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_fn, pin_memory=dist_env.device.type == "cuda",
                         worker_init_fn=worker_init_for(dist_env.device))
-    ids, feats, issues = _embed(model, loader, dist_env.device, use_amp, dist_env.is_main)
+    ids, feats, issues = _embed(model, loader, dist_env.device, amp_dtype, dist_env.is_main)
     dim = feats[0].shape[1] if feats else 0
     write_feature_shard(out_dir, dist_env.rank,
                         np.concatenate(ids) if ids else np.empty(0, np.int64),

@@ -12,7 +12,8 @@ model_cfg keys (YAML section `model:`):
     embed_dim     D; clip_length: frames per video; frame_heads: heads of the frame transformer
     caption       {n_layer, n_head, n_embd[, n_positions, dropout]} or null (no caption decoder)
     gradient_checkpointing (bool), use_title_mask / use_query_mask (bool, default true; false =
-                  the original's unmasked titles and queries)
+                  the original's unmasked titles and queries), frame_fp16 (bool, default false;
+                  true = the original's frame transformer under fp16 autocast on CUDA)
 
 Pixels: the data loader gives raw uint8 RGB frames, which the model normalises on its own device
 (``normalize_pixels``: /255, ImageNet mean and std), so that loader workers do no float work.
@@ -61,6 +62,7 @@ class QCDModel(nn.Module):
         self.caption = CaptionDecoder(self.embed_dim, text_vocab, **caption_cfg) if caption_cfg else None
         self.use_title_mask = bool(model_cfg.get("use_title_mask", True))
         self.use_query_mask = bool(model_cfg.get("use_query_mask", True))
+        self.frame_fp16 = bool(model_cfg.get("frame_fp16", False))
         # Non-persistent buffers: they follow the model to its device (a host-to-GPU copy of the
         # statistics at every step would wait for the GPU) and stay out of checkpoints.
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
@@ -102,7 +104,9 @@ class QCDModel(nn.Module):
         title = F.normalize(self.text_features(title_ids, mask), dim=-1)
         batch, frames_per_item = pixels.shape[:2]
         frames = self.frame_features(pixels.flatten(0, 1)).view(batch, frames_per_item, -1)
-        visual = self.frame(frames)
+        # The original always runs its frame transformer under fp16 autocast on a GPU (compat mode).
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.frame_fp16 and frames.is_cuda):
+            visual = self.frame(frames).to(frames.dtype)
         fused, weights = self.pooling(title, visual)
         return ItemEmbeddings(title=title, visual=visual, fused=fused, pool_weights=weights)
 
@@ -148,6 +152,7 @@ class QCDModel(nn.Module):
         cfg["pretrained"] = None
         cfg["use_title_mask"] = self.use_title_mask
         cfg["use_query_mask"] = self.use_query_mask
+        cfg["frame_fp16"] = self.frame_fp16
         return cfg
 
 
