@@ -1,7 +1,7 @@
 #!/bin/sh
 # Train the QCD model.
-#   sh train.sh                      no GPU: makes the synthetic dataset if missing, trains configs/tiny.yaml on CPU
-#   NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 NPROC_PER_NODE=8 sh train.sh      the paper set-up with torchrun
+#   sh train.sh                      makes the synthetic dataset if missing, trains configs/tiny.yaml (CPU or GPUs)
+#   CONFIG=configs/paper.yaml NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 NPROC_PER_NODE=8 sh train.sh   the paper set-up
 # Environment: DATA_ROOT (./Dataset) OUTPUT_DIR (./outputs) CONFIG EPOCHS PYTHON, and the torchrun
 # variables NNODES NODE_RANK MASTER_ADDR MASTER_PORT NPROC_PER_NODE. Extra arguments go to
 # main_cross_domain_emb.py (original flag names, e.g. --batch_size 64 --is_xbm).

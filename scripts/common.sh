@@ -6,9 +6,8 @@ DATA_ROOT=${DATA_ROOT:-./Dataset}
 OUTPUT_DIR=${OUTPUT_DIR:-./outputs}
 DATASET_NAME=${DATASET_NAME:-Real400K}
 GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
-if [ -z "${CONFIG:-}" ]; then
-    if [ "$GPUS" -gt 0 ]; then CONFIG="$ROOT/configs/paper.yaml"; else CONFIG="$ROOT/configs/tiny.yaml"; fi
-fi
+# The same tiny synthetic configuration with or without GPUs; the paper's only when asked for.
+CONFIG=${CONFIG:-$ROOT/configs/tiny.yaml}
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
@@ -36,10 +35,14 @@ ensure_dataset() {
     fi
 }
 
-# One process without torchrun when there is nothing to distribute, torchrun otherwise.
+# One process without torchrun when there is nothing to distribute; one node: torchrun
+# --standalone (a free port, so a second run on the node does not collide); several nodes:
+# the rendezvous at MASTER_ADDR:MASTER_PORT.
 launch() {
     if [ "$NNODES" -eq 1 ] && [ "$NPROC_PER_NODE" -eq 1 ]; then
         "$PYTHON" "$@"
+    elif [ "$NNODES" -eq 1 ]; then
+        "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC_PER_NODE" "$@"
     else
         "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" \
             --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \

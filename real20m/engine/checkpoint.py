@@ -99,7 +99,7 @@ def checkpoint_keys(path) -> set[str]:
     """Top-level keys of a checkpoint file, read without loading its tensors (memory-mapped)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # a file in the legacy (pre-zip) format cannot be memory-mapped
+    except Exception:  # legacy (pre-zip) format, or a bad file: the full load says what is wrong
         state = load_checkpoint(path)
     return set(state) if isinstance(state, dict) else set()
 

@@ -49,9 +49,8 @@ def _embed(model, loader, device, amp_dtype, is_main):
     ids, feats, issues = [], [], collections.Counter()
     autocast = (torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None and device.type == "cuda"
                 else contextlib.nullcontext())
-    max_positions = model.text.encoder.config.max_position_embeddings
     for batch in tqdm(loader, desc="extract features", disable=not is_main):
-        check_title_lengths(batch, max_positions)
+        check_title_lengths(batch, model.max_text_tokens)
         with autocast:
             fused = model.encode_items(batch["title_ids"].to(device, non_blocking=True),
                                        batch["title_mask"].to(device, non_blocking=True),

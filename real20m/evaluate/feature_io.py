@@ -240,30 +240,209 @@ def load_features(path):
 
 # --------------------------------------------------------------------- legacy text: writing
 
+def _longdouble_nearest(num, den):
+    """The 64-bit-mantissa long double nearest num/den (> 0), assembled from exact 32-bit halves."""
+    shift = num.bit_length() - den.bit_length() - 64
+    while True:
+        top, bottom = (num, den << shift) if shift >= 0 else (num << -shift, den)
+        mantissa, remainder = divmod(top, bottom)
+        if mantissa < 1 << 63:
+            shift -= 1
+        elif mantissa >= 1 << 64:
+            shift += 1
+        else:
+            break
+    if 2 * remainder > bottom or (2 * remainder == bottom and mantissa & 1):
+        mantissa += 1
+    halves = np.longdouble(mantissa >> 32) * np.longdouble(2.0 ** 32) + np.longdouble(mantissa & 0xFFFFFFFF)
+    return np.ldexp(halves, shift)
+
+
+# Shortest-repr digits, vectorised. A float32 value x, read as the double d = x, prints as the
+# shortest decimal inside d's rounding interval [d - u/2, d + u/2] (u: d's ulp; both ends read back
+# as d, its mantissa being even), the one nearest d among those. Scaled by 10^(16 - E), E the decimal
+# exponent of d, d becomes s in [1e16, 1e17) and the interval (s - h, s + h) with h in [0.55, 11.1].
+# s is computed in x87 long double (64-bit mantissa): |error| <= 1e17 * 2^-63 < 0.011 (both 10^p and
+# the product correctly rounded). A value whose answer could change within that error (a bound or a
+# rounding tie closer than _AMBIGUOUS to a deciding integer), a power of two (asymmetric interval),
+# zero, or one whose positional spelling has a dot past the first digit is spelled by Python instead.
+_LD_EXACT = np.finfo(np.longdouble).nmant >= 63
+_POW10_OFFSET = 30
+_LD_POW10 = np.array([_longdouble_nearest(10 ** p, 1) if p >= 0 else _longdouble_nearest(1, 10 ** -p)
+                      for p in range(-_POW10_OFFSET, 70)], dtype=np.longdouble)
+_F64_POW10 = np.array([float(f"1e{p}") for p in range(-_POW10_OFFSET, 70)])
+_I64_POW10 = 10 ** np.arange(18, dtype=np.int64)
+_AMBIGUOUS = 0.02
+_EXP_OFFSET = 50          # exponent tables cover E in [-50, 49]; float32 needs [-45, 38]
+_N_DIGITS = 18            # index of a pattern: (negative, E, number of digits 1..17)
+_FALLBACK = 2 * 100 * _N_DIGITS   # patterns _FALLBACK + L: a Python-spelled value of L bytes
+# One value in 32 bytes: 0 sign | 1-5 "0.000" | 6 first digit | 7 "." | 8-23 digits 2-17 |
+# 24-27 "e-05" | 28 separator | 29-31 unused. A pattern's mask keeps the bytes of its spelling.
+_SLOT = 32
+_SEP_COL = 28
+
+
+def _digit_tables():
+    keep = np.zeros((_FALLBACK + _SEP_COL + 1, _SLOT), np.uint8)
+    keep[:, _SEP_COL] = 0xFF
+    for negative in (0, 1):
+        for exponent in range(-_EXP_OFFSET, 100 - _EXP_OFFSET):
+            for digits in range(1, 18):
+                row = keep[(negative * 100 + exponent + _EXP_OFFSET) * _N_DIGITS + digits]
+                row[0] = 0xFF * negative
+                if -4 <= exponent <= -1:                 # 0.000ddd
+                    row[1:2 - exponent] = 0xFF
+                    row[6] = 0xFF
+                    row[8:8 + digits - 1] = 0xFF
+                elif exponent == 0:                     # d.ddd (d.0: the second digit is a 0)
+                    row[6:8] = 0xFF
+                    row[8:8 + max(digits - 1, 1)] = 0xFF
+                elif exponent < -4 or exponent >= 16:   # d.ddde-05, de-05
+                    row[6] = 0xFF
+                    row[7:8 + digits - 1] = 0xFF if digits > 1 else 0
+                    row[24:28] = 0xFF
+                # 1 <= exponent <= 15 stays all-zero: such values are never given these patterns
+    for length in range(1, _SEP_COL + 1):
+        keep[_FALLBACK + length, :length] = 0xFF
+    exponents = np.zeros(100, np.uint32)
+    for exponent in range(-_EXP_OFFSET, 100 - _EXP_OFFSET):
+        exponents[exponent + _EXP_OFFSET] = np.frombuffer(b"e%+03d" % exponent, np.uint32)[0] \
+            if abs(exponent) < 100 else 0
+    return keep.view(np.uint32), exponents
+
+
+_KEEP_WORDS, _EXP_WORDS = _digit_tables()
+_FOUR_DIGITS = np.frombuffer("".join("%04d" % i for i in range(10000)).encode(), np.uint32)
+
+
+def _shortest_digits(values):
+    """float32 (n,) -> (Q, digits, E, ok): where ok, str(float(v)) has the first ``digits`` of the
+    17-digit integer Q as its digits and E as its decimal exponent."""
+    magnitude = np.abs(values.astype(np.float64))
+    ok = (magnitude != 0) & ((magnitude.view(np.uint64) & np.uint64((1 << 52) - 1)) != 0)
+    magnitude[~ok] = 1.5
+    exponent = np.floor(np.log10(magnitude)).astype(np.int64)
+    wide = magnitude.astype(np.longdouble)
+    scaled = wide * _LD_POW10[16 - exponent + _POW10_OFFSET]
+    for _ in range(2):   # log10 can be one off next to a power of ten
+        high, low = scaled >= 1e17, scaled < 1e16
+        wrong = np.flatnonzero(high | low)
+        if not len(wrong):
+            break
+        exponent[wrong] += high[wrong].astype(np.int64) - low[wrong]
+        scaled[wrong] = wide[wrong] * _LD_POW10[16 - exponent[wrong] + _POW10_OFFSET]
+    ok &= (exponent <= 0) | (exponent >= 16)   # 1 <= E <= 15: a dot past the first digit
+    ok &= (scaled >= 1e16 + 12) & (scaled <= 1e17 - 12)
+    scaled[~ok] = 5e16
+    whole = scaled.astype(np.int64)
+    fraction = (scaled - whole).astype(np.float64)            # exact: s has 7 fraction bits at most
+    half_gap = np.ldexp(_F64_POW10[16 - exponent + _POW10_OFFSET], np.frexp(magnitude)[1] - 54)
+    bounds = []
+    for edge in (fraction - half_gap, fraction + half_gap):
+        floor = np.floor(edge)
+        integer = whole + floor.astype(np.int64)
+        rest = edge - floor
+        # an interval end this close to a multiple of ten might fall on either side of it
+        ok &= ~(((rest < _AMBIGUOUS) & (integer % 10 == 0)) | ((rest > 1 - _AMBIGUOUS) & (integer % 10 == 9)))
+        bounds.append(integer)
+    low, high = bounds   # integers in [s - h, s + h] are those in (low, high]
+    dropped = np.zeros(len(values), np.int64)   # trailing digits dropped: most k with a multiple of 10^k inside
+    live = np.arange(len(values))
+    for k in range(1, 17):
+        power = _I64_POW10[k]
+        live = live[(high[live] // power) != (low[live] // power)]
+        if not len(live):
+            break
+        dropped[live] = k
+    power = _I64_POW10[dropped]
+    remainder = whole % power
+    past_half = remainder + fraction - power * 0.5
+    ok &= np.abs(past_half) >= _AMBIGUOUS
+    nearest = whole - remainder + power * (past_half > 0)
+    ok &= (nearest >= 10 ** 16) & (nearest < 10 ** 17)
+    return nearest, 17 - dropped, exponent, ok
+
+
+def _format_value_rows(feats):
+    """float32 (n, D) -> the ``v1,...,vD\\n`` text of each row, joined, and each row's byte length."""
+    n_rows, dim = feats.shape
+    values = feats.reshape(-1)
+    nearest, n_digits, exponent, ok = _shortest_digits(values) if _LD_EXACT else (None, None, None, None)
+    slots = np.zeros((len(values), _SLOT), np.uint8)
+    slots[:, :8] = np.frombuffer(b"-0.0006.", np.uint8)
+    slots[:, _SEP_COL] = ord(",")
+    slots.reshape(n_rows, dim, _SLOT)[:, -1, _SEP_COL] = ord("\n")
+    if ok is None:
+        bad = np.arange(len(values))
+        patterns = np.zeros(len(values), np.int64)
+    else:
+        words = slots.view(np.uint32)
+        rest, low4 = np.divmod(np.where(ok, nearest, 10 ** 16), 10000)
+        words[:, 5] = _FOUR_DIGITS[low4]
+        for col in (4, 3, 2):
+            rest, four = np.divmod(rest, 10000)
+            words[:, col] = _FOUR_DIGITS[four]
+        slots[:, 6] = rest + ord("0")
+        clipped = np.clip(exponent, -_EXP_OFFSET, 99 - _EXP_OFFSET) + _EXP_OFFSET
+        words[:, 6] = _EXP_WORDS[clipped]
+        patterns = (np.signbit(values) * 100 + clipped) * _N_DIGITS + n_digits
+        bad = np.flatnonzero(~ok)
+    if len(bad):
+        texts = [str(value).encode("ascii") for value in values[bad].astype(np.float64).tolist()]
+        patterns[bad] = [_FALLBACK + len(text) for text in texts]
+        slots[bad, :_SEP_COL] = np.frombuffer(b"".join(text.ljust(_SEP_COL, b"\0") for text in texts),
+                                              np.uint8).reshape(len(bad), _SEP_COL)
+    masks = _KEEP_WORDS[patterns]
+    kept = slots.view(np.uint32) & masks
+    row_bytes = np.count_nonzero(masks.view(np.uint8).reshape(n_rows, dim * _SLOT), axis=1)
+    return kept.tobytes().translate(None, b"\0"), row_bytes
+
+
+FORMAT_ROWS = 64   # rows formatted per vectorised pass (~2 MB of temporaries at D=512)
+
+
 def format_legacy_lines(ids, feats):
-    """``pid\tv1,...,vD\n`` lines as bytes, each value spelled ``str(float(v))`` as the original wrote it.
+    """``pid\\tv1,...,vD\\n`` lines as bytes, each value spelled ``str(float(v))`` as the original wrote it.
 
     That is the shortest decimal that reads back as the same double, so as the same float32, and it
-    is always a JSON number. (A numpy re-implementation of the shortest-digit search was exact but no
-    faster than CPython's own float repr, which is what ``tolist`` + ``str`` run here.)
+    is always a JSON number. The digits are found for all values at once (``_shortest_digits``);
+    the few whose digits the vectorised search cannot settle are spelled by Python's own float repr.
     """
     feats = np.asarray(feats, dtype=np.float32)
+    ids = np.asarray(ids, dtype=np.int64)
     if not np.isfinite(feats).all():
         raise ValueError("features contain NaN or infinity; refusing to write them")
-    return b"".join(b"%d\t%s\n" % (pid, ",".join(map(str, row)).encode("ascii"))
-                    for pid, row in zip(np.asarray(ids, dtype=np.int64).tolist(), feats.tolist()))
+    if feats.ndim != 2 or len(feats) != len(ids):
+        raise ValueError(f"feats must be (N, D) with N = len(ids) = {len(ids)}, got {feats.shape}")
+    pieces = []
+    for start in range(0, len(ids), FORMAT_ROWS):
+        text, row_bytes = _format_value_rows(feats[start:start + FORMAT_ROWS])
+        ends = np.cumsum(row_bytes).tolist()
+        view = memoryview(text)
+        for pid, lo, hi in zip(ids[start:start + FORMAT_ROWS].tolist(), [0] + ends[:-1], ends):
+            pieces.append(b"%d\t" % pid)
+            pieces.append(view[lo:hi])
+    return b"".join(pieces)
 
 
 def write_legacy_features(path, ids, feats, rows_per_block=1024):
-    """Write ``pid \\t v1,...,vD`` lines exactly as the original did; values read back bitwise."""
+    """Write ``pid \\t v1,...,vD`` lines exactly as the original did; values read back bitwise.
+
+    Blocks are formatted on PARSE_THREADS threads (numpy releases the GIL) and written in order.
+    """
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) != len(feats):
         raise ValueError(f"{len(ids)} ids but {len(feats)} feature rows")
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb") as f, ThreadPoolExecutor(PARSE_THREADS) as pool:
+        jobs = collections.deque()
         for start in range(0, len(ids), rows_per_block):
             stop = start + rows_per_block
-            f.write(format_legacy_lines(ids[start:stop], feats[start:stop]))
+            jobs.append(pool.submit(format_legacy_lines, ids[start:stop], feats[start:stop]))
+            while len(jobs) > PARSE_THREADS:   # bounds the formatted blocks held in memory
+                f.write(jobs.popleft().result())
+        for job in jobs:
+            f.write(job.result())
     os.replace(tmp, path)
 
 
@@ -324,6 +503,103 @@ def _parse_fixed_tokens(block, offset, n_rows, row_stride, dim, out):
     mantissa *= 44 - sign
     out[...] = mantissa
     return True
+
+
+# Tokens as the original (and we) write them: -?I.F with at most 8 integer and 24 fraction digits,
+# optionally e[+-]DD. They are parsed in bulk: per token one word for I and three for F (the SWAR
+# parse above), then value = (I + F * 1e-24) * 10^exponent in float64 (relative error < 2^-49) and
+# rounded to float32. That equals float32(float(token)) unless the value lies next to a float32
+# rounding boundary; a value less than a quarter ulp from a float32 (a shortest repr: 2^-29 ulp
+# away) cannot, and any other is parsed by Python.
+_LOW_BYTES = np.array([(1 << (8 * c)) - 1 for c in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
+_PAD = 8   # bytes before a block, so an 8-byte word ending at its first dot stays inside
+
+
+def _eight_digit_words(buffer, offsets, n_digits, right_aligned):
+    """uint64 words of 8 bytes at ``offsets``, bytes outside the first (or last) n_digits set to '0';
+    returns (words, all bytes are digits)."""
+    words = np.ndarray((len(buffer) - 8 + 1,), "<u8", buffer=buffer, strides=(1,))[offsets]
+    count = np.clip(n_digits, 0, 8)
+    fill = _LOW_BYTES[8 - count] if right_aligned else ~_LOW_BYTES[count]   # the bytes to set to '0'
+    words &= ~fill
+    words |= fill & _ASCII_ZERO
+    return words, _all_digits(words)
+
+
+def _parse_repr_block(block, n_lines, dim):
+    """(ids, float32 feats) of complete lines in the original's spelling, or None for any other text."""
+    text = b"\0" * _PAD + bytes(block) + b"\0" * 32
+    data = np.frombuffer(text, np.uint8)
+    size = _PAD + len(block)
+    separators = np.flatnonzero((data == ord(",")) | (data == ord("\t")) | (data == ord("\n")))
+    if len(separators) != n_lines * (dim + 1):
+        return None
+    grid = separators.reshape(n_lines, dim + 1)
+    kinds = data[grid]
+    if not ((kinds[:, 0] == ord("\t")).all() and (kinds[:, 1:-1] == ord(",")).all()
+            and (kinds[:, -1] == ord("\n")).all() and grid[-1, -1] == size - 1):
+        return None
+    starts = np.empty_like(separators)
+    starts[0] = _PAD
+    starts[1:] = separators[:-1] + 1
+    starts = starts.reshape(n_lines, dim + 1)
+    pid_len = grid[:, 0] - starts[:, 0]
+    if not ((pid_len >= 1) & (pid_len <= 18)).all():
+        return None
+    ids = np.zeros(n_lines, np.int64)
+    for i, (lo, hi) in enumerate(zip(starts[:, 0].tolist(), grid[:, 0].tolist())):
+        pid = text[lo:hi]
+        if not pid.isdigit() or not pid.isascii():
+            return None
+        ids[i] = int(pid)
+    begin = starts[:, 1:].reshape(-1)
+    end = grid[:, 1:].reshape(-1)
+    dots = np.flatnonzero(data[_PAD:size] == ord(".")) + _PAD
+    if len(dots) != len(begin) or not ((dots > begin) & (dots < end)).all():
+        return None
+    negative = data[begin] == ord("-")
+    n_int = dots - begin - negative
+    mantissa_end = end.copy()
+    marks = np.flatnonzero(data[_PAD:size] == ord("e")) + _PAD
+    if len(marks):
+        owner = np.searchsorted(begin, marks, side="right") - 1
+        if not ((marks > dots[owner]) & (marks + 4 == end[owner])).all() or (np.diff(owner) == 0).any():
+            return None
+        signs = data[marks + 1]
+        if not ((signs == ord("+")) | (signs == ord("-"))).all():
+            return None
+        tens, ones = data[marks + 2] - np.uint8(48), data[marks + 3] - np.uint8(48)
+        if not ((tens < 10) & (ones < 10)).all():
+            return None
+        mantissa_end[owner] = marks
+        powers = np.zeros(len(begin), np.int64)
+        powers[owner] = (44 - signs.astype(np.int64)) * (tens * 10 + ones)
+    n_frac = mantissa_end - dots - 1
+    if not (((n_int >= 1) & (n_int <= 8)).all() and ((n_frac >= 1) & (n_frac <= 24)).all()):
+        return None
+    integer, ok = _eight_digit_words(data, dots - 8, n_int, True)
+    if not ok:
+        return None
+    value = _parse_eight_digits(integer).astype(np.float64)
+    fraction = np.zeros(len(begin))
+    for part, scale in ((0, 1e16), (1, 1e8), (2, 1.0)):
+        words, ok = _eight_digit_words(data, dots + 1 + 8 * part, n_frac - 8 * part, False)
+        if not ok:
+            return None
+        fraction += _parse_eight_digits(words).astype(np.float64) * scale
+    value += fraction * 1e-24
+    if len(marks):
+        if (np.abs(powers) > 60).any():
+            return None
+        value *= _F64_POW10[powers + _POW10_OFFSET]
+    value *= 1.0 - 2.0 * negative
+    with np.errstate(over="ignore"):
+        feats = value.astype(np.float32)
+    distance = np.abs(value - feats)
+    unsure = np.flatnonzero(~(distance <= np.spacing(np.abs(feats)).astype(np.float64) * 0.25))
+    for i in unsure.tolist():
+        feats[i] = np.float32(float(text[begin[i]:end[i]]))
+    return ids, feats.reshape(n_lines, dim)
 
 
 def _line_error(path, lineno, reason, line):
@@ -423,6 +699,10 @@ class _LegacyReader:
         rows = slice(first_row, first_row + n_lines)
         first_end = bytes(block[:TOKEN_WIDTH * self.dim + 64]).find(b"\n") + 1
         if first_end and first_end * n_lines == len(block) and self._parse_uniform_block(block, rows, first_end):
+            return
+        parsed = _parse_repr_block(block, n_lines, self.dim)
+        if parsed is not None:
+            self.ids[rows], self.feats[rows] = parsed
             return
         lines = bytes(block).split(b"\n")[:-1]
         _parse_general_lines(self.path, lines, first_lineno, self.dim, self.ids[rows], self.feats[rows])

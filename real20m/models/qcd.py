@@ -88,6 +88,11 @@ class QCDModel(nn.Module):
         embeddings, not normalised."""
         return self.vision(self.normalize_pixels(pixels))
 
+    @property
+    def max_text_tokens(self) -> int:
+        """Longest token sequence the text tower embeds (its position embeddings)."""
+        return int(self.text.encoder.config.max_position_embeddings)
+
     # ----------------------------------------------------------------------------- embeddings
     def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask if self.use_query_mask else None

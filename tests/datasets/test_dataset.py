@@ -88,7 +88,8 @@ def test_collate_train_batch_shapes_and_padding(layout):
         assert batch["pixels"].shape[:2] == (size, 4 if batch["source"] == "photo" else 1)
         assert batch["query_ids"].shape == batch["query_mask"].shape and batch["query_ids"].shape[1] <= 6
         assert batch["title_ids"].shape[1] <= 5 and batch["title_mask"].dtype == torch.long
-        assert batch["queries"] == [dataset[key]["query"] for key in keys]
+        queries = [dataset[key]["query"] for key in keys]
+        assert torch.equal(batch["query_ids"], CharTokenizer()(queries, True, True, 6, "pt")["input_ids"])
 
 
 def test_collate_pads_to_longest_and_repeats_single_frames():

@@ -13,6 +13,8 @@ from real20m.evaluate.feature_io import load_features
 
 
 class FakeModel(nn.Module):
+    max_text_tokens = 16
+
     def __init__(self):
         super().__init__()
         self.proj = nn.Linear(3, 4)

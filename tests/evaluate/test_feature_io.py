@@ -131,3 +131,40 @@ def test_legacy_round_trip_over_many_read_blocks_and_row_groups(tmp_path, monkey
     loaded = read_legacy_features(path)
     assert np.array_equal(loaded.ids, ids)
     assert np.array_equal(loaded.feats.view(np.uint32), feats.view(np.uint32))
+
+
+def _awkward_float32(n, dim, seed):
+    """Random float32 rows over the whole range: tiny, huge, subnormal, negative zero, powers of two."""
+    rng = np.random.default_rng(seed)
+    feats = (rng.standard_normal((n, dim)) * 10.0 ** rng.integers(-44, 38, (n, dim))).astype(np.float32)
+    feats[~np.isfinite(feats)] = 3.4028235e38
+    feats[0, :12] = [-0.0, 0.0, 1.4e-45, -2.8e-45, 1.1754942e-38, 3.4028235e38, -1e-5, 1.5e-7, 1e16, 0.5, 1.0, 1e-4]
+    feats[1] = rng.standard_normal(dim).astype(np.float32) / np.sqrt(dim)        # typical unit-norm values
+    bits = rng.integers(0, 2**32, (n // 4, dim), dtype=np.uint64).astype(np.uint32).view(np.float32)
+    feats[2:2 + n // 4] = np.where(np.isfinite(bits), bits, np.float32(-1.25))    # random bit patterns
+    return feats
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_writer_text_is_str_of_float_for_every_value_and_reads_back_bitwise(tmp_path, seed):
+    feats = _awkward_float32(400, 64, seed)
+    ids = np.arange(len(feats), dtype=np.int64) * 1000003 + 7
+    path = tmp_path / "awkward.feat"
+    write_legacy_features(str(path), ids, feats, rows_per_block=100)
+    expected = "".join(f"{pid}\t" + ",".join(str(float(value)) for value in row) + "\n"
+                       for pid, row in zip(ids.tolist(), feats.tolist()))
+    assert path.read_bytes() == expected.encode("ascii")
+    loaded = read_legacy_features(str(path))
+    assert np.array_equal(loaded.ids, ids)
+    assert np.array_equal(loaded.feats.view(np.uint32), feats.view(np.uint32))
+
+
+def test_fast_reader_takes_the_original_spelling_and_unusual_tokens_alike(tmp_path):
+    # Tokens with a dot (the fast path): exponent forms, signs, values next to float32 rounding ties.
+    path = tmp_path / "mixed.feat"
+    tokens = ["0.1", "-1.5e-07", "1.0000000596046448", "1.0000000596046449", "3.4028235e+38", "-0.0",
+              "9.999999747378752e-06", "16777217.0"]
+    path.write_text(f"5\t{','.join(tokens)}\n6\t{','.join(reversed(tokens))}\n")
+    loaded = read_legacy_features(str(path))
+    expected = np.array([float(token) for token in tokens], np.float32)
+    assert np.array_equal(loaded.feats.view(np.uint32), np.stack([expected, expected[::-1]]).view(np.uint32))
