@@ -98,19 +98,23 @@ class ModelConfig:
     frame_heads: int = 8
     caption: Mapping | None = None
     gradient_checkpointing: bool = False
+    frame_aggregation: str = "transformer"
+    fusion: str = "attention"
+    frame_init: str = "default"
+    frame_fp16: bool | None = None      # None: follows data.compat (the original's fp16 frames on CUDA)
     # derived in resolve()
     clip_length: int = 5
     image_size: int = 224
     use_title_mask: bool = True
     use_query_mask: bool = True
-    frame_fp16: bool = False
 
     def architecture(self) -> dict:
         """The plain dict ``QCDModel`` is built from (a from-scratch vision tower gets the data's
         image size; a pretrained one keeps its own)."""
         arch = {name: copy.deepcopy(plain(getattr(self, name))) for name in (
             "backbone", "pretrained", "text", "vision", "timm_name", "embed_dim", "frame_heads", "caption",
-            "gradient_checkpointing", "clip_length", "use_title_mask", "use_query_mask", "frame_fp16")}
+            "gradient_checkpointing", "frame_aggregation", "fusion", "frame_init", "frame_fp16", "clip_length",
+            "use_title_mask", "use_query_mask")}
         if not self.pretrained and self.backbone != "timm":
             arch["vision"] = {**arch["vision"], "image_size": self.image_size}
         return arch
@@ -121,8 +125,11 @@ class LossConfig:
     weights: Mapping = field(default_factory=dict)
     logit_scale: float = 20.0
     learnable_scale: bool = False
+    local_negatives: bool = False
+    log_terms: tuple = ()
     is_xbm: bool = False
-    xbm_size: int = 4096
+    xbm_mode: str = "ours"
+    xbm_size: int | None = None   # None: 4096 (ours), 10 x batch size (original)
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,8 @@ class OptimConfig:
     lr_decay_rate: float = 0.1
     warmup_steps: int = 0
     clip_grad: float = 5.0
+    clip_grad_mode: str = "global"
+    grad_scaler: str = "default"
     lr_mult: Mapping = field(default_factory=dict)
     train_vision: bool = True
     mixed_precision_training: bool = False
@@ -165,7 +174,7 @@ class RunConfig:
 SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
                    "run": RunConfig}
 # Fields resolve() computes; they are not inputs (a YAML file or flag setting one is refused).
-DERIVED = {"model": ("clip_length", "image_size", "use_title_mask", "use_query_mask", "frame_fp16")}
+DERIVED = {"model": ("clip_length", "image_size", "use_title_mask", "use_query_mask")}
 # Mappings whose entries are set one by one (``--optim.lr_mult.text``) and merged over the defaults.
 MAPPING_FIELDS = {"model.text", "model.vision", "model.caption", "loss.weights", "optim.lr_mult"}
 
@@ -279,6 +288,13 @@ OPTIONS: tuple[Option, ...] = (
     _flag("model.embed_dim", "embedding size D", "--embedding_size", "--embed_dim", type=int),
     _flag("model.frame_heads", "attention heads of the frame transformer", type=int),
     _switch("model.gradient_checkpointing", "recompute tower activations in the backward pass"),
+    _flag("model.frame_aggregation", "frames -> clip embedding (ablation: mean)", choices=("transformer", "mean")),
+    _flag("model.fusion", "title + visual -> item embedding (ablations: one modality)",
+          choices=("attention", "title_only", "visual_only")),
+    _flag("model.frame_init", "frame transformer initialisation (original: truncated normal 0.02)",
+          choices=("default", "original")),
+    _switch("model.frame_fp16", "run the frame transformer under fp16 autocast on CUDA "
+            "(default: with --compat original)"),
     # loss
     _flag("loss.weights", "weights of the objective's terms by name, e.g. '{itc: 0.5}'", "--loss_weights",
           type=yaml_value),
@@ -286,8 +302,13 @@ OPTIONS: tuple[Option, ...] = (
           type=float),
     _flag("loss.logit_scale", "contrastive logit scale (temperature 1/scale)", type=float),
     _switch("loss.learnable_scale", "learn the logit scale"),
+    _switch("loss.local_negatives", "in-batch negatives on each rank (the original) instead of gathering "
+            "them from every rank"),
+    _flag("loss.log_terms", "terms computed and logged but left out of the total, e.g. '[itc]'", type=yaml_value),
     _switch("loss.is_xbm", "cross-batch memory of past embeddings as extra negatives"),
-    _flag("loss.xbm_size", "entries of the cross-batch memory", type=int),
+    _flag("loss.xbm_mode", "ours (gathered pairs as extra negatives) or original (the release's per-rank bank)",
+          choices=("ours", "original")),
+    _flag("loss.xbm_size", "rows of the cross-batch memory (default 4096; original: 10 x batch size)", type=int),
     # optimisation
     _flag("optim.lr", "base learning rate", "--lr", "--learning_rate", type=float),
     _flag("optim.optimizer", "adamw, adam or sgd", choices=("adamw", "adam", "sgd")),
@@ -301,6 +322,10 @@ OPTIONS: tuple[Option, ...] = (
     _flag("optim.lr_decay_rate", "factor of each step decay", type=float),
     _flag("optim.warmup_steps", "linear warm-up steps of the cosine schedule", type=int),
     _flag("optim.clip_grad", "gradient norm clip (0: off)", type=float),
+    _flag("optim.clip_grad_mode", "global: one norm over every parameter; per_tower: the text and the vision "
+          "tower each clipped on its own, the rest unclipped (the original)", choices=("global", "per_tower")),
+    _flag("optim.grad_scaler", "fp16 grad scaler: default (PyTorch's), or original (initial scale = batch "
+          "size, at most 128 x batch size, growth every 100 steps)", choices=("default", "original")),
     _flag("optim.lr_mult", "per-module LR multipliers, e.g. '{vision: 0.001}'", "--lr_mult", type=yaml_value),
     _flag("optim.lr_mult.text", "LR multiplier of the text tower", "--text_lr_factor", type=float),
     _flag("optim.lr_mult.vision", "LR multiplier of the vision tower", "--image_lr_factor", type=float),
@@ -461,7 +486,6 @@ _DERIVED_FROM = {
     "model.image_size": "the image size is data.image_size (--image_size)",
     "model.use_title_mask": "title masking follows data.compat",
     "model.use_query_mask": "query masking follows data.compat",
-    "model.frame_fp16": "the fp16 frame transformer follows data.compat",
 }
 _FLAT_NAMES = {name.lstrip("-"): option.path for option in OPTIONS for name in option.flag_names
                if name.startswith("--")}
@@ -571,7 +595,7 @@ def resolve(values: dict) -> Config:
     for name, length in lengths.items():
         if data[name] is None:
             data[name] = length
-    _check_weights(loss["weights"])
+    _check_weights(loss["weights"], loss["log_terms"])
     _check_lr_mult(optim["lr_mult"])
     for name in ("clip_length", "image_size", "batch_size", "max_query_len", "max_title_len"):
         if not isinstance(data[name], int) or data[name] < 1:
@@ -585,12 +609,15 @@ def resolve(values: dict) -> Config:
         "image_size": data["image_size"],
         "use_title_mask": masked,
         "use_query_mask": masked,
-        "frame_fp16": not masked,
+        "frame_fp16": (not masked) if model["frame_fp16"] is None else model["frame_fp16"],
         # A decoder whose loss has weight 0 never gets a gradient (DDP refuses such parameters).
         "caption": model["caption"] if weights.get("caption", 0) else None,
     }
     if run["checkpoints"] is None:
         run["checkpoints"] = os.path.join(run["output_dir"], "checkpoints")
+    if loss["xbm_size"] is None:
+        loss["xbm_size"] = 10 * data["batch_size"] if loss["xbm_mode"] == "original" else 4096
+    loss["log_terms"] = tuple(loss["log_terms"] or ())
     return Config(
         seed=int(values["seed"]),
         data=DataConfig(**data),
@@ -626,9 +653,9 @@ def default_lr_mult() -> dict[str, float]:
     return dict(DEFAULT_LR_MULT)
 
 
-def _check_weights(weights: Mapping) -> None:
+def _check_weights(weights: Mapping, log_terms) -> None:
     from real20m.losses.terms import TERMS
-    unknown = sorted(set(weights) - set(TERMS))
+    unknown = sorted((set(weights) | set(log_terms or ())) - set(TERMS))
     if unknown:
         raise ConfigError(f"loss.weights: unknown term(s) {unknown}; known: {sorted(TERMS)}")
 

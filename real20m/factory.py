@@ -127,7 +127,8 @@ def load_weights(model: QCDModel, source: str | dict) -> str:
 
 def build_objective(loss: LossConfig, embed_dim: int) -> QCDLoss:
     return QCDLoss(weights=dict(loss.weights), logit_scale=loss.logit_scale, learnable_scale=loss.learnable_scale,
-                   xbm_size=loss.xbm_size if loss.is_xbm else 0, embed_dim=embed_dim)
+                   xbm_size=loss.xbm_size if loss.is_xbm else 0, embed_dim=embed_dim,
+                   local_negatives=loss.local_negatives, xbm_mode=loss.xbm_mode, log_terms=tuple(loss.log_terms))
 
 
 # ------------------------------------------------------------------------------ data

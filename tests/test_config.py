@@ -22,7 +22,7 @@ SMALL_TOWERS = ["--model.pretrained", "null",
                                 "intermediate_size: 64, max_position_embeddings: 64}",
                 "--model.vision", "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
                                   "intermediate_size: 64, patch_size: 8}",
-                "--model.caption", "{n_layer: 1, n_head: 2, n_embd: 32}"]
+                "--model.caption", "{n_layer: 1, n_head: 2, n_embd: 64}"]
 
 
 def write(path, text):
@@ -226,3 +226,21 @@ def test_print_config_prints_yaml_and_reads_nothing(tmp_path):
     printed = yaml.safe_load(result.stdout)
     assert printed["data"]["clip_length"] == 7 and printed["derived"]["model.clip_length"] == 7
     assert not (tmp_path / "out").exists() and not (tmp_path / "missing").exists()
+
+
+def test_the_paper_config_is_the_original_training():
+    cfg = parse_config(["--config", "paper", "--is_xbm"])
+    assert (cfg.data.batch_size, cfg.data.max_query_len, cfg.data.max_title_len, cfg.data.clip_length) == (80, 20, 90, 5)
+    assert cfg.data.compat == "original" and not cfg.model.use_title_mask and not cfg.model.use_query_mask
+    assert cfg.loss.local_negatives and cfg.loss.logit_scale == 20.0 and not cfg.loss.learnable_scale
+    assert cfg.loss.weights["consistency"] == 10.0 and cfg.loss.weights["itc"] == 0.0 and cfg.loss.log_terms == ("itc",)
+    assert cfg.loss.xbm_mode == "original" and cfg.loss.xbm_size == 800  # 10 x batch size
+    assert dict(cfg.model.caption) == {"n_layer": 4, "n_head": 8, "n_embd": 512, "n_positions": 32,
+                                       "ignore_padding": False, "token_type_ids": True, "visual_projection": False}
+    assert cfg.model.frame_init == "original" and cfg.model.frame_fp16 and cfg.model.embed_dim == 512
+    assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.lr_schedule, cfg.optim.decay_epochs, cfg.optim.epochs) == \
+        ("adam", 0.01, "step", 3, 10)
+    assert cfg.optim.weight_decay == 0.0 and cfg.optim.train_vision
+    assert (cfg.optim.clip_grad, cfg.optim.clip_grad_mode, cfg.optim.grad_scaler) == (5.0, "per_tower", "original")
+    assert cfg.optim.mixed_precision_training and cfg.optim.amp_dtype == "fp16"
+    assert dict(cfg.optim.lr_mult) == {"text": 0.01, "vision": 0.001, "fusion": 1.0, "frame": 0.01, "caption": 0.001}

@@ -12,9 +12,18 @@ Data problems never crash a worker: they are repaired and reported as ``(kind, p
 ``missing_text`` / ``non_utf8`` (text file), ``corrupt_image`` (frame replaced by a readable
 neighbour, or skipped in original mode), and the caller replaces items whose frames are all
 unreadable (``replaced_item``).
+
+Decoding: by default (``ItemLoader(reduced_decode=True)``) a JPEG frame is decoded in the DCT
+domain at the largest reduction (1/2, 1/4, 1/8) its transform allows (``transform.decode_scale``)
+and the transform maps its boxes, drawn in original coordinates, onto the reduced image
+(``transform.reduced``): same frames, same boxes, same random stream; the pixels differ only by
+the decoder's scaling. ``reduced_decode=False`` and ``compat="original"`` decode at full size.
+``ItemLoader(jpeg_bytes=True)`` sends each frame's file bytes and plan instead of pixels, for
+``transforms.DeviceJpegDecoder`` to decode the batch on the GPU.
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 
@@ -153,35 +162,84 @@ def video_frame_paths(pid: int, image_root: str, frameid_root: str | None = None
     return frames or [shard_path(image_root, pid, "jpg")]
 
 
-def read_image(path: str) -> Image.Image | None:
-    """RGB image, or None when the file is missing, empty or not decodable."""
+@dataclass
+class DecodedFrame:
+    """A frame decoded at 1/``scale`` of its ``original_size`` (width, height); ``data`` holds the
+    file's JPEG bytes when they were asked for."""
+
+    image: Image.Image
+    original_size: tuple[int, int]
+    scale: int = 1
+    data: bytes | None = None
+
+
+def decode_frame(path: str, scale_for=None, keep_bytes: bool = False) -> DecodedFrame | None:
+    """The RGB frame, or None when the file is missing, empty or not decodable.
+
+    ``scale_for(width, height)`` -> 1, 2, 4 or 8: a JPEG is then decoded at that reduction in the
+    DCT domain (``Image.draft``); other formats decode at full size. ``keep_bytes``: the frame
+    also keeps the file's bytes (re-encoded as JPEG, quality 95, when the file is another format)."""
     try:
-        with Image.open(path) as image:
+        data = None
+        if keep_bytes:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        with Image.open(io.BytesIO(data) if keep_bytes else path) as image:
+            original_size = image.size
+            scale = scale_for(*original_size) if scale_for is not None else 1
+            if scale > 1:
+                drafted = image.draft("RGB", (original_size[0] // scale, original_size[1] // scale))
+                # the reduction libjpeg will apply (none for a format without draft support)
+                scale = 1 if drafted is None else int(round(original_size[0] / drafted[1][2]))
             image.load()  # decodes now and closes the file; an RGB JPEG then needs no converted copy
-            return image if image.mode == "RGB" else image.convert("RGB")
+            is_jpeg = image.format == "JPEG"
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if keep_bytes and not is_jpeg:
+            encoded = io.BytesIO()
+            rgb.save(encoded, format="JPEG", quality=95)
+            data = encoded.getvalue()
+        return DecodedFrame(rgb, original_size, scale, data)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
+
+
+def read_image(path: str) -> Image.Image | None:
+    """RGB image at full size, or None when the file is missing, empty or not decodable."""
+    frame = decode_frame(path)
+    return None if frame is None else frame.image
+
+
+def validation_scale(width: int, height: int) -> int:
+    """Byte mode decodes a frame only to check that it is readable: at the smallest size."""
+    return 8
 
 
 class FrameFiles:
     """The listed frame files of one item, each decoded at most once (clips repeat indices).
 
+    ``scale_for`` / ``keep_bytes``: see ``decode_frame`` (default: full size, no bytes).
     A file that cannot be decoded is reported once as ``("corrupt_image", path)``."""
 
-    def __init__(self, paths: list[str], issues: list):
+    def __init__(self, paths: list[str], issues: list, scale_for=None, keep_bytes: bool = False):
         self.paths = paths
         self.issues = issues
-        self._images: dict[int, Image.Image | None] = {}
+        self.scale_for = scale_for
+        self.keep_bytes = keep_bytes
+        self._frames: dict[int, DecodedFrame | None] = {}
+
+    def frame(self, index: int) -> DecodedFrame | None:
+        if index not in self._frames:
+            self._frames[index] = decode_frame(self.paths[index], self.scale_for, self.keep_bytes)
+            if self._frames[index] is None:
+                self.issues.append(("corrupt_image", self.paths[index]))
+        return self._frames[index]
 
     def image(self, index: int) -> Image.Image | None:
-        if index not in self._images:
-            self._images[index] = read_image(self.paths[index])
-            if self._images[index] is None:
-                self.issues.append(("corrupt_image", self.paths[index]))
-        return self._images[index]
+        frame = self.frame(index)
+        return None if frame is None else frame.image
 
     def readable(self, index: int) -> bool:
-        return self.image(index) is not None
+        return self.frame(index) is not None
 
 
 def nearest_readable(indices, readable, num_frames: int) -> list[int] | None:
@@ -237,16 +295,29 @@ class ItemLoader:
     ``compat="original"`` reproduces the original release's evaluation inputs (text rules, frame
     choice, skipped unreadable frames) for deterministic loads; a load with training randomness
     (``rng``) keeps our rules, since only the original's evaluation is reproduced. The matching
-    pixels come from ``build_eval_transform(size, "original")``, which the caller passes."""
+    pixels come from ``build_eval_transform(size, "original")``, which the caller passes.
+
+    ``reduced_decode`` (default on): decode JPEG frames at the reduction the transform allows
+    (see the module notes); off, or under ``compat="original"``, or with a transform that has no
+    ``decode_scale``, frames are decoded at full size (today's pixels, bit for bit).
+    ``jpeg_bytes`` (default off): samples carry ``"jpeg"`` (list of 1-D uint8 tensors, the frame
+    files' bytes) and ``"plans"`` (int64 (T, 5): top, left, height, width, flip in original
+    coordinates, from the same generator draws) instead of ``"frames"``; the main process turns
+    them into pixels with ``transforms.DeviceJpegDecoder``."""
 
     roots: ItemRoots
     transform: object  # callable(image, generator=None) -> uint8 Tensor(3, H, W)
     clip_length: int = 5
     text_aug: bool = False
     compat: str = DEFAULT
+    reduced_decode: bool = True
+    jpeg_bytes: bool = False
 
     def __post_init__(self):
         check_compat(self.compat)
+        if self.jpeg_bytes and not hasattr(self.transform, "plan"):
+            raise ValueError("jpeg_bytes needs a transform with a plan() (TrainTransform or EvalTransform); "
+                             "compat='original' has none")
 
     def load(self, pid: int, source: int, rng: np.random.Generator | None = None,
              generator: torch.Generator | None = None, frame_paths: list[str] | None = None,
@@ -258,11 +329,15 @@ class ItemLoader:
         issues = [] if issues is None else issues
         title = item_text(self.text_file(pid, source, text_path), source, issues,
                           rng if self.text_aug else None, self._rules(rng))
-        clip = self.clip_frames(pid, source, rng, frame_paths, issues)
+        clip = self._decoded_clip(pid, source, rng, frame_paths, issues, self._scale_for())
         if clip is None:
             return None
-        frames = torch.stack([self._transform(image, generator) for _, image in clip])
-        return {"pid": int(pid), "source": SOURCES[source], "title": title, "frames": frames, "issues": issues}
+        sample = {"pid": int(pid), "source": SOURCES[source], "title": title, "issues": issues}
+        if self.jpeg_bytes:
+            sample.update(self._jpeg_sample(clip, generator))
+        else:
+            sample["frames"] = torch.stack([self._transform(frame, generator) for frame in clip])
+        return sample
 
     def load_with_blank_frames(self, pid: int, source: int, text_path: str | None = None,
                                issues: list | None = None) -> dict:
@@ -271,8 +346,15 @@ class ItemLoader:
         # text issues were already counted by the load that found no frame
         title = item_text(self.text_file(pid, source, text_path), source, [], compat=self.compat)
         black = Image.new("RGB", (32, 32))  # any size: the transform resizes it to image_size
-        frames = self.transform(black).unsqueeze(0).repeat(self._frames_per_clip(source), 1, 1, 1)
-        return {"pid": int(pid), "source": SOURCES[source], "title": title, "frames": frames, "issues": issues}
+        sample = {"pid": int(pid), "source": SOURCES[source], "title": title, "issues": issues}
+        if self.jpeg_bytes:
+            encoded = io.BytesIO()
+            black.save(encoded, format="JPEG", quality=95)
+            frame = DecodedFrame(black, black.size, 1, encoded.getvalue())
+            sample.update(self._jpeg_sample([frame] * self._frames_per_clip(source), None))
+            return sample
+        sample["frames"] = self.transform(black).unsqueeze(0).repeat(self._frames_per_clip(source), 1, 1, 1)
+        return sample
 
     def text_file(self, pid: int, source: int, text_path: str | None = None) -> str:
         """Explicit text path (relative to the source's text root) or ``<text_root>/<pid%50000>/<pid>.txt``."""
@@ -283,12 +365,37 @@ class ItemLoader:
     def clip_frames(self, pid: int, source: int, rng: np.random.Generator | None = None,
                     frame_paths: list[str] | None = None,
                     issues: list | None = None) -> list[tuple[str, Image.Image]] | None:
-        """(path, RGB image) of each frame of the item's clip, in order; None when none is readable."""
+        """(path, full-size RGB image) of each frame of the item's clip, in order; None when none is readable."""
         issues = [] if issues is None else issues
         rules = self._rules(rng)
         files = FrameFiles(self._listed_frames(pid, source, frame_paths, rules), issues)
         chosen = choose_frames(files, self._frame_indices(len(files.paths), source, rng, rules), rules)
         return None if chosen is None else [(files.paths[index], files.image(index)) for index in chosen]
+
+    def _decoded_clip(self, pid: int, source: int, rng, frame_paths, issues: list,
+                      scale_for) -> list[DecodedFrame] | None:
+        """The clip's frames as ``clip_frames`` chooses them, decoded as ``scale_for`` says.
+
+        Which frames are readable does not depend on the scale: a reduced decode reads and
+        checks the whole entropy-coded stream as a full one does."""
+        rules = self._rules(rng)
+        files = FrameFiles(self._listed_frames(pid, source, frame_paths, rules), issues, scale_for,
+                           keep_bytes=self.jpeg_bytes)
+        chosen = choose_frames(files, self._frame_indices(len(files.paths), source, rng, rules), rules)
+        return None if chosen is None else [files.frame(index) for index in chosen]
+
+    def _scale_for(self):
+        """callable(width, height) -> reduction for the decoder, or None (full size)."""
+        if self.jpeg_bytes:
+            return validation_scale
+        if self.reduced_decode and self.compat == DEFAULT and hasattr(self.transform, "decode_scale"):
+            return self.transform.decode_scale
+        return None
+
+    def _jpeg_sample(self, clip: list[DecodedFrame], generator) -> dict:
+        plans = [self.transform.plan(*frame.original_size, generator) for frame in clip]
+        return {"jpeg": [torch.frombuffer(bytearray(frame.data), dtype=torch.uint8) for frame in clip],
+                "plans": torch.tensor(plans, dtype=torch.int64)}
 
     def _rules(self, rng) -> str:
         return self.compat if rng is None else DEFAULT
@@ -313,5 +420,7 @@ class ItemLoader:
             return segment_frame_indices(num_frames, self.clip_length, rng)
         return [0]
 
-    def _transform(self, image, generator):
-        return self.transform(image, generator) if generator is not None else self.transform(image)
+    def _transform(self, frame: DecodedFrame, generator):
+        if frame.scale > 1:
+            return self.transform.reduced(frame.image, frame.original_size, frame.scale, generator)
+        return self.transform(frame.image, generator) if generator is not None else self.transform(frame.image)

@@ -1,16 +1,18 @@
-"""Batch samplers: every batch holds one source only (all goods or all videos).
+"""Batch samplers: every batch holds one source only (all goods or all videos), and so does
+every step's global batch across ranks (the negatives gathered from all ranks).
 
-One epoch, for a given (seed, epoch), independent of the number of ranks:
+One epoch, for a given (seed, epoch):
   1. the dataset draws its samples (``TrainDataset.epoch_samples``): with the query-grouped file
      every query gives ONE sample (source drawn when it has both goods and videos, then a random
      member of that list); with the item file every line is one sample;
   2. samples are bucketed (by source; by source and query cluster for ``ClusterBatchSampler``),
      shuffled, and each bucket is cut into batches of ``batch_size`` (remainder dropped when
      ``drop_last``, else kept as a smaller batch);
-  3. the batch order is shuffled.
-Ranks receive the global batches round-robin: rank r gets batches r, r + W, r + 2W, ...; the
-trailing batches that cannot be shared equally are dropped (``drop_last``) or the first batches
-are dealt again to fill the last round.
+  3. each bucket's batches are grouped into steps of W (world size) consecutive batches, so the
+     W batches of one step share a bucket; a bucket's leftover batches are dropped
+     (``drop_last``) or its first batches are dealt again to fill its last step;
+  4. the step order is shuffled, and rank r takes batch r of every step.
+With one rank a step is one batch, so the plan is that of a plain shuffled batch list.
 
 The yielded dataset keys are ``SampleKey(row, source, member, seed)``: the annotation row, the
 source index (0 goods, 1 photo), the member of that row's id list (0 for item files) and a
@@ -88,12 +90,16 @@ class SourceBatchSampler:
     def _make_plan(self) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch])
         sources, members = self.dataset.epoch_samples(rng)
-        order, starts, ends = bucket_batches(self.group_labels(sources), self.batch_size, self.drop_last, rng)
-        shuffled = rng.permutation(len(starts))
+        labels = self.group_labels(sources)
+        order, starts, ends = bucket_batches(labels, self.batch_size, self.drop_last, rng)
+        steps = group_into_steps(labels[order[starts]], self.world_size, self.drop_last)
+        steps = steps[rng.permutation(len(steps))]
+        # A batch is addressed (and seeded) by its position in the shuffled steps, step * W + rank.
+        flat = steps.reshape(-1)
         return {
             "sources": sources, "members": members, "order": order,
-            "batch_starts": starts[shuffled], "batch_ends": ends[shuffled],
-            "rank_batches": deal_batches(len(starts), self.rank, self.world_size, self.drop_last),
+            "batch_starts": starts[flat], "batch_ends": ends[flat],
+            "rank_batches": np.arange(len(steps), dtype=np.int64) * self.world_size + self.rank,
         }
 
 
@@ -139,10 +145,18 @@ def bucket_batches(labels: np.ndarray, batch_size: int, drop_last: bool, rng: np
     return order, np.concatenate(starts), np.concatenate(ends)
 
 
-def deal_batches(num_batches: int, rank: int, world_size: int, drop_last: bool) -> np.ndarray:
-    """Global batch indices of ``rank``: round-robin, every rank the same number of batches."""
-    if drop_last:
-        per_rank = num_batches // world_size
-    else:
-        per_rank = -(-num_batches // world_size)
-    return np.arange(rank, rank + per_rank * world_size, world_size) % max(num_batches, 1)
+def group_into_steps(batch_buckets: np.ndarray, world_size: int, drop_last: bool) -> np.ndarray:
+    """(steps, world_size) batch indices: every row holds batches of one bucket.
+
+    ``batch_buckets`` is the bucket of each batch, the batches of a bucket being contiguous. A
+    bucket's batches that cannot fill a last step are dropped (``drop_last``), or its first
+    batches are dealt again to fill it."""
+    if len(batch_buckets) == 0:
+        return np.zeros((0, world_size), dtype=np.int64)
+    bounds = np.flatnonzero(np.r_[True, batch_buckets[1:] != batch_buckets[:-1], True])
+    steps = []
+    for begin, end in zip(bounds[:-1], bounds[1:]):
+        count = end - begin
+        slots = count // world_size * world_size if drop_last else -(-count // world_size) * world_size
+        steps.append(begin + np.arange(slots, dtype=np.int64) % count)
+    return np.concatenate(steps).reshape(-1, world_size)

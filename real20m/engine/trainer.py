@@ -86,6 +86,43 @@ def autocast_context(optim: OptimConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+class CappedGradScaler(torch.amp.GradScaler):
+    """A GradScaler whose scale never grows past ``max_scale`` (the original's fp16 scaler)."""
+
+    def __init__(self, *args, max_scale: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_scale = max_scale
+
+    def update(self, new_scale=None) -> None:
+        super().update(new_scale)
+        if new_scale is None and self.is_enabled() and self.get_scale() > self.max_scale:
+            super().update(self.max_scale)
+
+
+def build_grad_scaler(optim: OptimConfig, batch_size: int, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 AMP on CUDA needs a loss scaler; "original": initial scale = batch size, at most 128 x
+    batch size, grown every 100 steps without overflow. Disabled (a no-op) otherwise."""
+    enabled = optim.mixed_precision_training and device.type == "cuda" and optim.amp_dtype == "fp16"
+    if optim.grad_scaler == "original":
+        return CappedGradScaler("cuda", init_scale=float(batch_size), growth_interval=100, enabled=enabled,
+                                max_scale=128.0 * batch_size)
+    return torch.amp.GradScaler("cuda", enabled=enabled)
+
+
+def clip_gradients(model: nn.Module, optim: OptimConfig) -> dict[str, float]:
+    """Clip at ``optim.clip_grad``: one norm over all parameters, or ("per_tower", the original)
+    the text and the vision tower each on its own, the fusion layers and the decoder unclipped.
+    Returns the norms before clipping, for the log."""
+    if optim.clip_grad_mode == "global":
+        return {"grad_norm": float(torch.nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad))}
+    norms = {}
+    for name, tower in (("grad_norm_text", model.text), ("grad_norm_vision", model.vision)):
+        trainable = [param for param in tower.parameters() if param.requires_grad]
+        if trainable:
+            norms[name] = float(torch.nn.utils.clip_grad_norm_(trainable, optim.clip_grad))
+    return norms
+
+
 def no_buffer_resync() -> dict:
     """DDP option that stops rank 0 resending buffers every step: the only buffers are the XBM
     memory, filled with gathered embeddings and so already identical on every rank, and the
@@ -121,9 +158,7 @@ class Trainer:
 
         self.optimizer = build_optimizer(self.model, cfg.optim, extra_params=list(self.criterion.parameters()))
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, len(self.sampler))
-        use_scaler = cfg.optim.mixed_precision_training and dist.device.type == "cuda" \
-            and cfg.optim.amp_dtype == "fp16"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.scaler = build_grad_scaler(cfg.optim, cfg.data.batch_size, dist.device)
 
         self.epoch = cfg.run.start_epoch
         self.batch_in_epoch = 0
@@ -203,8 +238,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.cfg.optim.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
-            terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                                      self.cfg.optim.clip_grad))
+            terms.update(clip_gradients(self.model, self.cfg.optim))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

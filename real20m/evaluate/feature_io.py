@@ -596,7 +596,8 @@ def _parse_repr_block(block, n_lines, dim):
     with np.errstate(over="ignore"):
         feats = value.astype(np.float32)
     distance = np.abs(value - feats)
-    unsure = np.flatnonzero(~(distance <= np.spacing(np.abs(feats)).astype(np.float64) * 0.25))
+    with np.errstate(over="ignore"):
+        unsure = np.flatnonzero(~(distance <= np.spacing(np.abs(feats)).astype(np.float64) * 0.25))
     for i in unsure.tolist():
         feats[i] = np.float32(float(text[begin[i]:end[i]]))
     return ids, feats.reshape(n_lines, dim)

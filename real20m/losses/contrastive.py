@@ -50,11 +50,15 @@ def info_nce_gathered(
     logit_scale: Tensor | float,
     extra_a: Tensor | None = None,
     extra_b: Tensor | None = None,
+    offset: int | None = None,
 ) -> Tensor:
-    """InfoNCE when the caller already gathered `all_a`/`all_b` (lets one gather serve several losses)."""
+    """InfoNCE when the caller already gathered `all_a`/`all_b` (lets one gather serve several losses).
+
+    `offset`: row of a's first positive in `all_b` (default: this rank's rows in the gathered
+    batch; 0 when `all_a`/`all_b` are the local batch itself, i.e. in-batch negatives only)."""
     if a.shape != b.shape:
         raise ValueError(f"info_nce needs paired embeddings of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    offset = local_row_offset(a.shape[0])
+    offset = local_row_offset(a.shape[0]) if offset is None else offset
     a_to_b = _cross_entropy_to_global(a, all_b, extra_b, logit_scale, offset)
     b_to_a = _cross_entropy_to_global(b, all_a, extra_a, logit_scale, offset)
     return (a_to_b + b_to_a) / 2

@@ -42,3 +42,40 @@ class CrossBatchMemory(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.queries.shape[1]}"
+
+
+class OriginalCrossBatchMemory(nn.Module):
+    """The original release's per-rank memory of ``slots`` (query, item) rows, zero-initialised.
+
+    Each step first writes the current batch into rows 0..B-1; the rows that were there move to
+    the write pointer, which then advances by B (when the next move would pass the end it restarts
+    at B and the bank counts as full). The fused term then scores the batch against the filled rows,
+    the positive of batch row i being bank row i."""
+
+    def __init__(self, slots: int, dim: int):
+        super().__init__()
+        if slots <= 0 or dim <= 0:
+            raise ValueError(f"OriginalCrossBatchMemory needs slots > 0 and dim > 0, got {slots}, {dim}")
+        self.register_buffer("queries", torch.zeros(slots, dim))
+        self.register_buffer("items", torch.zeros(slots, dim))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("full", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def write(self, queries: Tensor, items: Tensor) -> None:
+        batch, slots = queries.shape[0], self.queries.shape[0]
+        if 2 * batch > slots:
+            raise ValueError(f"a memory of {slots} rows cannot hold two batches of {batch}")
+        ptr = int(self.ptr)
+        if ptr + batch > slots:
+            ptr = batch
+            self.full.fill_(True)
+        for bank, current in ((self.queries, queries), (self.items, items)):
+            bank[ptr:ptr + batch] = bank[:batch].clone()
+            bank[:batch] = current.detach().to(bank.dtype)
+        self.ptr.fill_(ptr + batch)
+
+    def negatives(self) -> tuple[Tensor, Tensor]:
+        """(queries, items) of the filled rows (all of them once full)."""
+        filled = self.queries.shape[0] if bool(self.full) else int(self.ptr)
+        return self.queries[:filled], self.items[:filled]

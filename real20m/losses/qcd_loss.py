@@ -1,5 +1,9 @@
 """The query-driven cross-domain (QCD) objective: the weighted sum of the terms in terms.py.
 
+Options the original release's training needs: in-batch (per-rank) negatives instead of gathered
+ones (``local_negatives``), its own cross-batch memory (``xbm_mode="original"``), and terms that
+are computed and logged but left out of the total (``log_terms``).
+
 total = sum over terms of weight[name] * term(name), in the table's order; with the defaults
   fused + title + visual (query-guided InfoNCE) + delta * mean((fused - visual)^2) + caption.
 Every InfoNCE uses negatives from all ranks (see contrastive.py); only the embeddings that some
@@ -12,10 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from real20m.losses.contrastive import gather_with_grad, local_row_offset
-from real20m.losses.memory_bank import CrossBatchMemory
+from real20m.losses.memory_bank import CrossBatchMemory, OriginalCrossBatchMemory
 from real20m.losses.terms import TERMS, TermInputs
 
 MAX_LOGIT_SCALE = 100.0
+XBM_MODES = ("ours", "original")
 EMBEDDING_KEYS = ("query", "title", "visual", "fused")
 # The in-batch accuracy logged every step compares queries with fused embeddings.
 ACCURACY_KEYS = ("query", "fused")
@@ -30,10 +35,11 @@ def merge_weights(weights: dict | None) -> dict[str, float]:
 
 
 @torch.no_grad()
-def topk_accuracy(query: Tensor, all_items: Tensor, ks=(1, 5)) -> list[Tensor]:
-    """Fraction of local queries whose own item ranks in the top k of the gathered batch."""
+def topk_accuracy(query: Tensor, all_items: Tensor, ks=(1, 5), offset: int | None = None) -> list[Tensor]:
+    """Fraction of local queries whose own item ranks in the top k of the (gathered) batch."""
     scores = query @ all_items.t()
-    targets = torch.arange(query.shape[0], device=query.device) + local_row_offset(query.shape[0])
+    offset = local_row_offset(query.shape[0]) if offset is None else offset
+    targets = torch.arange(query.shape[0], device=query.device) + offset
     ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
     hits = ranked == targets[:, None]
     return [hits[:, :k].any(dim=1).float().mean() for k in ks]
@@ -47,26 +53,40 @@ class QCDLoss(nn.Module):
         learnable_scale: bool = False,
         xbm_size: int = 0,
         embed_dim: int = 512,
+        local_negatives: bool = False,
+        xbm_mode: str = "ours",
+        log_terms: tuple[str, ...] = (),
     ):
         super().__init__()
         if not 0 < logit_scale <= MAX_LOGIT_SCALE:
             raise ValueError(f"logit_scale must be in (0, {MAX_LOGIT_SCALE}], got {logit_scale}")
+        if xbm_mode not in XBM_MODES:
+            raise ValueError(f"xbm_mode must be one of {XBM_MODES}, got {xbm_mode!r}")
         self.weights = merge_weights(weights)
         self.enabled = [name for name, weight in self.weights.items() if weight != 0]
+        # Terms computed and logged but left out of the total (the original's image-text term).
+        merge_weights(dict.fromkeys(log_terms, 0.0))  # refuses unknown names
+        self.logged_only = [name for name in TERMS if name in log_terms and name not in self.enabled]
+        self.local_negatives = local_negatives
+        self.xbm_mode = xbm_mode
         # Stored as log(scale) under one name whether learnable or not, so checkpoints load either way.
         log_scale = torch.tensor(math.log(logit_scale))
         if learnable_scale:
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
-        self.memory = CrossBatchMemory(xbm_size, embed_dim) if xbm_size > 0 else None
+        memory_class = CrossBatchMemory if xbm_mode == "ours" else OriginalCrossBatchMemory
+        self.memory = memory_class(xbm_size, embed_dim) if xbm_size > 0 else None
 
     def logit_scale(self) -> Tensor:
         return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def keys_to_gather(self) -> list[str]:
-        """Embeddings some enabled term scores globally, in a fixed order (the same on every rank)."""
-        wanted = set(ACCURACY_KEYS).union(*(TERMS[name].gathers for name in self.enabled))
+        """Embeddings some computed term scores globally, in a fixed order (the same on every rank);
+        none with in-batch (local) negatives."""
+        if self.local_negatives:
+            return []
+        wanted = set(ACCURACY_KEYS).union(*(TERMS[name].gathers for name in self.enabled + self.logged_only))
         return [key for key in EMBEDDING_KEYS if key in wanted]
 
     def forward(self, out: dict) -> tuple[Tensor, dict[str, float]]:
@@ -81,15 +101,22 @@ class QCDLoss(nn.Module):
             raise KeyError(f"QCDLoss needs model outputs {list(EMBEDDING_KEYS)}, missing {missing}")
         # Contrastive logits in fp32 even under autocast: softmax over thousands of columns.
         local = {key: out[key].float() for key in EMBEDDING_KEYS}
-        gathered = {key: gather_with_grad(local[key]) for key in self.keys_to_gather()}
+        gathered = local if self.local_negatives else \
+            {key: gather_with_grad(local[key]) for key in self.keys_to_gather()}
+        original_memory = self.memory is not None and self.xbm_mode == "original"
+        if original_memory and self.training:
+            self.memory.write(local["query"], local["fused"])  # the release writes, then scores
         inputs = TermInputs(local=local, gathered=gathered, scale=self.logit_scale(),
-                            memory=self.memory.negatives() if self.memory is not None else None, outputs=out)
+                            memory=self.memory.negatives() if self.memory is not None else None, outputs=out,
+                            offset=0 if self.local_negatives else None, xbm_mode=self.xbm_mode)
         zero = local["query"].new_zeros(())
         terms = {name: TERMS[name].compute(inputs) if name in self.enabled else zero for name in self.weights}
+        for name in self.logged_only:
+            terms[name] = TERMS[name].compute(inputs).detach()
         total = sum((self.weights[name] * terms[name] for name in self.enabled[1:]),
                     self.weights[self.enabled[0]] * terms[self.enabled[0]]) if self.enabled else zero
-        top1, top5 = topk_accuracy(local["query"].detach(), gathered["fused"].detach())
-        if self.training and self.memory is not None:
+        top1, top5 = topk_accuracy(local["query"].detach(), gathered["fused"].detach(), offset=inputs.offset)
+        if self.training and self.memory is not None and not original_memory:
             self.memory.enqueue(gathered["query"], gathered["fused"])
         report = {**terms, "total": total, "top1": top1, "top5": top5, "logit_scale": inputs.scale}
         # One device->host copy for all terms instead of one sync per .item().

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -21,14 +22,19 @@ IGNORE_INDEX = -100  # caption targets the loss skips (padding)
 
 @dataclass
 class TermInputs:
-    """What the terms read: local (B, D) embeddings, their gathered (all-rank) versions, the logit
-    scale, the memory bank's (queries, items) negatives or None, and every model output."""
+    """What the terms read: local (B, D) embeddings, their gathered (all-rank) versions (the local
+    ones themselves with in-batch negatives), the logit scale, the memory bank's (queries, items)
+    rows or None and how to use them ("ours": extra negatives; "original": the release's XBM),
+    every model output, and the row of the first local positive in the gathered batch (None: this
+    rank's position)."""
 
     local: dict[str, Tensor]
     gathered: dict[str, Tensor]
     scale: Tensor
     memory: tuple[Tensor, Tensor] | None
     outputs: dict
+    offset: int | None = None
+    xbm_mode: str = "ours"
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,19 @@ def query_relevance(inputs: TermInputs, item_key: str, memory: tuple[Tensor, Ten
     """Symmetric InfoNCE between the query and one item embedding, negatives from every rank."""
     extra_query, extra_item = memory if memory is not None else (None, None)
     return info_nce_gathered(inputs.local["query"], inputs.local[item_key], inputs.gathered["query"],
-                             inputs.gathered[item_key], inputs.scale, extra_query, extra_item)
+                             inputs.gathered[item_key], inputs.scale, extra_query, extra_item, inputs.offset)
+
+
+def original_xbm_relevance(inputs: TermInputs) -> Tensor:
+    """The release's XBM loss: (query->items + items->query in the batch + query->bank items +
+    items->bank queries) / 4, the positive of row i being bank row i (the batch was written first)."""
+    query, fused = inputs.local["query"], inputs.local["fused"]
+    bank_queries, bank_items = inputs.memory
+    targets = torch.arange(query.shape[0], device=query.device)
+    in_batch = 2 * query_relevance(inputs, "fused")
+    to_bank_items = F.cross_entropy(inputs.scale * query @ bank_items.t().to(query.dtype), targets)
+    to_bank_queries = F.cross_entropy(inputs.scale * fused @ bank_queries.t().to(fused.dtype), targets)
+    return (in_batch + to_bank_items + to_bank_queries) / 4
 
 
 # The paper weights every relevance term, the consistency term (delta) and the caption loss by 1;
@@ -67,7 +85,9 @@ def query_relevance(inputs: TermInputs, item_key: str, memory: tuple[Tensor, Ten
 
 @register_term("fused", default_weight=1.0, gathers=("query", "fused"))
 def fused_relevance(inputs: TermInputs) -> Tensor:
-    """Query vs the fused (retrieval) embedding; the cross-batch memory adds its negatives here."""
+    """Query vs the fused (retrieval) embedding; the cross-batch memory serves this term only."""
+    if inputs.memory is not None and inputs.xbm_mode == "original":
+        return original_xbm_relevance(inputs)
     return query_relevance(inputs, "fused", inputs.memory)
 
 
@@ -100,4 +120,4 @@ def caption_generation(inputs: TermInputs) -> Tensor:
 def title_visual_contrast(inputs: TermInputs) -> Tensor:
     """Image-text contrast between an item's own title and visual embeddings."""
     return info_nce_gathered(inputs.local["title"], inputs.local["visual"], inputs.gathered["title"],
-                             inputs.gathered["visual"], inputs.scale)
+                             inputs.gathered["visual"], inputs.scale, offset=inputs.offset)

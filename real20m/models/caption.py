@@ -15,9 +15,22 @@ from .towers import set_hf_checkpointing
 
 
 class CaptionDecoder(nn.Module):
+    """GPT-2 with cross-attention to the visual embedding.
+
+    Options the original release's decoder needs: ``ignore_padding=False`` (its labels are the
+    query ids, padding included), ``token_type_ids=True`` (it passes the tokenizer's all-zero
+    token types, which GPT-2 embeds with its word embeddings) and ``visual_projection=False`` (the
+    visual embedding enters as it is; needs n_embd == embed_dim)."""
+
     def __init__(self, embed_dim: int, vocab_size: int, n_layer: int, n_head: int, n_embd: int,
-                 n_positions: int = 128, dropout: float = 0.1):
+                 n_positions: int = 128, dropout: float = 0.1, ignore_padding: bool = True,
+                 token_type_ids: bool = False, visual_projection: bool = True):
         super().__init__()
+        if not visual_projection and n_embd != embed_dim:
+            raise ValueError(f"caption decoder without a visual projection needs n_embd ({n_embd}) == "
+                             f"embed_dim ({embed_dim})")
+        self.ignore_padding = ignore_padding
+        self.token_type_ids = token_type_ids
         config = GPT2Config(
             vocab_size=vocab_size, n_positions=n_positions, n_layer=n_layer, n_head=n_head,
             n_embd=n_embd, add_cross_attention=True, resid_pdrop=dropout, embd_pdrop=dropout,
@@ -25,13 +38,14 @@ class CaptionDecoder(nn.Module):
             # ids of GPT-2's own vocabulary do not apply to the text tokenizer's vocabulary
             bos_token_id=None, eos_token_id=None,
         )
-        self.visual_to_decoder = nn.Linear(embed_dim, n_embd)
+        self.visual_to_decoder = nn.Linear(embed_dim, n_embd) if visual_projection else nn.Identity()
         self.decoder = GPT2LMHeadModel(config)
 
     def forward(self, visual: torch.Tensor, query_ids: torch.Tensor,
                 query_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced next-token logits (B, L-1, V) and their targets (B, L-1): position t
-        predicts token t + 1, and padded targets are IGNORE_INDEX (the objective skips them)."""
+        predicts token t + 1; padded targets are IGNORE_INDEX (the objective skips them) unless
+        ``ignore_padding`` is off."""
         max_positions = self.decoder.config.n_positions
         if query_ids.shape[1] > max_positions:
             raise ValueError(
@@ -40,10 +54,13 @@ class CaptionDecoder(nn.Module):
         logits = self.decoder(
             input_ids=query_ids,
             attention_mask=query_mask,
+            token_type_ids=torch.zeros_like(query_ids) if self.token_type_ids else None,
             encoder_hidden_states=encoder_states,
             use_cache=False,
         ).logits
-        targets = query_ids[:, 1:].masked_fill(query_mask[:, 1:] == 0, IGNORE_INDEX)
+        targets = query_ids[:, 1:]
+        if self.ignore_padding:
+            targets = targets.masked_fill(query_mask[:, 1:] == 0, IGNORE_INDEX)
         return logits[:, :-1], targets
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:

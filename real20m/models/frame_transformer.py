@@ -46,6 +46,9 @@ class ResidualAttentionBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+FRAME_INITS = ("default", "original")
+
+
 class FrameTransformer(nn.Module):
     """(B, T, D) frame embeddings -> (B, D) L2-normalised clip embedding.
 
@@ -54,12 +57,16 @@ class FrameTransformer(nn.Module):
     exactly as the original model behaves.
     """
 
-    def __init__(self, width: int, clip_length: int, heads: int, layers: int = 1):
+    def __init__(self, width: int, clip_length: int, heads: int, layers: int = 1, init: str = "default"):
         super().__init__()
+        if init not in FRAME_INITS:
+            raise ValueError(f"frame transformer init must be one of {FRAME_INITS}, got {init!r}")
         self.clip_length = clip_length
         self.positional_embedding = nn.Parameter(torch.empty(1, clip_length, width))
         nn.init.normal_(self.positional_embedding, std=0.01)
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+        if init == "original":
+            self._original_init()
         self.gradient_checkpointing = False
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -77,3 +84,37 @@ class FrameTransformer(nn.Module):
                 x = block(x)
         x = x + frames  # outer residual back to the raw frame embeddings
         return F.normalize(x.mean(dim=1), dim=-1)
+
+    def _original_init(self) -> None:
+        """The release's initialisation: truncated normal (std 0.02) for the positional embedding
+        and every Linear (bias 0), LayerNorm weight 1 / bias 0; the attention's packed input
+        projection keeps PyTorch's default, as it does there."""
+        nn.init.trunc_normal_(self.positional_embedding, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+class MeanFrames(nn.Module):
+    """(B, T, D) -> (B, D): the L2-normalised mean of the frame embeddings (the ablation without
+    temporal modelling). T = 1 (goods) gives the image's own embedding."""
+
+    def __init__(self, width: int, clip_length: int, heads: int, layers: int = 1, init: str = "default"):
+        super().__init__()
+        self.clip_length = clip_length
+        self.gradient_checkpointing = False
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.dim() != 3 or frames.shape[1] not in (1, self.clip_length):
+            raise ValueError(
+                f"frame embeddings must be (B, T, D) with T in (1, {self.clip_length}); got {tuple(frames.shape)}")
+        return F.normalize(frames.mean(dim=1), dim=-1)
+
+
+# model.frame_aggregation -> module (width, clip_length, heads, init=...) turning frames into one embedding.
+FRAME_AGGREGATIONS = {"transformer": FrameTransformer, "mean": MeanFrames}

@@ -22,3 +22,25 @@ class AttentionPooling(nn.Module):
         weights = self.projection(stacked.flatten(1)).softmax(dim=1)
         fused = (weights.unsqueeze(-1) * stacked).sum(dim=1)
         return F.normalize(fused, dim=-1), weights
+
+
+class SingleModality(nn.Module):
+    """The fused embedding is one modality alone (the ablations without title/visual fusion)."""
+
+    def __init__(self, embed_dim: int, keep: str):
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, title: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = title if self.keep == "title" else visual
+        weights = torch.zeros(chosen.shape[0], 2, device=chosen.device, dtype=chosen.dtype)
+        weights[:, 0 if self.keep == "title" else 1] = 1
+        return F.normalize(chosen, dim=-1), weights
+
+
+# model.fusion -> module(embed_dim) with forward(title, visual) -> (fused, weights).
+FUSIONS = {
+    "attention": AttentionPooling,
+    "title_only": lambda embed_dim: SingleModality(embed_dim, "title"),
+    "visual_only": lambda embed_dim: SingleModality(embed_dim, "visual"),
+}

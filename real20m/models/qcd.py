@@ -10,7 +10,10 @@ model_cfg keys (YAML section `model:`):
                   token, whose position CLIP pools)
     timm_name     timm model name (backbone timm)
     embed_dim     D; clip_length: frames per video; frame_heads: heads of the frame transformer
-    caption       {n_layer, n_head, n_embd[, n_positions, dropout]} or null (no caption decoder)
+    frame_aggregation  transformer (default) | mean;  frame_init: default | original
+    fusion        attention (default) | title_only | visual_only
+    caption       {n_layer, n_head, n_embd[, n_positions, dropout, ignore_padding, token_type_ids,
+                  visual_projection]} or null (no caption decoder)
     gradient_checkpointing (bool), use_title_mask / use_query_mask (bool, default true; false =
                   the original's unmasked titles and queries), frame_fp16 (bool, default false;
                   true = the original's frame transformer under fp16 autocast on CUDA)
@@ -30,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .caption import CaptionDecoder
-from .frame_transformer import FrameTransformer
-from .pooling import AttentionPooling
+from .frame_transformer import FRAME_AGGREGATIONS
+from .pooling import FUSIONS
 from .towers import architecture_kwargs, build_towers
 
 # ImageNet statistics: what the vision tower's inputs have always been normalised with (changing
@@ -54,9 +57,14 @@ class QCDModel(nn.Module):
         self.model_cfg = copy.deepcopy(model_cfg)
         self.embed_dim = int(model_cfg["embed_dim"])
         self.text, self.vision = build_towers(model_cfg, vocab_size, pad_token_id)
-        self.frame = FrameTransformer(self.embed_dim, int(model_cfg.get("clip_length", 5)),
-                                      int(model_cfg.get("frame_heads", 8)))
-        self.pooling = AttentionPooling(self.embed_dim)
+        aggregation, fusion = model_cfg.get("frame_aggregation", "transformer"), model_cfg.get("fusion", "attention")
+        if aggregation not in FRAME_AGGREGATIONS or fusion not in FUSIONS:
+            raise ValueError(f"model.frame_aggregation must be one of {sorted(FRAME_AGGREGATIONS)} and model.fusion "
+                             f"one of {sorted(FUSIONS)}; got {aggregation!r}, {fusion!r}")
+        self.frame = FRAME_AGGREGATIONS[aggregation](self.embed_dim, int(model_cfg.get("clip_length", 5)),
+                                                     int(model_cfg.get("frame_heads", 8)),
+                                                     init=model_cfg.get("frame_init", "default"))
+        self.pooling = FUSIONS[fusion](self.embed_dim)
         caption_cfg = model_cfg.get("caption")
         text_vocab = self.text.encoder.get_input_embeddings().num_embeddings
         self.caption = CaptionDecoder(self.embed_dim, text_vocab, **caption_cfg) if caption_cfg else None

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
+import torch
 
 from real20m.datasets.annotations import load_items, load_query_groups
 from real20m.datasets.dataset import TrainDataset
-from real20m.datasets.samplers import ClusterBatchSampler, SourceBatchSampler, deal_batches
+from real20m.datasets.samplers import ClusterBatchSampler, SourceBatchSampler, group_into_steps
+from tests.utils.process_group import run_in_processes
 
 N_QUERIES = 103
 
@@ -54,21 +56,54 @@ def test_deterministic_per_seed_and_epoch(dataset):
     assert one != epoch_batches(SourceBatchSampler(dataset, 4, seed=8), epoch=2)
 
 
+def without_seeds(batch):
+    return tuple((key.row, key.source, key.member) for key in batch)
+
+
 @pytest.mark.parametrize("world_size", [1, 2, 4])
-def test_rank_shards_disjoint_equal_and_world_size_independent(dataset, world_size):
-    reference = {tuple(batch) for batch in epoch_batches(SourceBatchSampler(dataset, 4, seed=5), epoch=1)}
+def test_rank_shards_are_disjoint_equal_and_cut_from_the_same_batches(dataset, world_size):
+    reference = {without_seeds(batch) for batch in epoch_batches(SourceBatchSampler(dataset, 4, seed=5), epoch=1)}
     shards = [epoch_batches(SourceBatchSampler(dataset, 4, rank, world_size, seed=5), epoch=1)
               for rank in range(world_size)]
     assert len({len(shard) for shard in shards}) == 1
-    assert len(shards[0]) == len(reference) // world_size == len(SourceBatchSampler(dataset, 4, 0, world_size, 5))
-    seen = [tuple(batch) for shard in shards for batch in shard]
+    assert len(shards[0]) == len(SourceBatchSampler(dataset, 4, 0, world_size, 5)) > 0
+    seen = [without_seeds(batch) for shard in shards for batch in shard]
     assert len(seen) == len(set(seen)) and set(seen) <= reference
+    for step in zip(*shards):  # the batches all ranks train on at one step: one source
+        assert len({key.source for batch in step for key in batch}) == 1
 
 
-def test_deal_batches_without_drop_last_wraps_around():
-    assert deal_batches(5, 1, 2, drop_last=True).tolist() == [1, 3]
-    assert deal_batches(5, 0, 2, drop_last=False).tolist() == [0, 2, 4]
-    assert deal_batches(5, 1, 2, drop_last=False).tolist() == [1, 3, 0]
+def test_steps_group_batches_of_one_bucket():
+    buckets = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    assert group_into_steps(buckets, 2, drop_last=True).tolist() == [[0, 1], [3, 4], [5, 6], [7, 8]]
+    assert group_into_steps(buckets, 2, drop_last=False).tolist() == [[0, 1], [2, 0], [3, 4], [5, 6], [7, 8],
+                                                                     [9, 5]]
+    assert group_into_steps(buckets, 1, drop_last=True).tolist() == [[index] for index in range(10)]
+
+
+def _gathered_batches_worker(env, cluster_file, train_file, out_dir):
+    from real20m.datasets import TrainDataset, load_query_groups
+    dataset = TrainDataset(load_query_groups(train_file), loader=None, cluster_file=cluster_file)
+    for sampler in (SourceBatchSampler(dataset, 3, env.rank, env.world_size, seed=4),
+                    ClusterBatchSampler(dataset, 3, env.rank, env.world_size, seed=4)):
+        clusters = getattr(sampler, "row_clusters", np.zeros(len(dataset), dtype=np.int64))
+        mixed = steps = 0
+        for epoch in range(6):
+            sampler.set_epoch(epoch)
+            for batch in sampler:
+                everyone = [None] * env.world_size
+                torch.distributed.all_gather_object(everyone, [(key.source, int(clusters[key.row])) for key in batch])
+                mixed += len({bucket for rank_buckets in everyone for bucket in rank_buckets}) != 1
+                steps += 1
+        torch.save(torch.tensor([mixed, steps]), f"{out_dir}/{type(sampler).__name__}_{env.rank}.pt")
+
+
+def test_two_gloo_ranks_train_on_homogeneous_gathered_batches(dataset, tmp_path):
+    """Every step, the batches of both ranks (the gathered batch) hold one source and one cluster."""
+    run_in_processes(_gathered_batches_worker, 2, dataset.cluster_file, dataset.table.path, str(tmp_path))
+    for name in ("SourceBatchSampler", "ClusterBatchSampler"):
+        mixed, steps = zip(*(torch.load(tmp_path / f"{name}_{rank}.pt").tolist() for rank in range(2)))
+        assert mixed == (0, 0) and steps[0] == steps[1] >= 12, (name, mixed, steps)
 
 
 def test_set_start_batch_resumes_mid_epoch(dataset):
