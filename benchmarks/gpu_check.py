@@ -90,8 +90,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-os.environ.setdefault("TQDM_DISABLE", "1")   # the trainer's progress bars would flood the log
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -311,11 +309,26 @@ def tiny_train_config(ctx: Context, output_dir: str, steps: int, *extra: str):
         "--mixed_precision_training", *extra])
 
 
+def quiet_progress(module) -> None:
+    """No tqdm bars from ``module`` (the trainer's would flood the log); patched in this process only."""
+    bar = getattr(module, "tqdm", None)
+    if bar is None or getattr(bar, "_gpu_check_quiet", False):
+        return
+
+    def quiet(*args, **kwargs):
+        kwargs["disable"] = True
+        return bar(*args, **kwargs)
+
+    quiet._gpu_check_quiet = True
+    module.tqdm = quiet
+
+
 def recording_trainer(cfg, ctx: Context, soft_limit_s: float | None = None):
     """A Trainer whose train_step records every step's loss and scaler scale, optionally stopped
     (between steps, as max_steps does) once ``soft_limit_s`` have passed."""
-    from real20m.engine.trainer import Trainer
-    trainer = Trainer(cfg, ctx.dist_env())
+    from real20m.engine import trainer as trainer_module
+    quiet_progress(trainer_module)
+    trainer = trainer_module.Trainer(cfg, ctx.dist_env())
     record = {"loss": [], "scale": [], "time_boxed": False}
     step = trainer.train_step
 
@@ -548,6 +561,13 @@ def part_nccl(ctx: Context) -> dict:
 # ----------------------------------------------------------------------- paper architecture
 
 
+def yaml_mapping(values: dict) -> str:
+    """A mapping as the command line's YAML value. PyYAML reads ``1e-12`` (no dot) as a string, so
+    the floats go through yaml.safe_dump, which writes ``1.0e-12``."""
+    import yaml
+    return yaml.safe_dump(dict(values), default_flow_style=True).strip()
+
+
 def paper_model(ctx: Context):
     """(cfg, model on the device, tokenizer) of the paper-sized architecture, built once."""
     if "paper" not in ctx.cache:
@@ -557,7 +577,7 @@ def paper_model(ctx: Context):
         from real20m.factory import build_model
         sizes = ctx.sizes["paper"]
         cfg = parse_config(["--config", "paper", "--model.pretrained", "null",
-                            "--model.text", json.dumps(sizes["text"]), "--model.vision", json.dumps(sizes["vision"]),
+                            "--model.text", yaml_mapping(sizes["text"]), "--model.vision", yaml_mapping(sizes["vision"]),
                             "--batch_size", str(sizes["clips"]), "--image_size", str(sizes["image_size"]),
                             "--output_dir", os.path.join(ctx.workdir, "paper"), "--mixed_precision_training",
                             "--amp_dtype", "fp16"])
@@ -935,7 +955,7 @@ def part_jpeg(ctx: Context) -> dict:
               "quality": 90}
 
     started = time.perf_counter()
-    pil = [torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+    pil = [torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
            for data in files]
     result["pil_images_per_s"] = rounded(len(files) / (time.perf_counter() - started))
     started = time.perf_counter()

@@ -85,6 +85,7 @@ class DataConfig:
     vocab_size: int = 8000
     batch_size: int = 80
     workers: int = 4
+    item_pairs: bool = False   # derived: batches of (goods, video) pairs when loss.query_guidance is off
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class LossConfig:
     logit_scale: float = 20.0
     learnable_scale: bool = False
     local_negatives: bool = False
+    query_guidance: bool = True
     log_terms: tuple = ()
     is_xbm: bool = False
     xbm_mode: str = "ours"
@@ -174,7 +176,7 @@ class RunConfig:
 SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
                    "run": RunConfig}
 # Fields resolve() computes; they are not inputs (a YAML file or flag setting one is refused).
-DERIVED = {"model": ("clip_length", "image_size", "use_title_mask", "use_query_mask")}
+DERIVED = {"data": ("item_pairs",), "model": ("clip_length", "image_size", "use_title_mask", "use_query_mask")}
 # Mappings whose entries are set one by one (``--optim.lr_mult.text``) and merged over the defaults.
 MAPPING_FIELDS = {"model.text", "model.vision", "model.caption", "loss.weights", "optim.lr_mult"}
 
@@ -304,6 +306,8 @@ OPTIONS: tuple[Option, ...] = (
     _switch("loss.learnable_scale", "learn the logit scale"),
     _switch("loss.local_negatives", "in-batch negatives on each rank (the original) instead of gathering "
             "them from every rank"),
+    _switch("loss.query_guidance", "query-guided objective; false: the ablation that contrasts a goods item "
+            "directly with a video of the same query (the pair term) and nothing else"),
     _flag("loss.log_terms", "terms computed and logged but left out of the total, e.g. '[itc]'", type=yaml_value),
     _switch("loss.is_xbm", "cross-batch memory of past embeddings as extra negatives"),
     _flag("loss.xbm_mode", "ours (gathered pairs as extra negatives) or original (the release's per-rank bank)",
@@ -486,6 +490,7 @@ _DERIVED_FROM = {
     "model.image_size": "the image size is data.image_size (--image_size)",
     "model.use_title_mask": "title masking follows data.compat",
     "model.use_query_mask": "query masking follows data.compat",
+    "data.item_pairs": "item-pair batches follow loss.query_guidance",
 }
 _FLAT_NAMES = {name.lstrip("-"): option.path for option in OPTIONS for name in option.flag_names
                if name.startswith("--")}
@@ -602,6 +607,10 @@ def resolve(values: dict) -> Config:
             raise ConfigError(f"data.{name} must be a positive integer, got {data[name]!r}")
     masked = data["compat"] != "original"
     weights = {**default_loss_weights(), **loss["weights"]}
+    data["item_pairs"] = not loss["query_guidance"]
+    if not loss["query_guidance"]:
+        # The baseline without query guidance: item-item contrast only.
+        weights = {name: 0.0 for name in weights} | {"pair": loss["weights"].get("pair", 1.0)}
     if model["caption"] is None:
         weights["caption"] = 0.0  # no decoder configured: no caption term
     derived_model = {

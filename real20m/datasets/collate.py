@@ -31,6 +31,10 @@ class Collator:
         if all("query" in sample for sample in samples):
             queries = [sample["query"] for sample in samples]
             batch["query_ids"], batch["query_mask"] = self._tokenize(queries, self.max_query_len)
+        if all("pair" in sample for sample in samples):
+            # Item pairs (no query guidance): each goods item's video of the same query.
+            batch["pair"] = self([sample["pair"] for sample in samples])
+            batch["issues"] += batch["pair"]["issues"]
         return batch
 
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,13 +10,17 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .annotations import SOURCES, AnnotationError, ItemTable, QueryGroups, detect_format, load_items, \
-    load_query_groups
+from .annotations import GOODS, PHOTO, SOURCES, AnnotationError, ItemTable, QueryGroups, detect_format, \
+    load_items, load_query_groups
 from .items import ItemLoader, ItemRoots, item_text, shard_path
 from .transforms import build_eval_transform, build_train_transform
 
 MAX_REPLACEMENTS = 10
 MAX_REJECTIONS = 10_000
+# Sample source of the item-pair ablation: a goods item with a video of the same query.
+PAIR = len(SOURCES)
+# Rows left out of an epoch (no goods-video pair in item-pair mode).
+NO_SAMPLE = -1
 
 
 def item_roots(data) -> ItemRoots:
@@ -31,10 +35,14 @@ class TrainDataset(torch.utils.data.Dataset):
     readable frame is replaced by a random item of the same source (drawn from the key's seed,
     so deterministic) and reported as ``("replaced_item", <its image path>)``."""
 
-    def __init__(self, table: QueryGroups | ItemTable, loader: ItemLoader, cluster_file: str | None = None):
+    def __init__(self, table: QueryGroups | ItemTable, loader: ItemLoader, cluster_file: str | None = None,
+                 item_pairs: bool = False):
+        if item_pairs and not isinstance(table, QueryGroups):
+            raise AnnotationError(f"{table.path}: item pairs (no query guidance) need the query-grouped train file")
         self.table = table
         self.loader = loader
         self.cluster_file = cluster_file
+        self.item_pairs = item_pairs
 
     @property
     def grouped(self) -> bool:
@@ -44,11 +52,18 @@ class TrainDataset(torch.utils.data.Dataset):
         return len(self.table)
 
     def epoch_samples(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(source, member) of every row for one epoch: one sample per query row / per item line."""
+        """(source, member) of every row for one epoch: one sample per query row / per item line.
+
+        Item pairs: every query with goods and videos gives one PAIR sample (member = its goods
+        item; the video is drawn from the sample's seed); the other rows give none (NO_SAMPLE)."""
         rows = len(self.table)
         if not self.grouped:
             return self.table.sources.astype(np.int8), np.zeros(rows, dtype=np.int64)
         goods, videos = self.table.member_counts(0), self.table.member_counts(1)
+        if self.item_pairs:
+            sources = np.where((goods > 0) & (videos > 0), PAIR, NO_SAMPLE).astype(np.int8)
+            members = np.minimum((rng.random(rows) * goods).astype(np.int64), np.maximum(goods - 1, 0))
+            return sources, members
         sources = np.where(goods > 0, 0, 1).astype(np.int8)
         both = (goods > 0) & (videos > 0)
         sources[both] = rng.integers(0, 2, size=int(both.sum()), dtype=np.int8)
@@ -61,6 +76,8 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key) -> dict:
         row, source, member, seed = key
+        if source == PAIR:
+            return self._pair(row, member, seed)
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(int(seed))
         issues = []
@@ -73,6 +90,15 @@ class TrainDataset(torch.utils.data.Dataset):
             issues.append(("replaced_item", shard_path(self.loader.roots.image_root(source), pid, "jpg")))
             row, member = self._random_member(source, rng)
         raise RuntimeError(f"no readable frames in {MAX_REPLACEMENTS + 1} {SOURCES[source]} items in a row: {issues}")
+
+    def _pair(self, row: int, goods_member: int, seed: int) -> dict:
+        """The goods sample of a query row, with one of the row's videos under "pair"."""
+        rng = np.random.default_rng(seed)
+        video_member = int(rng.integers(self.table.member_counts_at(row, PHOTO)))
+        video_seed, goods_seed = (int(value) for value in rng.integers(0, 2**62, size=2))
+        goods = self[(row, GOODS, goods_member, goods_seed)]
+        goods["pair"] = self[(row, PHOTO, video_member, video_seed)]
+        return goods
 
     def training_texts(self, limit: int | None = None) -> Iterator[str]:
         """Queries and item titles (evaluation-style text), for training the WordPiece tokenizer."""
@@ -152,7 +178,7 @@ def build_train_dataset(data) -> TrainDataset:
         load_items(data.train_file)
     loader = ItemLoader(item_roots(data), build_train_transform(data.image_size), data.clip_length,
                         text_aug=data.text_aug)
-    return TrainDataset(table, loader, data.cluster_file)
+    return TrainDataset(table, loader, data.cluster_file, item_pairs=data.item_pairs)
 
 
 def build_eval_dataset(data, test_file: str) -> EvalDataset:

@@ -90,8 +90,10 @@ class SourceBatchSampler:
     def _make_plan(self) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch])
         sources, members = self.dataset.epoch_samples(rng)
-        labels = self.group_labels(sources)
+        labels = np.where(sources >= 0, self.group_labels(sources), -1)  # rows without a sample: bucket -1
         order, starts, ends = bucket_batches(labels, self.batch_size, self.drop_last, rng)
+        kept = labels[order[starts]] >= 0
+        starts, ends = starts[kept], ends[kept]
         steps = group_into_steps(labels[order[starts]], self.world_size, self.drop_last)
         steps = steps[rng.permutation(len(steps))]
         # A batch is addressed (and seeded) by its position in the shuffled steps, step * W + rank.
@@ -120,7 +122,7 @@ class ClusterBatchSampler(SourceBatchSampler):
 
     def group_labels(self, sources: np.ndarray) -> np.ndarray:
         clusters = self.row_clusters + 1  # -1 (unclustered) -> 0
-        return clusters * 2 + sources
+        return clusters * 3 + sources  # sources: goods, photo, or a goods-video pair
 
 
 def bucket_batches(labels: np.ndarray, batch_size: int, drop_last: bool, rng: np.random.Generator):

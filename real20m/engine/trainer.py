@@ -74,8 +74,12 @@ class DataIssueLog:
 
 
 def move_to_device(batch: dict, device: torch.device) -> dict:
-    return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
-            for key, value in batch.items()}
+    """Tensors to ``device``, nested batches (item pairs) included."""
+    def moved(value):
+        if torch.is_tensor(value):
+            return value.to(device, non_blocking=True)
+        return move_to_device(value, device) if isinstance(value, dict) else value
+    return {key: moved(value) for key, value in batch.items()}
 
 
 def autocast_context(optim: OptimConfig, device: torch.device):

@@ -22,6 +22,7 @@ from real20m.losses.terms import TERMS, TermInputs
 MAX_LOGIT_SCALE = 100.0
 XBM_MODES = ("ours", "original")
 EMBEDDING_KEYS = ("query", "title", "visual", "fused")
+OPTIONAL_EMBEDDING_KEYS = ("pair_fused",)  # the paired items of the no-query-guidance ablation
 # The in-batch accuracy logged every step compares queries with fused embeddings.
 ACCURACY_KEYS = ("query", "fused")
 
@@ -87,7 +88,7 @@ class QCDLoss(nn.Module):
         if self.local_negatives:
             return []
         wanted = set(ACCURACY_KEYS).union(*(TERMS[name].gathers for name in self.enabled + self.logged_only))
-        return [key for key in EMBEDDING_KEYS if key in wanted]
+        return [key for key in EMBEDDING_KEYS + OPTIONAL_EMBEDDING_KEYS if key in wanted]
 
     def forward(self, out: dict) -> tuple[Tensor, dict[str, float]]:
         """out: the model's outputs, L2-normalised local (B, D) "query", "title", "visual", "fused"
@@ -100,9 +101,9 @@ class QCDLoss(nn.Module):
         if missing:
             raise KeyError(f"QCDLoss needs model outputs {list(EMBEDDING_KEYS)}, missing {missing}")
         # Contrastive logits in fp32 even under autocast: softmax over thousands of columns.
-        local = {key: out[key].float() for key in EMBEDDING_KEYS}
+        local = {key: out[key].float() for key in EMBEDDING_KEYS + OPTIONAL_EMBEDDING_KEYS if key in out}
         gathered = local if self.local_negatives else \
-            {key: gather_with_grad(local[key]) for key in self.keys_to_gather()}
+            {key: gather_with_grad(local[key]) for key in self.keys_to_gather() if key in local}
         original_memory = self.memory is not None and self.xbm_mode == "original"
         if original_memory and self.training:
             self.memory.write(local["query"], local["fused"])  # the release writes, then scores

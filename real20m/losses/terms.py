@@ -121,3 +121,13 @@ def title_visual_contrast(inputs: TermInputs) -> Tensor:
     """Image-text contrast between an item's own title and visual embeddings."""
     return info_nce_gathered(inputs.local["title"], inputs.local["visual"], inputs.gathered["title"],
                              inputs.gathered["visual"], inputs.scale, offset=inputs.offset)
+
+
+@register_term("pair", default_weight=0.0, gathers=("fused", "pair_fused"))
+def item_pair_contrast(inputs: TermInputs) -> Tensor:
+    """Direct item-item contrast between a goods item and a video of the same query (the usual
+    cross-domain baseline: the ablation without query guidance)."""
+    if "pair_fused" not in inputs.local:
+        raise KeyError("the pair term needs batches of item pairs (--query_guidance false)")
+    return info_nce_gathered(inputs.local["fused"], inputs.local["pair_fused"], inputs.gathered["fused"],
+                             inputs.gathered["pair_fused"], inputs.scale, offset=inputs.offset)

@@ -125,10 +125,14 @@ class QCDModel(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         """Training step outputs: {"query", "title", "visual", "fused"}, each (B, D) unit-norm, and
-        with a caption decoder its next-token "caption_logits" and "caption_targets"."""
+        with a caption decoder its next-token "caption_logits" and "caption_targets"; for a batch
+        of item pairs (``batch["pair"]``) the paired items' "pair_fused"."""
         items = self.encode_items(batch["title_ids"], batch.get("title_mask"), batch["pixels"])
         query = self.encode_query(batch["query_ids"], batch["query_mask"])
         out = {"query": query, "title": items.title, "visual": items.visual, "fused": items.fused}
+        if "pair" in batch:  # item pairs (no query guidance): the video of each goods item's query
+            pair = batch["pair"]
+            out["pair_fused"] = self.encode_items(pair["title_ids"], pair.get("title_mask"), pair["pixels"]).fused
         if self.caption is not None:
             out["caption_logits"], out["caption_targets"] = self.caption(
                 items.visual, batch["query_ids"], batch["query_mask"])

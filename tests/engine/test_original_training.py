@@ -71,3 +71,14 @@ def test_the_original_grad_scaler_stops_growing_at_its_maximum():
         optimizer.zero_grad()
         scales.append(scaler.get_scale())
     assert scales == [8.0, 16.0, 16.0, 16.0]
+
+
+def test_without_query_guidance_goods_and_videos_of_one_query_are_contrasted(tiny_data_root, tmp_path):
+    trainer, before = trained(tiny_data_root, tmp_path, "--query_guidance", "false")
+    assert trainer.cfg.data.item_pairs and trainer.model.caption is None
+    assert {name for name, weight in trainer.criterion.weights.items() if weight} == {"pair"}
+    keys = next(iter(trainer.sampler))
+    sample = trainer.dataset[keys[0]]
+    assert sample["source"] == "goods" and sample["pair"]["source"] == "photo"
+    assert sample["query"] == sample["pair"]["query"]  # one query's goods item and video
+    assert changed(trainer, before, "vision.") and changed(trainer, before, "pooling.")
