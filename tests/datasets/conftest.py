@@ -33,7 +33,7 @@ def make_layout(root):
         goods_img_root=os.path.join(root, "goods", "images"), goods_text_root=os.path.join(root, "goods", "text"),
         photo_img_root=os.path.join(root, "video", "images"), photo_text_root=os.path.join(root, "video", "text"),
         frameid_root=None, cluster_file=None, hard_sample=False, clip_length=4, image_size=16, batch_size=2,
-        seed=0, max_query_len=8, max_title_len=8, compat="default", text_aug=False,
+        seed=0, max_query_len=8, max_title_len=8, compat="default", text_aug=False, item_pairs=False,
     )
     for pid, title in GOODS.items():
         write_image(shard(cfg.goods_img_root, pid, f"{pid}.jpg"), color=(pid % 255, 10, 10))

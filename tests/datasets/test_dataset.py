@@ -136,7 +136,7 @@ def test_end_to_end_with_synthetic_generator(tmp_path):
                     photo_img_root=str(root / "video" / "images"), photo_text_root=str(root / "video" / "text"),
                     frameid_root=None, cluster_file=str(train / "cluster.txt"), hard_sample=True,
                     clip_length=5, image_size=32, batch_size=2, seed=0, max_query_len=16, max_title_len=16,
-                    compat="default", text_aug=True)
+                    compat="default", text_aug=True, item_pairs=False)
     collate = Collator(CharTokenizer())
     for train_file in ("train.txt", "train_items.txt"):
         cfg.train_file = str(train / train_file)
