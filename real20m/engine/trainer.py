@@ -90,6 +90,16 @@ def autocast_context(optim: OptimConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+def resumed_architecture(resume_state: dict | None, cfg: Config):
+    """The model to build: a checkpoint of ours resumes with the architecture it stores (so a run
+    started from a hub backbone resumes offline), embedding inputs as this run's compat says;
+    anything else is built from the configuration."""
+    if not resume_state or "model" not in resume_state or not resume_state.get("model_cfg"):
+        return cfg.model
+    return {**resume_state["model_cfg"], "use_title_mask": cfg.model.use_title_mask,
+            "use_query_mask": cfg.model.use_query_mask, "frame_fp16": cfg.model.frame_fp16}
+
+
 class CappedGradScaler(torch.amp.GradScaler):
     """A GradScaler whose scale never grows past ``max_scale`` (the original's fp16 scaler)."""
 
@@ -152,7 +162,8 @@ class Trainer:
         self.dataset, self.sampler, self.loader = build_train_data(
             cfg.data, build_collator(cfg.data, self.tokenizer), dist, cfg.seed, dataset)
 
-        self.model = build_model(cfg.model, self.tokenizer, cfg.seed, cfg.optim.train_vision).to(dist.device)
+        self.model = build_model(resumed_architecture(resume_state, cfg), self.tokenizer, cfg.seed,
+                                 cfg.optim.train_vision).to(dist.device)
         self.criterion = build_objective(cfg.loss, self.model.embed_dim).to(dist.device)
         self.step_module = TrainStep(self.model, self.criterion)
         if dist.world_size > 1:

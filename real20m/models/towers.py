@@ -6,7 +6,11 @@ so the raw projections stay available (the release check compares them).
 """
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from transformers import (
     ChineseCLIPModel,
@@ -20,6 +24,8 @@ from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
 )
+
+logger = logging.getLogger(__name__)
 
 # Config fields that describe bookkeeping, not architecture; they are dropped when a config is
 # written back into model_cfg so that the dict rebuilds the same network.
@@ -109,12 +115,31 @@ def _projection(width: int, embed_dim: int) -> nn.Linear:
     return nn.Linear(width, embed_dim, bias=False)
 
 
+class PretrainedNotAvailableError(OSError):
+    """A hub name that is neither a local folder nor cached, with downloads switched off."""
+
+
+def describe_pretrained_source(pretrained: str) -> str:
+    """Where ``from_pretrained(pretrained)`` will read from: a local folder, the local Hugging Face
+    cache, or the network (a download). Offline (HF_HUB_OFFLINE=1) and not cached is an error."""
+    if os.path.isdir(pretrained):
+        return f"local folder {pretrained}"
+    cached = try_to_load_from_cache(pretrained, "config.json")
+    if isinstance(cached, str):
+        return f"the local Hugging Face cache ({os.path.dirname(cached)})"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise PretrainedNotAvailableError(
+            f"model.pretrained {pretrained!r} is not a folder and not in the local Hugging Face cache, and "
+            f"HF_HUB_OFFLINE=1: download it once with network access, or give a local folder")
+    return f"the network (downloading {pretrained} from the Hugging Face hub)"
+
+
 def _load_pretrained_pair(backbone: str, pretrained: str):
     """Load the full dual-encoder once; both towers and projections are taken from it.
 
-    Never forces a download: a hub name only resolves if it is already in the local cache
-    (or the caller allowed network access through the usual HF environment variables).
-    """
+    A hub name is downloaded unless it is cached (set HF_HUB_OFFLINE=1 to forbid downloads);
+    one log line says where the weights come from."""
+    logger.info("loading the %s backbone from %s", backbone, describe_pretrained_source(pretrained))
     model_class = ChineseCLIPModel if backbone == "chinese_clip" else CLIPModel
     return model_class.from_pretrained(pretrained)
 
