@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 SECTIONS = ("data", "model", "loss", "optim", "run")
 COMPAT_MODES = ("default", "original")
+LATEST = "latest"  # --resume latest
 # Token lengths when not set: ours, and the original release's (queries 20 tokens, titles 90).
 DEFAULT_TEXT_LENGTHS = {"max_query_len": 32, "max_title_len": 64}
 ORIGINAL_TEXT_LENGTHS = {"max_query_len": 20, "max_title_len": 90}
@@ -344,7 +345,8 @@ OPTIONS: tuple[Option, ...] = (
     _flag("run.output_dir", "run folder: config.yaml, log.txt, tensorboard/, checkpoints/, features"),
     _flag("run.checkpoints", "checkpoint folder (default OUTPUT_DIR/checkpoints)"),
     _flag("run.keep_checkpoints", "keep the newest N numbered checkpoints (0: all)", type=int),
-    _flag("run.resume", "checkpoint to continue from (ours or the release's); 'init' = untrained model"),
+    _flag("run.resume", "checkpoint to continue from (ours or the release's); 'latest': the newest one in the "
+          "checkpoint folder, or a fresh start when there is none (pre-emptible jobs); 'init': untrained model"),
     _flag("run.init_weights", "initialise the weights from a checkpoint and restart the schedule"),
     _flag("run.release_config", "cn_clip-style config.json of a release checkpoint (default: ViT-B/16)"),
     _flag("run.print_freq", "log every N steps", "--print_freq", "-p", type=int),
@@ -592,6 +594,10 @@ def resolve(values: dict) -> Config:
     values = copy.deepcopy(values)
     data, model, loss, optim, run = (values[name] for name in SECTIONS)
     _fill_data_paths(data)
+    if run["checkpoints"] is None:
+        run["checkpoints"] = os.path.join(run["output_dir"], "checkpoints")
+    if run["resume"] == LATEST:
+        run["resume"] = _latest_checkpoint(run["checkpoints"])
     if data["compat"] is None:
         data["compat"] = _compat_for(run)
     if data["compat"] not in COMPAT_MODES:
@@ -622,8 +628,6 @@ def resolve(values: dict) -> Config:
         # A decoder whose loss has weight 0 never gets a gradient (DDP refuses such parameters).
         "caption": model["caption"] if weights.get("caption", 0) else None,
     }
-    if run["checkpoints"] is None:
-        run["checkpoints"] = os.path.join(run["output_dir"], "checkpoints")
     if loss["xbm_size"] is None:
         loss["xbm_size"] = 10 * data["batch_size"] if loss["xbm_mode"] == "original" else 4096
     loss["log_terms"] = tuple(loss["log_terms"] or ())
@@ -636,6 +640,14 @@ def resolve(values: dict) -> Config:
         run=RunConfig(**run),
         inputs=inputs,
     )
+
+
+def _latest_checkpoint(folder: str) -> str | None:
+    from real20m.engine.checkpoint import CheckpointManager
+    latest = CheckpointManager(folder).latest()
+    logger.warning("--resume latest: %s", f"continuing from {latest}" if latest else
+                   f"no checkpoint in {folder}, starting fresh")
+    return str(latest) if latest else None
 
 
 def _compat_for(run: dict) -> str:

@@ -244,3 +244,12 @@ def test_the_paper_config_is_the_original_training():
     assert (cfg.optim.clip_grad, cfg.optim.clip_grad_mode, cfg.optim.grad_scaler) == (5.0, "per_tower", "original")
     assert cfg.optim.mixed_precision_training and cfg.optim.amp_dtype == "fp16"
     assert dict(cfg.optim.lr_mult) == {"text": 0.01, "vision": 0.001, "fusion": 1.0, "frame": 0.01, "caption": 0.001}
+
+
+def test_resume_latest_finds_the_newest_checkpoint_or_starts_fresh(tmp_path):
+    assert parse_config(["--output_dir", str(tmp_path), "--resume", "latest"]).run.resume is None
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("checkpoint_1_10.pth.tar", "checkpoint_2_20.pth.tar"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"x")
+    assert parse_config(["--output_dir", str(tmp_path), "--resume", "latest"]).run.resume == \
+        str(tmp_path / "checkpoints" / "checkpoint_2_20.pth.tar")
