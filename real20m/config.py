@@ -86,6 +86,8 @@ class DataConfig:
     vocab_size: int = 8000
     batch_size: int = 80
     workers: int = 4
+    reduced_decode: bool = True
+    gpu_decode: bool = False
     item_pairs: bool = False   # derived: batches of (goods, video) pairs when loss.query_guidance is off
 
 
@@ -283,6 +285,10 @@ OPTIONS: tuple[Option, ...] = (
     _flag("data.batch_size", "samples per process and step (and per evaluation batch)", "--batch_size", "-b",
           type=int),
     _flag("data.workers", "data loader worker processes", "--workers", "-j", type=int),
+    _switch("data.reduced_decode", "decode JPEGs at the smallest DCT scale that still covers the output "
+            "(a fraction of a full decode; off: full-size decoding; compat original always decodes full size)"),
+    _switch("data.gpu_decode", "loader workers send JPEG bytes and the main process decodes and crops them "
+            "on the device (nvjpeg on CUDA)"),
     # model
     _flag("model.backbone", "tower family: chinese_clip, clip or timm"),
     _flag("model.pretrained", "backbone weights: hub name or folder (a .pth.tar file initialises the whole "

@@ -10,11 +10,11 @@ _EXPORTS = {
     "annotations": ["SOURCES", "AnnotationError", "UnsafePathError", "ClusterTable", "ItemTable", "QueryGroups",
                     "detect_format", "load_clusters", "load_ground_truth", "load_items", "load_query_groups",
                     "parse_doc_id", "parse_query_id", "safe_join"],
-    "collate": ["Collator"],
+    "collate": ["Collator", "decode_batch_pixels"],
     "dataset": ["EvalDataset", "TrainDataset", "build_eval_dataset", "build_train_dataset"],
     "items": ["ItemLoader", "ItemRoots", "segment_frame_indices", "video_frame_paths"],
     "samplers": ["ClusterBatchSampler", "SampleKey", "SourceBatchSampler"],
     "tokenization": ["build_tokenizer", "load_saved_tokenizer"],
-    "transforms": ["build_eval_transform", "build_train_transform"],
+    "transforms": ["DeviceJpegDecoder", "build_eval_transform", "build_train_transform"],
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -24,9 +24,14 @@ class Collator:
         batch = {
             "pids": torch.tensor([sample["pid"] for sample in samples], dtype=torch.long),
             "source": sources[0] if len(set(sources)) == 1 else sources,
-            "pixels": stack_frames([sample["frames"] for sample in samples]),
             "issues": [issue for sample in samples for issue in sample["issues"]],
         }
+        if "jpeg" in samples[0]:
+            # GPU decoding: the main process turns the bytes into pixels on its device.
+            batch["jpeg"] = [sample["jpeg"] for sample in samples]
+            batch["plans"] = [sample["plans"] for sample in samples]
+        else:
+            batch["pixels"] = stack_frames([sample["frames"] for sample in samples])
         batch["title_ids"], batch["title_mask"] = self._tokenize(titles, self.max_title_len)
         if all("query" in sample for sample in samples):
             queries = [sample["query"] for sample in samples]
@@ -50,3 +55,14 @@ def stack_frames(clips: list[torch.Tensor]) -> torch.Tensor:
         if clip.shape[0] not in (1, length):
             raise ValueError(f"cannot batch clips of {clip.shape[0]} and {length} frames")
     return torch.stack([clip.expand(length, *clip.shape[1:]) for clip in clips])
+
+
+def decode_batch_pixels(batch: dict, decoder) -> dict:
+    """A batch of JPEG bytes (``gpu_decode``) with its pixels decoded by ``decoder``
+    (``transforms.DeviceJpegDecoder``), item pairs included; other batches pass unchanged."""
+    if "jpeg" in batch:
+        batch = {**batch, "pixels": decoder(batch["jpeg"], batch["plans"])}
+        del batch["jpeg"], batch["plans"]
+    if "pair" in batch:
+        batch = {**batch, "pair": decode_batch_pixels(batch["pair"], decoder)}
+    return batch

@@ -177,7 +177,7 @@ def build_train_dataset(data) -> TrainDataset:
     table = load_query_groups(data.train_file) if detect_format(data.train_file) == "query_groups" else \
         load_items(data.train_file)
     loader = ItemLoader(item_roots(data), build_train_transform(data.image_size), data.clip_length,
-                        text_aug=data.text_aug)
+                        text_aug=data.text_aug, reduced_decode=data.reduced_decode, jpeg_bytes=data.gpu_decode)
     return TrainDataset(table, loader, data.cluster_file, item_pairs=data.item_pairs)
 
 
@@ -188,7 +188,8 @@ def build_eval_dataset(data, test_file: str) -> EvalDataset:
     table = load_items(test_file)
     check_unique_pids(table)
     transform = build_eval_transform(data.image_size, data.compat)
-    loader = ItemLoader(item_roots(data), transform, data.clip_length, text_aug=False, compat=data.compat)
+    loader = ItemLoader(item_roots(data), transform, data.clip_length, text_aug=False, compat=data.compat,
+                        reduced_decode=data.reduced_decode, jpeg_bytes=data.gpu_decode)
     return EvalDataset(table, loader)
 
 

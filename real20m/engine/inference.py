@@ -14,7 +14,7 @@ import torch
 
 from real20m.assets import CHINESE_BERT_VOCAB_DIR
 from real20m.config import Config, override, write_config
-from real20m.datasets import build_tokenizer, build_train_dataset
+from real20m.datasets import DeviceJpegDecoder, build_tokenizer, build_train_dataset
 from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.distributed import DistEnv, cleanup_distributed, init_distributed
 from real20m.evaluate.extract import extract_features
@@ -104,8 +104,10 @@ def write_features(cfg: Config) -> int:
             write_config(cfg, cfg.run.output_dir)
         model.to(dist.device)
         dataset = build_eval_data(data, data.test_file)
+        decoder = DeviceJpegDecoder(data.image_size, train=False, device=dist.device) if data.gpu_decode else None
         count = extract_features(model, dataset, build_collator(data, tokenizer), dist, cfg.run.output_dir,
-                                 data.batch_size, data.workers, cfg.run.feature_dtype, extraction_amp_dtype(cfg))
+                                 data.batch_size, data.workers, cfg.run.feature_dtype, extraction_amp_dtype(cfg),
+                                 decoder)
         if dist.is_main and cfg.run.legacy_text_features:
             features = load_features(cfg.run.output_dir)
             write_legacy_features(os.path.join(cfg.run.output_dir, "features.feat"), features.ids, features.feats)

@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from real20m.config import Config, OptimConfig, write_config
-from real20m.datasets import build_train_dataset
+from real20m.datasets import DeviceJpegDecoder, build_train_dataset, decode_batch_pixels
 from real20m.engine.checkpoint import CheckpointManager, load_checkpoint
 from real20m.engine.distributed import DistEnv, barrier, cleanup_distributed, init_distributed
 from real20m.engine.optim import build_optimizer, build_scheduler
@@ -161,6 +161,8 @@ class Trainer:
                                                  dataset.training_texts, dist.is_main)
         self.dataset, self.sampler, self.loader = build_train_data(
             cfg.data, build_collator(cfg.data, self.tokenizer), dist, cfg.seed, dataset)
+        self.decoder = DeviceJpegDecoder(cfg.data.image_size, train=True, device=dist.device) \
+            if cfg.data.gpu_decode else None
 
         self.model = build_model(resumed_architecture(resume_state, cfg), self.tokenizer, cfg.seed,
                                  cfg.optim.train_vision).to(dist.device)
@@ -247,6 +249,8 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
         batch = move_to_device(batch, self.dist.device)
+        if self.decoder is not None:
+            batch = decode_batch_pixels(batch, self.decoder)
         with autocast_context(self.cfg.optim, self.dist.device):
             loss, terms = self.step_module(batch)
         self.optimizer.zero_grad(set_to_none=True)

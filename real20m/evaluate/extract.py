@@ -45,16 +45,17 @@ def rank_slice(num_items, rank, world_size):
 
 
 @torch.no_grad()
-def _embed(model, loader, device, amp_dtype, is_main):
+def _embed(model, loader, device, amp_dtype, is_main, decoder):
     ids, feats, issues = [], [], collections.Counter()
     autocast = (torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None and device.type == "cuda"
                 else contextlib.nullcontext())
     for batch in tqdm(loader, desc="extract features", disable=not is_main):
         check_title_lengths(batch, model.max_text_tokens)
+        pixels = decoder(batch["jpeg"], batch["plans"]) if decoder is not None else \
+            batch["pixels"].to(device, non_blocking=True)
         with autocast:
             fused = model.encode_items(batch["title_ids"].to(device, non_blocking=True),
-                                       batch["title_mask"].to(device, non_blocking=True),
-                                       batch["pixels"].to(device, non_blocking=True)).fused
+                                       batch["title_mask"].to(device, non_blocking=True), pixels).fused
         feats.append(F.normalize(fused.float(), dim=-1).cpu().numpy())
         ids.append(batch["pids"].cpu().numpy().astype(np.int64))
         issues.update(kind for kind, _ in batch.get("issues", ()))
@@ -76,7 +77,7 @@ def verify_shards(out_dir, expected_pids):
 
 
 def extract_features(model, dataset, collate_fn, dist_env, out_dir, batch_size, workers, dtype="float32",
-                     amp_dtype=None):
+                     amp_dtype=None, decoder=None):
     """Write ``out_dir/{ids,feats}_rank<r>.npy`` + meta.json; returns the number of items embedded.
 
     The count is verified on rank 0 (every pid of ``dataset.pids`` exactly once); other ranks
@@ -87,7 +88,7 @@ def extract_features(model, dataset, collate_fn, dist_env, out_dir, batch_size, 
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_fn, pin_memory=dist_env.device.type == "cuda",
                         worker_init_fn=worker_init_for(dist_env.device))
-    ids, feats, issues = _embed(model, loader, dist_env.device, amp_dtype, dist_env.is_main)
+    ids, feats, issues = _embed(model, loader, dist_env.device, amp_dtype, dist_env.is_main, decoder)
     dim = feats[0].shape[1] if feats else 0
     write_feature_shard(out_dir, dist_env.rank,
                         np.concatenate(ids) if ids else np.empty(0, np.int64),

@@ -1,9 +1,10 @@
 """Tiny Real400K-style layouts written into tmp_path (no dependency on the synthetic generator)."""
-import argparse
 import os
 
 import pytest
 from PIL import Image
+
+from real20m.config import DataConfig
 
 SHARD = 50000
 GOODS = {50001: "red dress", 50002: "blue dress", 50003: "phone case", 50004: "leather bag"}
@@ -28,12 +29,12 @@ def shard(root, pid, name):
 
 
 def make_layout(root):
-    """Goods and videos with images and texts; returns a cfg Namespace with the original flag names."""
-    cfg = argparse.Namespace(
+    """Goods and videos with images and texts; returns the data configuration section reading them."""
+    cfg = DataConfig(
         goods_img_root=os.path.join(root, "goods", "images"), goods_text_root=os.path.join(root, "goods", "text"),
         photo_img_root=os.path.join(root, "video", "images"), photo_text_root=os.path.join(root, "video", "text"),
-        frameid_root=None, cluster_file=None, hard_sample=False, clip_length=4, image_size=16, batch_size=2,
-        seed=0, max_query_len=8, max_title_len=8, compat="default", text_aug=False, item_pairs=False,
+        train_file=os.path.join(root, "train.txt"), clip_length=4, image_size=16, batch_size=2, max_query_len=8,
+        max_title_len=8, compat="default", text_aug=False,
     )
     for pid, title in GOODS.items():
         write_image(shard(cfg.goods_img_root, pid, f"{pid}.jpg"), color=(pid % 255, 10, 10))
@@ -43,10 +44,8 @@ def make_layout(root):
             write_image(shard(cfg.photo_img_root, pid, f"{pid}_{k}.jpg"), color=(10, 20 * k, 10))
         write_image(shard(cfg.photo_img_root, pid, f"{pid}.jpg"), color=(0, 0, 255))
         write_text(shard(cfg.photo_text_root, pid, f"{pid}.txt"), [f"caption {pid}", f"title {pid}", "body text"])
-    train = os.path.join(root, "train.txt")
-    with open(train, "w", encoding="utf-8") as handle:
+    with open(cfg.train_file, "w", encoding="utf-8") as handle:
         handle.write(TRAIN_GROUPED)
-    cfg.train_file = train
     return cfg
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -6,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from real20m.config import DataConfig
 from real20m.datasets.annotations import AnnotationError
 from real20m.datasets.collate import Collator, stack_frames
 from real20m.datasets.dataset import build_eval_dataset, build_train_dataset
@@ -40,7 +42,7 @@ def test_item_file_train_format_detected(layout, tmp_path):
     items = tmp_path / "train_items.txt"
     items.write_text("50004\tgoods\tbag\tNone\tNone\n1000002\tphoto\tshoes\t"
                      "2/1000002_0.jpg,2/1000002_2.jpg\t2/1000002.txt\n")
-    layout.train_file = str(items)
+    layout = dataclasses.replace(layout, train_file=str(items))
     dataset = build_train_dataset(layout)
     assert not dataset.grouped
     video = dataset[SampleKey(1, 1, 0, 0)]
@@ -125,21 +127,19 @@ def test_end_to_end_with_synthetic_generator(tmp_path):
                     "--num-queries", "8", "--num-test-queries", "4", "--goods-per-query", "2",
                     "--videos-per-query", "2", "--frames-per-video", "3", "--image-size", "32"],
                    check=True, capture_output=True, timeout=120)
-    from argparse import Namespace
 
     from real20m.datasets.annotations import load_ground_truth
     from real20m.datasets.samplers import ClusterBatchSampler
 
     root, train, test = tmp_path / "Real400K", tmp_path / "train_file", tmp_path / "test_file"
-    cfg = Namespace(train_file=str(train / "train.txt"),
-                    goods_img_root=str(root / "goods" / "images"), goods_text_root=str(root / "goods" / "text"),
-                    photo_img_root=str(root / "video" / "images"), photo_text_root=str(root / "video" / "text"),
-                    frameid_root=None, cluster_file=str(train / "cluster.txt"), hard_sample=True,
-                    clip_length=5, image_size=32, batch_size=2, seed=0, max_query_len=16, max_title_len=16,
-                    compat="default", text_aug=True, item_pairs=False)
+    cfg = DataConfig(train_file=str(train / "train.txt"),
+                     goods_img_root=str(root / "goods" / "images"), goods_text_root=str(root / "goods" / "text"),
+                     photo_img_root=str(root / "video" / "images"), photo_text_root=str(root / "video" / "text"),
+                     cluster_file=str(train / "cluster.txt"), hard_sample=True, clip_length=5, image_size=32,
+                     batch_size=2, max_query_len=16, max_title_len=16, compat="default", text_aug=True)
     collate = Collator(CharTokenizer())
     for train_file in ("train.txt", "train_items.txt"):
-        cfg.train_file = str(train / train_file)
+        cfg = dataclasses.replace(cfg, train_file=str(train / train_file))
         dataset = build_train_dataset(cfg)
         sampler = ClusterBatchSampler(dataset, 2, seed=0)
         assert (sampler.row_clusters >= 0).all()  # every training query is in cluster.txt

@@ -82,3 +82,14 @@ def test_without_query_guidance_goods_and_videos_of_one_query_are_contrasted(tin
     assert sample["source"] == "goods" and sample["pair"]["source"] == "photo"
     assert sample["query"] == sample["pair"]["query"]  # one query's goods item and video
     assert changed(trainer, before, "vision.") and changed(trainer, before, "pooling.")
+
+
+def test_gpu_decode_mode_trains_and_evaluates_with_the_decoder_on_the_cpu(tiny_data_root, tmp_path):
+    """The byte-sending loader and the device decoder end to end (nvjpeg itself needs CUDA)."""
+    from real20m.engine.inference import write_features
+    trainer, before = trained(tiny_data_root, tmp_path / "run", "--gpu_decode")
+    assert trainer.decoder is not None and changed(trainer, before, "vision.")
+    cfg = tiny_cfg(tiny_data_root, tmp_path / "eval", "--gpu_decode", "--evaluate", "--resume",
+                   str(tmp_path / "run" / "checkpoints" / "last.pth.tar"),
+                   "--test_file", f"{tiny_data_root}/test_file/goods_gallery.txt")
+    assert write_features(cfg) > 0
