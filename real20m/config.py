@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -55,9 +56,19 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-12`` (no dot) as a string; configs mean the number, as YAML 1.2 does."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def yaml_value(text: str) -> Any:
     """A command-line value for a mapping entry (``--model.text.hidden_size 32``), read as YAML."""
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=ConfigLoader)
 
 
 # --------------------------------------------------------------------------------- sections
@@ -506,7 +517,7 @@ _FLAT_NAMES = {name.lstrip("-"): option.path for option in OPTIONS for name in o
 
 def _yaml_values(path: str) -> dict:
     with open(path, encoding="utf-8") as handle:
-        content = yaml.safe_load(handle) or {}
+        content = yaml.load(handle, Loader=ConfigLoader) or {}
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of sections or option names to values")
     return content

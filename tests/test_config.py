@@ -253,3 +253,9 @@ def test_resume_latest_finds_the_newest_checkpoint_or_starts_fresh(tmp_path):
         (tmp_path / "checkpoints" / name).write_bytes(b"x")
     assert parse_config(["--output_dir", str(tmp_path), "--resume", "latest"]).run.resume == \
         str(tmp_path / "checkpoints" / "checkpoint_2_20.pth.tar")
+
+
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    config = write(tmp_path / "c.yaml", "model: {text: {layer_norm_eps: 1e-12}}\n")
+    assert parse_config(["--config", config]).model.text["layer_norm_eps"] == 1e-12
+    assert parse_config(["--model.vision.layer_norm_eps", "1e-5"]).model.vision["layer_norm_eps"] == 1e-5
