@@ -99,6 +99,8 @@ class DataConfig:
     workers: int = 4
     reduced_decode: bool = True
     gpu_decode: bool = False
+    train_text: str = "default"
+    train_transform: str = "default"
     item_pairs: bool = False   # derived: batches of (goods, video) pairs when loss.query_guidance is off
 
 
@@ -288,6 +290,10 @@ OPTIONS: tuple[Option, ...] = (
     _flag("data.max_query_len", "query tokens kept (default 32; 20 under --compat original)", type=int),
     _flag("data.max_title_len", "title tokens kept (default 64; 90 under --compat original)", type=int),
     _switch("data.text_aug", "training text augmentation (field dropping, typo noise)"),
+    _flag("data.train_text", "training text rules: default (ours) or original (its 6-line titles, 20%% "
+          "position edits, each video field kept with p 0.8, null-with-newline kept)", choices=COMPAT_MODES),
+    _flag("data.train_transform", "training images: default (RandomResizedCrop 0.64-1, flip per frame) or "
+          "original (NEAREST squash, one flip per clip)", choices=COMPAT_MODES),
     _flag("data.compat", "'original' reproduces the release's evaluation inputs and masking (see README); "
           "default: 'original' when evaluating a release-layout checkpoint, else 'default'", choices=COMPAT_MODES),
     _flag("data.tokenizer", "tokenizer name or folder; default: the backbone's, the shipped Chinese BERT "

@@ -232,6 +232,7 @@ def test_the_paper_config_is_the_original_training():
     cfg = parse_config(["--config", "paper", "--is_xbm"])
     assert (cfg.data.batch_size, cfg.data.max_query_len, cfg.data.max_title_len, cfg.data.clip_length) == (80, 20, 90, 5)
     assert cfg.data.compat == "original" and not cfg.model.use_title_mask and not cfg.model.use_query_mask
+    assert (cfg.data.train_text, cfg.data.train_transform) == ("original", "original")
     assert cfg.loss.local_negatives and cfg.loss.logit_scale == 20.0 and not cfg.loss.learnable_scale
     assert cfg.loss.weights["consistency"] == 10.0 and cfg.loss.weights["itc"] == 0.0 and cfg.loss.log_terms == ("itc",)
     assert cfg.loss.xbm_mode == "original" and cfg.loss.xbm_size == 800  # 10 x batch size

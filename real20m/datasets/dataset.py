@@ -176,8 +176,9 @@ def build_train_dataset(data) -> TrainDataset:
     or item file (5 fields)."""
     table = load_query_groups(data.train_file) if detect_format(data.train_file) == "query_groups" else \
         load_items(data.train_file)
-    loader = ItemLoader(item_roots(data), build_train_transform(data.image_size), data.clip_length,
-                        text_aug=data.text_aug, reduced_decode=data.reduced_decode, jpeg_bytes=data.gpu_decode)
+    loader = ItemLoader(item_roots(data), build_train_transform(data.image_size, data.train_transform),
+                        data.clip_length, text_aug=data.text_aug, reduced_decode=data.reduced_decode,
+                        jpeg_bytes=data.gpu_decode, train_text=data.train_text)
     return TrainDataset(table, loader, data.cluster_file, item_pairs=data.item_pairs)
 
 

@@ -115,9 +115,13 @@ def perturb_title(title: str, rng: np.random.Generator) -> str:
 
 def item_text(path: str, source: int, issues: list, rng: np.random.Generator | None = None,
               compat: str = DEFAULT) -> str:
-    """The item's text; ``compat="original"`` applies the original's rules (no augmentation)."""
+    """The item's text; ``compat="original"`` applies the original's rules (with ``rng``: its
+    training augmentation)."""
     if compat == ORIGINAL:
         lines = original_compat.text_mode_lines(read_text(path, issues))
+        if rng is not None:
+            return original_compat.training_goods_title(lines, rng) if source == GOODS else \
+                original_compat.training_video_title(lines, rng)
         return original_compat.goods_title(lines) if source == GOODS else original_compat.video_title(lines)
     lines = read_text_lines(path, issues)
     return goods_text(lines, rng) if source == GOODS else video_text(lines, rng)
@@ -312,9 +316,11 @@ class ItemLoader:
     compat: str = DEFAULT
     reduced_decode: bool = True
     jpeg_bytes: bool = False
+    train_text: str = DEFAULT  # "original": the original's training text augmentation
 
     def __post_init__(self):
         check_compat(self.compat)
+        check_compat(self.train_text)
         if self.jpeg_bytes and not hasattr(self.transform, "plan"):
             raise ValueError("jpeg_bytes needs a transform with a plan() (TrainTransform or EvalTransform); "
                              "compat='original' has none")
@@ -328,13 +334,15 @@ class ItemLoader:
         sample's ``"issues"``; the caller's list keeps them even when None is returned."""
         issues = [] if issues is None else issues
         title = item_text(self.text_file(pid, source, text_path), source, issues,
-                          rng if self.text_aug else None, self._rules(rng))
+                          rng if self.text_aug else None, self._text_rules(rng))
         clip = self._decoded_clip(pid, source, rng, frame_paths, issues, self._scale_for())
         if clip is None:
             return None
         sample = {"pid": int(pid), "source": SOURCES[source], "title": title, "issues": issues}
         if self.jpeg_bytes:
             sample.update(self._jpeg_sample(clip, generator))
+        elif hasattr(self.transform, "clip"):  # a transform that treats the clip as a whole
+            sample["frames"] = self.transform.clip([frame.image for frame in clip], generator)
         else:
             sample["frames"] = torch.stack([self._transform(frame, generator) for frame in clip])
         return sample
@@ -399,6 +407,9 @@ class ItemLoader:
 
     def _rules(self, rng) -> str:
         return self.compat if rng is None else DEFAULT
+
+    def _text_rules(self, rng) -> str:
+        return self.compat if rng is None else self.train_text
 
     def _frames_per_clip(self, source: int) -> int:
         return self.clip_length if source == PHOTO else 1

@@ -49,21 +49,55 @@ def goods_title(lines: Sequence[str]) -> str:
     return lines[GOODS_TITLE_LINE].strip() if len(lines) == GOODS_LINE_COUNT else ""
 
 
-def video_title(lines: Sequence[str]) -> str:
+def video_title(lines: Sequence[str], keep: tuple[bool, bool, bool] = (True, True, True)) -> str:
     """``title | text[:40] | caption`` of (caption, title, text) lines, cut at 80 characters.
 
     A field is dropped only when it is exactly ``null``: with its newline attached it is text.
     The text is dropped when it equals the title, newline included. A line the file does not
-    have is left out (the specification has no such file; this is our assumption)."""
+    have is left out (the specification has no such file; this is our assumption). ``keep``
+    (title, text, caption): the fields training keeps."""
     caption, title, body = (list(lines[:3]) + [None] * 3)[:3]
+    keep_title, keep_body, keep_caption = keep
     parts = []
-    if _present(title):
+    if keep_title and _present(title):
         parts.append(title)
-    if _present(body) and body != title:
+    if keep_body and _present(body) and body != title:
         parts.append(body[:BODY_CHARS])
-    if _present(caption):
+    if keep_caption and _present(caption):
         parts.append(caption)
     return "|".join(parts)[:TEXT_CHARS]
+
+
+# The original's training text: goods titles of at least 10 characters are perturbed with
+# probability 0.6 at 20% of their positions; each video field is kept with probability 0.8.
+PERTURB_MIN_CHARS = 10
+PERTURB_ABOVE = 0.4
+PERTURBED_FRACTION = 0.2
+VIDEO_FIELD_KEEP = 0.8
+
+
+def training_goods_title(lines: Sequence[str], rng) -> str:
+    """The goods title as the original's training reads it: some positions doubled, deleted or
+    followed by a space (one third each)."""
+    title = goods_title(lines)
+    if len(title) < PERTURB_MIN_CHARS or rng.random() <= PERTURB_ABOVE:
+        return title
+    positions = set(rng.choice(len(title), size=int(len(title) * PERTURBED_FRACTION), replace=False).tolist())
+    pieces = []
+    for index, char in enumerate(title):
+        if index not in positions:
+            pieces.append(char)
+            continue
+        edit = int(rng.integers(3))
+        pieces.append((char * 2, "", char + " ")[edit])
+    return "".join(pieces)
+
+
+def training_video_title(lines: Sequence[str], rng) -> str:
+    """The video text as the original's training builds it: each of title, text and caption kept
+    with probability 0.8 (all three may go), ``null`` recognised only as evaluation does."""
+    keep = tuple(bool(draw < VIDEO_FIELD_KEEP) for draw in rng.random(3))
+    return video_title(lines, keep)
 
 
 def _present(field: str | None) -> bool:

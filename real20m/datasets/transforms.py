@@ -197,8 +197,35 @@ class EvalTransform:
         return f"EvalTransform(image_size={self.image_size})"
 
 
-def build_train_transform(image_size: int) -> TrainTransform:
-    return TrainTransform(image_size)
+class OriginalTrainTransform:
+    """The original's training images: each frame squashed to S x S with PIL NEAREST (the crop of
+    its RandomResizedCrop is computed and discarded, so it is not drawn here), and one horizontal
+    flip decision per clip. Frames are decoded at full size (no ``decode_scale``)."""
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.clip([image], generator)[0]
+
+    def clip(self, images: list[Image.Image], generator: torch.Generator | None = None) -> torch.Tensor:
+        """(T, 3, S, S) uint8 of a clip's frames, flipped together or not at all."""
+        flip = torch.rand(1, generator=generator).item() < 0.5
+        frames = []
+        for image in images:
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.NEAREST)
+            if flip:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            frames.append(pil_to_uint8(image))
+        return torch.stack(frames)
+
+    def __repr__(self) -> str:
+        return f"OriginalTrainTransform(image_size={self.image_size})"
+
+
+def build_train_transform(image_size: int, mode: str = DEFAULT):
+    """``TrainTransform`` (RandomResizedCrop + flip), or ``mode="original"``: the release's."""
+    return TrainTransform(image_size) if check_compat(mode) == DEFAULT else OriginalTrainTransform(image_size)
 
 
 def build_eval_transform(image_size: int, compat: str = DEFAULT):
