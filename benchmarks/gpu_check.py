@@ -657,6 +657,7 @@ def train_step_owner(cfg, ctx: Context, model):
         use_scaler = cfg.optim.mixed_precision_training and ctx.cuda and cfg.optim.amp_dtype == "fp16"
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     return types.SimpleNamespace(cfg=cfg, dist=ctx.dist_env(), model=model, step_module=TrainStep(model, criterion),
+                                 decoder=None,
                                  optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, 1000),
                                  scaler=scaler)
 
