@@ -646,20 +646,14 @@ def random_batch(cfg, tokenizer, device, clips: int, frames: int, seed: int = 0)
 def train_step_owner(cfg, ctx: Context, model):
     """What Trainer.train_step reads from its Trainer, for random in-memory batches."""
     from real20m.engine.optim import build_optimizer, build_scheduler
-    from real20m.engine.trainer import TrainStep
+    from real20m.engine.trainer import TrainStep, build_grad_scaler
     from real20m.factory import build_objective
-    from real20m.engine import trainer as trainer_module
     criterion = build_objective(cfg.loss, model.embed_dim).to(ctx.device)
     optimizer = build_optimizer(model, cfg.optim, extra_params=list(criterion.parameters()))
-    if hasattr(trainer_module, "build_grad_scaler"):   # the scaler the Trainer itself builds
-        scaler = trainer_module.build_grad_scaler(cfg.optim, cfg.data.batch_size, ctx.device)
-    else:
-        use_scaler = cfg.optim.mixed_precision_training and ctx.cuda and cfg.optim.amp_dtype == "fp16"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler = build_grad_scaler(cfg.optim, cfg.data.batch_size, ctx.device)  # the scaler the Trainer builds
     return types.SimpleNamespace(cfg=cfg, dist=ctx.dist_env(), model=model, step_module=TrainStep(model, criterion),
-                                 decoder=None,
-                                 optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, 1000),
-                                 scaler=scaler)
+                                 decoder=None, optimizer=optimizer,
+                                 scheduler=build_scheduler(optimizer, cfg.optim, 1000), scaler=scaler)
 
 
 def part_paper_arch(ctx: Context) -> dict:
@@ -735,7 +729,7 @@ def part_paper_arch(ctx: Context) -> dict:
 
 
 def part_extract_autocast(ctx: Context) -> dict:
-    from real20m.evaluate.extract import _embed
+    from real20m.evaluate.extract import embed_batches
     cfg, model, tokenizer = paper_model(ctx)
     model.eval()
     clips, frames = cfg.data.batch_size, cfg.data.clip_length
@@ -745,7 +739,7 @@ def part_extract_autocast(ctx: Context) -> dict:
     dtypes = {"fp32": None, "fp16": torch.float16}
     if not ctx.cuda or torch.cuda.is_bf16_supported():
         dtypes["bf16"] = torch.bfloat16
-    result = {"device": str(ctx.device), "autocast_active": ctx.cuda, "path": "real20m.evaluate.extract._embed",
+    result = {"device": str(ctx.device), "autocast_active": ctx.cuda, "path": "real20m.evaluate.extract.embed_batches",
               "clips_per_batch": clips, "frames_per_clip": frames, "batches": len(videos),
               "inputs": "random tokens and uint8 pixels, already on the device", "fp32_reference": "TF32 off"}
     # The fp16 frame transformer (compat) would put fp16 into the fp32 reference; compat_frame_fp16
@@ -755,13 +749,13 @@ def part_extract_autocast(ctx: Context) -> dict:
     features = {}
     for name, dtype in dtypes.items():
         with exact_fp32() if dtype is None else contextlib.nullcontext():
-            _embed(model, videos[:1], ctx.device, dtype, False)        # warm-up (kernel selection)
+            list(embed_batches(model, videos[:1], ctx.device, dtype))   # warm-up (kernel selection)
             ctx.sync()
             started = time.perf_counter()
-            _, video_feats, _ = _embed(model, videos, ctx.device, dtype, False)
+            video_feats = [feats for _, feats, _ in embed_batches(model, videos, ctx.device, dtype)]
             ctx.sync()
             elapsed = time.perf_counter() - started
-            _, goods_feats, _ = _embed(model, goods, ctx.device, dtype, False)
+            goods_feats = [feats for _, feats, _ in embed_batches(model, goods, ctx.device, dtype)]
         features[name] = np.concatenate(video_feats + goods_feats)
         result[f"{name}_items_per_s"] = rounded(clips * len(videos) / elapsed)
     reference = features["fp32"]

@@ -187,6 +187,7 @@ class RunConfig:
     evaluate: bool = False
     legacy_text_features: bool = False
     feature_dtype: str = "float32"
+    feature_partition_size: int = 65536
 
 
 SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
@@ -381,6 +382,8 @@ OPTIONS: tuple[Option, ...] = (
     _switch("run.evaluate", "write the features of --test_file instead of training"),
     _switch("run.legacy_text_features", "also write OUTPUT_DIR/features.feat in the original text format"),
     _flag("run.feature_dtype", "dtype of feature shards", choices=("float32", "float16")),
+    _flag("run.feature_partition_size", "items per feature partition file: extraction holds one partition in "
+          "memory and a rerun continues after the last complete one", type=int),
 )
 
 # The original parsed these and never used them; they are accepted with one warning.
@@ -616,32 +619,11 @@ def resolve(values: dict) -> Config:
     inputs = copy.deepcopy(values)
     values = copy.deepcopy(values)
     data, model, loss, optim, run = (values[name] for name in SECTIONS)
-    _fill_data_paths(data)
-    if run["checkpoints"] is None:
-        run["checkpoints"] = os.path.join(run["output_dir"], "checkpoints")
-    if run["resume"] == LATEST:
-        run["resume"] = _latest_checkpoint(run["checkpoints"])
-    if data["compat"] is None:
-        data["compat"] = _compat_for(run)
-    if data["compat"] not in COMPAT_MODES:
-        raise ConfigError(f"data.compat must be one of {COMPAT_MODES}, got {data['compat']!r}")
-    lengths = ORIGINAL_TEXT_LENGTHS if data["compat"] == "original" else DEFAULT_TEXT_LENGTHS
-    for name, length in lengths.items():
-        if data[name] is None:
-            data[name] = length
-    _check_weights(loss["weights"], loss["log_terms"])
+    _resolve_run(run)
+    _resolve_data(data, loss, run)
     _check_lr_mult(optim["lr_mult"])
-    for name in ("clip_length", "image_size", "batch_size", "max_query_len", "max_title_len"):
-        if not isinstance(data[name], int) or data[name] < 1:
-            raise ConfigError(f"data.{name} must be a positive integer, got {data[name]!r}")
+    weights = _resolve_weights(loss, model)
     masked = data["compat"] != "original"
-    weights = {**default_loss_weights(), **loss["weights"]}
-    data["item_pairs"] = not loss["query_guidance"]
-    if not loss["query_guidance"]:
-        # The baseline without query guidance: item-item contrast only.
-        weights = {name: 0.0 for name in weights} | {"pair": loss["weights"].get("pair", 1.0)}
-    if model["caption"] is None:
-        weights["caption"] = 0.0  # no decoder configured: no caption term
     derived_model = {
         "clip_length": data["clip_length"],
         "image_size": data["image_size"],
@@ -653,7 +635,6 @@ def resolve(values: dict) -> Config:
     }
     if loss["xbm_size"] is None:
         loss["xbm_size"] = 10 * data["batch_size"] if loss["xbm_mode"] == "original" else 4096
-    loss["log_terms"] = tuple(loss["log_terms"] or ())
     return Config(
         seed=int(values["seed"]),
         data=DataConfig(**data),
@@ -663,6 +644,43 @@ def resolve(values: dict) -> Config:
         run=RunConfig(**run),
         inputs=inputs,
     )
+
+
+def _resolve_run(run: dict) -> None:
+    if run["checkpoints"] is None:
+        run["checkpoints"] = os.path.join(run["output_dir"], "checkpoints")
+    if run["resume"] == LATEST:
+        run["resume"] = _latest_checkpoint(run["checkpoints"])
+
+
+def _resolve_data(data: dict, loss: dict, run: dict) -> None:
+    """Paths under data_root, compat (from the checkpoint to evaluate), text lengths, item pairs."""
+    _fill_data_paths(data)
+    if data["compat"] is None:
+        data["compat"] = _compat_for(run)
+    if data["compat"] not in COMPAT_MODES:
+        raise ConfigError(f"data.compat must be one of {COMPAT_MODES}, got {data['compat']!r}")
+    lengths = ORIGINAL_TEXT_LENGTHS if data["compat"] == "original" else DEFAULT_TEXT_LENGTHS
+    for name, length in lengths.items():
+        if data[name] is None:
+            data[name] = length
+    for name in ("clip_length", "image_size", "batch_size", "max_query_len", "max_title_len"):
+        if not isinstance(data[name], int) or data[name] < 1:
+            raise ConfigError(f"data.{name} must be a positive integer, got {data[name]!r}")
+    data["item_pairs"] = not loss["query_guidance"]
+
+
+def _resolve_weights(loss: dict, model: dict) -> dict[str, float]:
+    """Every term's weight: the defaults, the inputs, and what the other options imply."""
+    loss["log_terms"] = tuple(loss["log_terms"] or ())
+    _check_weights(loss["weights"], loss["log_terms"])
+    weights = {**default_loss_weights(), **loss["weights"]}
+    if not loss["query_guidance"]:
+        # The baseline without query guidance: item-item contrast only.
+        weights = {name: 0.0 for name in weights} | {"pair": loss["weights"].get("pair", 1.0)}
+    if model["caption"] is None:
+        weights["caption"] = 0.0  # no decoder configured: no caption term
+    return weights
 
 
 def _latest_checkpoint(folder: str) -> str | None:

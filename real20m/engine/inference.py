@@ -103,11 +103,15 @@ def write_features(cfg: Config) -> int:
         if dist.is_main:
             write_config(cfg, cfg.run.output_dir)
         model.to(dist.device)
+        if dist.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
         dataset = build_eval_data(data, data.test_file)
         decoder = DeviceJpegDecoder(data.image_size, train=False, device=dist.device) if data.gpu_decode else None
+        # A rerun continues only an extraction of the same checkpoint with the same input settings.
+        resume_key = {"checkpoint": cfg.run.resume, "data": cfg.to_dict()["data"]}
         count = extract_features(model, dataset, build_collator(data, tokenizer), dist, cfg.run.output_dir,
                                  data.batch_size, data.workers, cfg.run.feature_dtype, extraction_amp_dtype(cfg),
-                                 decoder)
+                                 decoder, partition_size=cfg.run.feature_partition_size, resume_key=resume_key)
         if dist.is_main and cfg.run.legacy_text_features:
             features = load_features(cfg.run.output_dir)
             write_legacy_features(os.path.join(cfg.run.output_dir, "features.feat"), features.ids, features.feats)

@@ -6,6 +6,14 @@ Native format: a folder with one pair of ``.npy`` files per writer rank
 Shards are memory-mapped on load and read a chunk at a time (``read_rows``), the pages of each
 chunk released after use, so a 20M-item gallery is never resident whole.
 
+Partitioned native format (what feature extraction writes): each rank writes its rows in
+partitions of at most ``partition_size`` rows, ``ids_rank<r>_part<p>.npy`` + ``feats_rank<r>_part<p>.npy``
+(p = 00000, 00001, ...), and records them in ``progress_rank<r>.json`` as it goes (which lets a
+restarted extraction skip the partitions already written). ``meta.json`` then has the format
+``real20m-features-v2`` and, besides the per-rank ``counts``, ``partitions``: the row count of each
+partition of each rank. Readers concatenate them rank by rank, partition by partition; a folder of
+the one-shard-per-rank format (``real20m-features-v1``) reads as before.
+
 Legacy format: ``pid \\t f1,f2,...,fD`` one item a line, as the original
 release wrote and read them. We write each value as the original did, ``str(float(v))``:
 the shortest decimal that reads back as the same float32, and a JSON number, so the
@@ -27,7 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 
 META_FILE = "meta.json"
-FORMAT_NAME = "real20m-features-v1"
+FORMAT_NAME = "real20m-features-v1"              # one shard per rank
+PARTITIONED_FORMAT_NAME = "real20m-features-v2"  # bounded partitions per rank
+PROGRESS_FORMAT_NAME = "real20m-extract-progress-v1"
 SUPPORTED_DTYPES = ("float32", "float16")
 
 TOKEN_WIDTH = 16            # "+1.23456789e-02" and its separator (files of earlier versions)
@@ -183,6 +193,78 @@ def write_feature_meta(out_dir, world_size):
     return meta
 
 
+# --------------------------------------------------------------------- partitioned native shards
+
+def partition_paths(out_dir, rank, part):
+    """(ids path, feats path) of partition ``part`` of rank ``rank``."""
+    stem = f"rank{rank}_part{part:05d}"
+    return (os.path.join(out_dir, f"ids_{stem}.npy"),
+            os.path.join(out_dir, f"feats_{stem}.npy"))
+
+
+def progress_path(out_dir, rank):
+    """The per-rank manifest of an extraction: what it is, and the partitions it completed."""
+    return os.path.join(out_dir, f"progress_rank{rank}.json")
+
+
+def write_feature_partition(out_dir, rank, part, ids, feats, dtype="float32"):
+    """Write one partition; feats first, then ids, each atomically (a pair with its ids file is whole)."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    feats = np.ascontiguousarray(feats, dtype=dtype)
+    if feats.ndim != 2 or len(feats) != len(ids) or not len(ids):
+        raise ValueError(f"feats must be (N, D) with N = len(ids) = {len(ids)} > 0, got {feats.shape}")
+    ids_path, feats_path = partition_paths(out_dir, rank, part)
+    _save_npy_atomic(feats_path, feats)
+    _save_npy_atomic(ids_path, ids)
+
+
+def check_feature_partition(out_dir, rank, part, count, dim, dtype):
+    """The ids of a written partition, or None if its pair is missing, unreadable or not count x dim dtype."""
+    ids_path, feats_path = partition_paths(out_dir, rank, part)
+    try:
+        ids = np.load(ids_path)
+        feats = np.load(feats_path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    good = (ids.shape == (count,) and ids.dtype == np.int64 and feats.shape == (count, dim)
+            and str(feats.dtype) == dtype)
+    del feats
+    return ids if good else None
+
+
+def write_partitioned_meta(out_dir, world_size):
+    """meta.json for the partitions of ranks 0..world_size-1, from their completed progress manifests."""
+    counts, partitions, dim, dtype = {}, {}, None, None
+    for rank in range(world_size):
+        path = progress_path(out_dir, rank)
+        progress = read_json(path, FeatureFileError, "extraction progress file")
+        done = [int(entry["count"]) for entry in progress["partitions"]]
+        if len(done) != progress["num_partitions"]:
+            raise FeatureFileError(
+                f"{path}: rank {rank} completed {len(done)} of {progress['num_partitions']} partitions")
+        rank_dim, rank_dtype = progress["dim"], progress["extraction"]["dtype"]
+        for part, count in enumerate(done):
+            if check_feature_partition(out_dir, rank, part, count, rank_dim, rank_dtype) is None:
+                raise FeatureFileError(f"{partition_paths(out_dir, rank, part)[1]}: missing or not the "
+                                       f"{count} x {rank_dim} {rank_dtype} rows {path} lists")
+        counts[str(rank)], partitions[str(rank)] = sum(done), done
+        if not done:   # a rank with no items says nothing about dim or dtype
+            continue
+        dim = rank_dim if dim is None else dim
+        dtype = rank_dtype if dtype is None else dtype
+        if rank_dim != dim or rank_dtype != dtype:
+            raise FeatureFileError(f"{path}: {rank_dim} x {rank_dtype} features differ from the other ranks' "
+                                   f"({dim}, {dtype})")
+    if dim is None:
+        raise FeatureFileError(f"{out_dir}: all {world_size} shards are empty")
+    meta = {"format": PARTITIONED_FORMAT_NAME, "dim": int(dim), "dtype": dtype, "counts": counts,
+            "partitions": partitions}
+    write_json_atomic(os.path.join(out_dir, META_FILE), meta)
+    return meta
+
+
 def write_json_atomic(path, value):
     """Write ``value`` as JSON to a temporary file, then rename it: readers see all of it or nothing."""
     with open(path + ".tmp", "w") as f:
@@ -208,21 +290,51 @@ def _check_unique_ids(ids, source):
             f"(e.g. {duplicated[:5].tolist()}); every item must be written exactly once")
 
 
+def _folder_pieces(folder, meta):
+    """(rank, ids path, feats path, row count) of every shard or partition, in reading order."""
+    if meta.get("format", FORMAT_NAME) == PARTITIONED_FORMAT_NAME:
+        return [(int(rank), *partition_paths(folder, int(rank), part), int(count))
+                for rank, counts in sorted(meta["partitions"].items(), key=lambda kv: int(kv[0]))
+                for part, count in enumerate(counts)]
+    if meta.get("format", FORMAT_NAME) != FORMAT_NAME:
+        raise FeatureFileError(f"{os.path.join(folder, META_FILE)}: unknown feature format {meta.get('format')!r}")
+    return [(int(rank), *_shard_paths(folder, int(rank)), int(count))
+            for rank, count in sorted(meta["counts"].items(), key=lambda kv: int(kv[0]))]
+
+
+def _allow_open_files(needed):
+    """Raise the soft limit on open files if ``needed`` memory maps (each holds a descriptor) would pass it."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and needed + 256 > soft:
+            target = needed + 256 if hard == resource.RLIM_INFINITY else min(hard, needed + 256)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    except (ImportError, ValueError, OSError):
+        pass   # not POSIX, or not allowed: opening the maps reports the problem
+
+
 def load_shard_folder(folder):
     meta = read_json(os.path.join(folder, META_FILE), FeatureFileError, "feature meta file")
+    pieces = _folder_pieces(folder, meta)
+    _allow_open_files(len(pieces))
     id_parts, feat_parts = [], []
-    for rank, count in sorted(meta["counts"].items(), key=lambda kv: int(kv[0])):
-        ids_path, feats_path = _shard_paths(folder, int(rank))
-        ids = np.load(ids_path, mmap_mode="r")
-        feats = np.load(feats_path, mmap_mode="r")
+    for _, ids_path, feats_path, count in pieces:
+        try:
+            ids = np.load(ids_path)
+            feats = np.load(feats_path, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise FeatureFileError(f"{folder}: cannot read a shard listed in {META_FILE}: {error}") from error
         if count == 0 and len(ids) == 0:
             continue
         if len(ids) != count or feats.shape != (count, meta["dim"]) or str(feats.dtype) != meta["dtype"]:
             raise FeatureFileError(
                 f"{feats_path}: shard holds {len(ids)} ids and {feats.shape} {feats.dtype} features, "
                 f"meta.json says {count} x {meta['dim']} {meta['dtype']}")
-        id_parts.append(np.asarray(ids))
+        id_parts.append(ids)
         feat_parts.append(feats)
+    if not id_parts:
+        raise FeatureFileError(f"{folder}: {META_FILE} lists no rows")
     ids = np.concatenate(id_parts).astype(np.int64, copy=False)
     _check_unique_ids(ids, folder)
     feats = feat_parts[0] if len(feat_parts) == 1 else ShardedArray(feat_parts)

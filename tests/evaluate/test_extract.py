@@ -81,7 +81,7 @@ def _ddp_worker(rank, world_size, port, out_dir, results):
     try:
         torch.manual_seed(0)   # same weights on both ranks, as after DDP broadcast
         count = extract_features(FakeModel(), FakeDataset(7), collate, _env(rank, world_size), out_dir,
-                                 batch_size=2, workers=0)
+                                 batch_size=2, workers=0, partition_size=2)
         results[rank] = count
     finally:
         dist.destroy_process_group()
@@ -93,4 +93,7 @@ def test_ddp_extraction_writes_each_pid_once(tmp_path):
     features = load_features(str(tmp_path))
     assert results[0] == 7
     assert sorted(features.ids.tolist()) == FakeDataset(7).pids.tolist()
-    assert len(np.load(tmp_path / "ids_rank0.npy")) == 3 and len(np.load(tmp_path / "ids_rank1.npy")) == 4
+    assert features.ids.tolist() == FakeDataset(7).pids.tolist()   # rank by rank, partition by partition
+    sizes = {name: len(np.load(tmp_path / name)) for name in sorted(os.listdir(tmp_path)) if name.startswith("ids_")}
+    assert sizes == {"ids_rank0_part00000.npy": 2, "ids_rank0_part00001.npy": 1,
+                     "ids_rank1_part00000.npy": 2, "ids_rank1_part00001.npy": 2}
