@@ -17,6 +17,10 @@ metadata, and every file is written in a fixed order. Only numpy, PIL and the st
 are used so the generator runs anywhere.
 
     python -m real20m.datasets.synthetic --out Dataset --seed 0
+
+Besides the item-to-item tasks (video2goods, goods2video) the test split has text-query tasks:
+``test_file/queries.txt`` (``qid \t query text``) with ``eval_gt_query2goods.txt`` and
+``eval_gt_query2video.txt`` (see ``write_query_tasks``).
 """
 
 import argparse
@@ -397,6 +401,23 @@ def write_annotations(writer, train, test, train_groups, test_groups):
     writer.text("test_file/eval_gt_goods2video.txt", ground_truth(test_groups, from_videos=False))
     writer.text("Real400K/query/queries.txt",
                 [f"{p.query}\ttrain" for p in train] + [f"{p.query}\ttest" for p in test])
+    write_query_tasks(writer, len(train), test, test_groups)
+
+
+def write_query_tasks(writer, first_qid, test, test_groups):
+    """Text-query retrieval files of the held-out split (query2goods, query2video).
+
+    ``test_file/queries.txt`` is ``qid \t query text``, one line per test query; a query's qid is
+    its line number (from 0) in ``Real400K/query/queries.txt``, which lists the training queries
+    first. The ground truth uses the qid as the query reference and the test items' image
+    references as the other ground-truth files do. Nothing here draws random numbers, so every
+    other file of the dataset is the same with or without these."""
+    qids = range(first_qid, first_qid + len(test))
+    writer.text("test_file/queries.txt", [f"{qid}\t{p.query}" for qid, p in zip(qids, test)])
+    for name, column in (("query2goods", 0), ("query2video", 1)):
+        writer.text(f"test_file/eval_gt_{name}.txt",
+                    [f"{qid}\t{','.join(image_ref(row) for row in group[column])}"
+                     for qid, group in zip(qids, test_groups)])
 
 
 def directory_bytes(root):

@@ -160,3 +160,25 @@ def test_cli_prints_summary_and_rejects_bad_sizes(tmp_path, capsys):
         generate(tmp_path / "bad", frames_per_video=0)
     with pytest.raises(TypeError, match="unknown"):
         generate(tmp_path / "bad", num_querys=3)
+
+
+def test_query_tasks_parse_with_the_project_readers_and_point_into_the_galleries(dataset):
+    from real20m.datasets.annotations import load_ground_truth, load_items
+    from real20m.retrieval import read_queries
+    root, summary = dataset
+    qids, texts = read_queries(root / "test_file/queries.txt")
+    assert len(qids) == summary["test_queries"] == 4
+    # A qid is the query's line number in Real400K/query/queries.txt (training queries first).
+    listed = [query for query, _ in read_rows(root / "Real400K/query/queries.txt")]
+    assert [listed[qid] for qid in qids] == texts
+    for task, gallery_name in (("query2goods", "goods_gallery.txt"), ("query2video", "video_queries.txt")):
+        truth = load_ground_truth(root / f"test_file/eval_gt_{task}.txt")
+        gallery = load_items(root / "test_file" / gallery_name)
+        query_of = dict(zip(gallery.pids.tolist(), (gallery.query(row) for row in range(len(gallery)))))
+        assert sorted(truth) == sorted(qids.tolist())
+        text_of = dict(zip(qids.tolist(), texts))
+        for qid, docs in truth.items():
+            assert docs and all(doc in query_of for doc in docs)
+            assert docs == [pid for pid, query in query_of.items() if query == text_of[qid]]
+        for _, refs in read_rows(root / f"test_file/eval_gt_{task}.txt"):
+            assert all((root / "Real400K" / ref).exists() for ref in refs.split(","))

@@ -1,0 +1,33 @@
+# Shared body of query2goods_evaluate.sh and query2video_evaluate.sh (sourced, POSIX sh).
+# Expects ROOT, TASK, QUERY_FILE (qid<TAB>query text), GALLERY_FILE, GT_FILE and QUERY_SOURCE (the
+# source the report files the queries under: the one the gallery is not); writes $OUTPUT_DIR/eval/$TASK/.
+show_help_if_asked "$@"
+CKPT=${CKPT:-$OUTPUT_DIR/checkpoints/last.pth.tar}
+if [ "$CKPT" != init ] && [ ! -f "$CKPT" ]; then
+    echo "no checkpoint at $CKPT: train first (sh train.sh), set CKPT=path, or CKPT=init for the untrained baseline" >&2
+    exit 1
+fi
+EVAL_DIR="$OUTPUT_DIR/eval/$TASK"
+LEGACY_FLAG=""
+[ "${LEGACY_FEATURES:-0}" = 1 ] && LEGACY_FLAG="--legacy_text_features"
+
+# The gallery as the item tasks embed it; the text queries by real20m.retrieval (one process).
+# shellcheck disable=SC2086  # LEGACY_FLAG is empty or one flag
+launch "$ROOT/main_cross_domain_emb.py" --evaluate --config "$CONFIG" --data_root "$DATA_ROOT" \
+    --dataset_name "$DATASET_NAME" \
+    --resume "$CKPT" --test_file "$GALLERY_FILE" --output_dir "$EVAL_DIR/gallery" $LEGACY_FLAG "$@"
+# shellcheck disable=SC2086
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m real20m.retrieval --embed_queries "$QUERY_FILE" \
+    --checkpoint "$CKPT" --out "$EVAL_DIR/query" --report_items "$EVAL_DIR/query_items.txt" \
+    --report_text_root "$EVAL_DIR/query_text" --report_source "$QUERY_SOURCE" \
+    --config "$CONFIG" --data_root "$DATA_ROOT" --dataset_name "$DATASET_NAME" $LEGACY_FLAG "$@"
+
+set -- --query_features "$EVAL_DIR/query" --gallery_features "$EVAL_DIR/gallery" --gt_file "$GT_FILE" \
+    --output_dir "$EVAL_DIR" --task "$TASK" --report --query_file "$EVAL_DIR/query_items.txt" \
+    --gallery_file "$GALLERY_FILE" --goods_img_root "$DATA_ROOT/$DATASET_NAME/goods/images" \
+    --photo_img_root "$DATA_ROOT/$DATASET_NAME/video/images" \
+    "--${QUERY_SOURCE}_text_root" "$EVAL_DIR/query_text"
+[ -n "${INDEX:-}" ] && set -- "$@" --index "$INDEX"
+[ -n "${NPROBE:-}" ] && set -- "$@" --nprobe "$NPROBE"
+[ -n "${SHARDS:-}" ] && set -- "$@" --shards "$SHARDS"
+"$PYTHON" "$ROOT/evaluation.py" "$@"
