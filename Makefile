@@ -27,11 +27,15 @@ train: data
 evaluate: install
 	sh video2goods_evaluate.sh
 	sh goods2video_evaluate.sh
+	sh query2goods_evaluate.sh
+	sh query2video_evaluate.sh
 
 # The untrained model through the same pipeline, into a separate output folder.
 baseline: data
 	CKPT=init OUTPUT_DIR=$(OUTPUT_DIR)/baseline sh video2goods_evaluate.sh
 	CKPT=init OUTPUT_DIR=$(OUTPUT_DIR)/baseline sh goods2video_evaluate.sh
+	CKPT=init OUTPUT_DIR=$(OUTPUT_DIR)/baseline sh query2goods_evaluate.sh
+	CKPT=init OUTPUT_DIR=$(OUTPUT_DIR)/baseline sh query2video_evaluate.sh
 
 demo: train evaluate
 
