@@ -27,6 +27,19 @@ show_help_if_asked() {
     done
 }
 
+# For the evaluation scripts (TASK set): CKPT (default: the run's newest checkpoint, or init),
+# EVAL_DIR and LEGACY_FLAG.
+prepare_evaluation() {
+    CKPT=${CKPT:-$OUTPUT_DIR/checkpoints/last.pth.tar}
+    if [ "$CKPT" != init ] && [ ! -f "$CKPT" ]; then
+        echo "no checkpoint at $CKPT: train first (sh train.sh), set CKPT=path, or CKPT=init for the untrained baseline" >&2
+        exit 1
+    fi
+    EVAL_DIR="$OUTPUT_DIR/eval/$TASK"
+    LEGACY_FLAG=""
+    if [ "${LEGACY_FEATURES:-0}" = 1 ]; then LEGACY_FLAG="--legacy_text_features"; fi
+}
+
 # A missing data folder gets the synthetic dataset; an existing one is never written to.
 ensure_dataset() {
     if [ ! -e "$DATA_ROOT" ]; then

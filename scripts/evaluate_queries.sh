@@ -2,14 +2,7 @@
 # Expects ROOT, TASK, QUERY_FILE (qid<TAB>query text), GALLERY_FILE, GT_FILE and QUERY_SOURCE (the
 # source the report files the queries under: the one the gallery is not); writes $OUTPUT_DIR/eval/$TASK/.
 show_help_if_asked "$@"
-CKPT=${CKPT:-$OUTPUT_DIR/checkpoints/last.pth.tar}
-if [ "$CKPT" != init ] && [ ! -f "$CKPT" ]; then
-    echo "no checkpoint at $CKPT: train first (sh train.sh), set CKPT=path, or CKPT=init for the untrained baseline" >&2
-    exit 1
-fi
-EVAL_DIR="$OUTPUT_DIR/eval/$TASK"
-LEGACY_FLAG=""
-[ "${LEGACY_FEATURES:-0}" = 1 ] && LEGACY_FLAG="--legacy_text_features"
+prepare_evaluation
 
 # The gallery as the item tasks embed it; the text queries by real20m.retrieval (one process).
 # shellcheck disable=SC2086  # LEGACY_FLAG is empty or one flag

@@ -1,14 +1,7 @@
 # Shared body of video2goods_evaluate.sh and goods2video_evaluate.sh (sourced, POSIX sh).
 # Expects ROOT, TASK, QUERY_FILE, GALLERY_FILE, GT_FILE; writes $OUTPUT_DIR/eval/$TASK/.
 show_help_if_asked "$@"
-CKPT=${CKPT:-$OUTPUT_DIR/checkpoints/last.pth.tar}
-if [ "$CKPT" != init ] && [ ! -f "$CKPT" ]; then
-    echo "no checkpoint at $CKPT: train first (sh train.sh), set CKPT=path, or CKPT=init for the untrained baseline" >&2
-    exit 1
-fi
-EVAL_DIR="$OUTPUT_DIR/eval/$TASK"
-LEGACY_FLAG=""
-[ "${LEGACY_FEATURES:-0}" = 1 ] && LEGACY_FLAG="--legacy_text_features"
+prepare_evaluation
 
 embed() {  # embed <items file> <feature folder> [extra flags]
     items=$1; folder=$2; shift 2
