@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from real20m.config import parse_config
