@@ -190,8 +190,6 @@ class RunConfig:
     feature_partition_size: int = 65536
 
 
-SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
-                   "run": RunConfig}
 # Fields resolve() computes; they are not inputs (a YAML file or flag setting one is refused).
 DERIVED = {"data": ("item_pairs",), "model": ("clip_length", "image_size", "use_title_mask", "use_query_mask")}
 # Mappings whose entries are set one by one (``--optim.lr_mult.text``) and merged over the defaults.

@@ -2,8 +2,6 @@
 query embedding entry point and the query task scripts feed evaluation.py."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from real20m.retrieval import Hit, QueryFileError, Retriever, embed_query_file, 
     read_queries
 from tests.engine.test_inference import FIXTURE, eval_cfg
 from tests.engine.test_trainer import SINGLE_CPU, tiny_cfg
+from tests.test_shell_entry_points import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -174,12 +173,6 @@ def test_embed_queries_then_evaluation_report_with_and_without_query_titles(trai
     assert "not in the item files" in (tmp_path / "plain" / "report.html").read_text(encoding="utf-8")
 
 
-def run_script(name, env, *args, cwd):
-    environment = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(["sh", str(REPO / name), *args], capture_output=True, text=True, timeout=900,
-                          env=environment, cwd=cwd)
-
-
 @pytest.mark.parametrize("script", ["query2goods_evaluate.sh", "query2video_evaluate.sh"])
 def test_query_scripts_help_writes_nothing(tmp_path, script):
     result = run_script(script, {"DATA_ROOT": str(tmp_path / "Dataset"), "OUTPUT_DIR": str(tmp_path / "out")},
@@ -191,7 +184,8 @@ def test_query_scripts_help_writes_nothing(tmp_path, script):
 
 def test_query2goods_script_end_to_end(trained, tiny_data_root, tmp_path):
     env = {"DATA_ROOT": tiny_data_root, "OUTPUT_DIR": str(tmp_path / "out"), "CKPT": trained[0]}
-    result = run_script("query2goods_evaluate.sh", env, "--workers", "0", "--batch_size", "4", cwd=tmp_path)
+    result = run_script("query2goods_evaluate.sh", env, "--workers", "0", "--batch_size", "4", cwd=tmp_path,
+                        timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / "out" / "eval" / "query2goods"
     metrics = json.loads((results / "metrics.json").read_text())

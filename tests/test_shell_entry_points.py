@@ -11,9 +11,10 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--image_size", "32", "--workers", "0", "--batch_size", "4", "--vocab_size", "300"]
 
 
-def run_script(name, env, *args, cwd):
+def run_script(name, env, *args, cwd, timeout=600):
+    """``sh REPO/name args`` with this interpreter as PYTHON and ``env`` on top of the environment."""
     environment = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(["sh", str(REPO / name), *args], capture_output=True, text=True, timeout=600,
+    return subprocess.run(["sh", str(REPO / name), *args], capture_output=True, text=True, timeout=timeout,
                           env=environment, cwd=cwd)
 
 
