@@ -3,6 +3,9 @@ VENV       ?= .venv
 PYTHON     := $(VENV)/bin/python
 DATA_ROOT  ?= Dataset
 OUTPUT_DIR ?= outputs
+# Faiss build: auto (gpu when nvidia-smi lists a GPU, else cpu), cpu or gpu. An installed GPU build
+# is kept whatever this says (scripts/faiss_extra.sh).
+FAISS      ?= auto
 export DATA_ROOT OUTPUT_DIR PYTHON
 
 .PHONY: install data train evaluate baseline demo test bench clean
@@ -10,13 +13,16 @@ export DATA_ROOT OUTPUT_DIR PYTHON
 $(PYTHON):
 	python3 -m venv $(VENV)
 
-# Reinstalled whenever the dependency list changes.
-$(VENV)/.installed: pyproject.toml | $(PYTHON)
+# Reinstalled whenever the dependency list or FAISS changes. Going to the GPU build removes
+# faiss-cpu first: both wheels own the module faiss, and one installed over the other breaks it.
+$(VENV)/.installed-faiss-$(FAISS): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install --upgrade pip
-	$(PYTHON) -m pip install -e ".[dev]"
+	extra=$$(FAISS=$(FAISS) PYTHON=$(PYTHON) sh scripts/faiss_extra.sh) && \
+	if [ "$$extra" = gpu ]; then $(PYTHON) -m pip uninstall -y faiss-cpu; fi && \
+	$(PYTHON) -m pip install -e ".[dev$${extra:+,$$extra}]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-faiss-$(FAISS)
 
 data: install
 	@test -e $(DATA_ROOT) || $(PYTHON) -m real20m.datasets.synthetic --out $(DATA_ROOT) --seed 0

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Train the QCD model.
-#   sh train.sh                      makes the synthetic dataset if missing, trains configs/tiny.yaml (CPU or GPUs)
+#   sh train.sh                      makes the synthetic dataset if missing, trains configs/tiny.yaml (CPU or GPUs;
+#                                    one process per GPU, fewer when the data fills fewer batches)
 #   CONFIG=configs/paper.yaml NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 NPROC_PER_NODE=8 sh train.sh   the paper set-up
 # Environment: DATA_ROOT (./Dataset) OUTPUT_DIR (./outputs) CONFIG EPOCHS PYTHON, and the torchrun
 # variables NNODES NODE_RANK MASTER_ADDR MASTER_PORT NPROC_PER_NODE. Extra arguments go to
@@ -11,8 +12,8 @@ ROOT=$(cd "$(dirname "$0")" && pwd)
 show_help_if_asked "$@"
 
 ensure_dataset
-EPOCH_FLAG=""
-[ -n "${EPOCHS:-}" ] && EPOCH_FLAG="--epochs $EPOCHS"
-# shellcheck disable=SC2086  # EPOCH_FLAG is deliberately split into flag and value
-launch "$ROOT/main_cross_domain_emb.py" --config "$CONFIG" --data_root "$DATA_ROOT" \
-    --dataset_name "$DATASET_NAME" --output_dir "$OUTPUT_DIR" $EPOCH_FLAG "$@"
+# The training flags, once for the process-count check and once for the run; the user's come last and win.
+if [ -n "${EPOCHS:-}" ]; then set -- --epochs "$EPOCHS" "$@"; fi
+set -- --config "$CONFIG" --data_root "$DATA_ROOT" --dataset_name "$DATASET_NAME" --output_dir "$OUTPUT_DIR" "$@"
+cap_processes_to_data "$@"
+launch "$ROOT/main_cross_domain_emb.py" "$@"

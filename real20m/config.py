@@ -32,6 +32,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from real20m.utils.entry import add_version_argument
+
 logger = logging.getLogger(__name__)
 
 SECTIONS = ("data", "model", "loss", "optim", "run")
@@ -119,6 +121,7 @@ class ModelConfig:
     fusion: str = "attention"
     frame_init: str = "default"
     frame_fp16: bool | None = None      # None: follows data.compat (the original's fp16 frames on CUDA)
+    pixel_stats: str | None = None      # None: follows data.compat (imagenet under original, else backbone)
     # derived in resolve()
     clip_length: int = 5
     image_size: int = 224
@@ -131,7 +134,7 @@ class ModelConfig:
         arch = {name: copy.deepcopy(plain(getattr(self, name))) for name in (
             "backbone", "pretrained", "text", "vision", "timm_name", "embed_dim", "frame_heads", "caption",
             "gradient_checkpointing", "frame_aggregation", "fusion", "frame_init", "frame_fp16", "clip_length",
-            "use_title_mask", "use_query_mask")}
+            "use_title_mask", "use_query_mask", "pixel_stats")}
         if not self.pretrained and self.backbone != "timm":
             arch["vision"] = {**arch["vision"], "image_size": self.image_size}
         return arch
@@ -158,6 +161,7 @@ class OptimConfig:
     momentum: float = 0.9
     epochs: int = 10
     max_steps: int = 0
+    accum_freq: int = 1
     lr_schedule: str = "step"
     decay_epochs: int = 3
     lr_decay_rate: float = 0.1
@@ -298,7 +302,8 @@ OPTIONS: tuple[Option, ...] = (
     _flag("data.tokenizer", "tokenizer name or folder; default: the backbone's, the shipped Chinese BERT "
           "vocabulary under --compat original, else a WordPiece trained on the training text"),
     _flag("data.vocab_size", "size of a from-scratch WordPiece vocabulary", type=int),
-    _flag("data.batch_size", "samples per process and step (and per evaluation batch)", "--batch_size", "-b",
+    _flag("data.batch_size", "samples per process and step (per micro-batch with --accum_freq; and per "
+          "evaluation batch)", "--batch_size", "-b",
           type=int),
     _flag("data.workers", "data loader worker processes", "--workers", "-j", type=int),
     _switch("data.reduced_decode", "decode JPEGs at the smallest DCT scale that still covers the output "
@@ -307,9 +312,9 @@ OPTIONS: tuple[Option, ...] = (
             "on the device (nvjpeg on CUDA)"),
     # model
     _flag("model.backbone", "tower family: chinese_clip, clip or timm"),
-    _flag("model.pretrained", "backbone weights: hub name or folder (a .pth.tar file initialises the whole "
-          "model instead, as the original --pretrained did)"),
-    _flag("model.timm_name", "timm model name (backbone timm)"),
+    _flag("model.pretrained", "backbone weights: hub name or folder (timm: also a weights file for --timm_name; "
+          "a .pth.tar file initialises the whole model instead, as the original --pretrained did)"),
+    _flag("model.timm_name", "timm model name (backbone timm; not needed with a timm folder or hub name)"),
     _flag("model.embed_dim", "embedding size D", "--embedding_size", "--embed_dim", type=int),
     _flag("model.frame_heads", "attention heads of the frame transformer", type=int),
     _switch("model.gradient_checkpointing", "recompute tower activations in the backward pass"),
@@ -320,6 +325,9 @@ OPTIONS: tuple[Option, ...] = (
           choices=("default", "original")),
     _switch("model.frame_fp16", "run the frame transformer under fp16 autocast on CUDA "
             "(default: with --compat original)"),
+    _flag("model.pixel_stats", "pixel mean/std: backbone (the pretrained backbone's image processor or timm data "
+          "config; ImageNet's for a from-scratch tower) or imagenet (default: imagenet with --compat original, "
+          "else backbone)", choices=("backbone", "imagenet")),
     # loss
     _flag("loss.weights", "weights of the objective's terms by name, e.g. '{itc: 0.5}'", "--loss_weights",
           type=yaml_value),
@@ -343,6 +351,9 @@ OPTIONS: tuple[Option, ...] = (
     _flag("optim.momentum", "SGD momentum", type=float),
     _flag("optim.epochs", "epochs to train", type=int),
     _flag("optim.max_steps", "stop after this many steps (0: no limit)", type=int),
+    _flag("optim.accum_freq", "micro-batches of --batch_size per optimizer step: gradient accumulation "
+          "that keeps the negatives of all of them (steps, epochs and --max_steps count optimizer steps)",
+          type=int),
     _flag("optim.lr_schedule", "step (decay every --decay_epochs) or cosine (with warm-up)",
           choices=("step", "cosine")),
     _flag("optim.decay_epochs", "epochs between step decays", type=int),
@@ -422,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", default=None,
                         help="YAML file, or the name of a packaged config (tiny, paper); flags override it")
+    add_version_argument(parser)
     parser.add_argument("--seed", type=int, help="seed of every random stream (default: 0)")
     parser.add_argument("--print_config", action="store_true", default=False,
                         help="print the resolved configuration as YAML and exit (reads no data)")
@@ -620,6 +632,8 @@ def resolve(values: dict) -> Config:
     _resolve_run(run)
     _resolve_data(data, loss, run)
     _check_lr_mult(optim["lr_mult"])
+    if not isinstance(optim["accum_freq"], int) or optim["accum_freq"] < 1:
+        raise ConfigError(f"optim.accum_freq must be a positive integer, got {optim['accum_freq']!r}")
     weights = _resolve_weights(loss, model)
     masked = data["compat"] != "original"
     derived_model = {
@@ -628,11 +642,14 @@ def resolve(values: dict) -> Config:
         "use_title_mask": masked,
         "use_query_mask": masked,
         "frame_fp16": (not masked) if model["frame_fp16"] is None else model["frame_fp16"],
+        "pixel_stats": model["pixel_stats"] or ("backbone" if masked else "imagenet"),
         # A decoder whose loss has weight 0 never gets a gradient (DDP refuses such parameters).
         "caption": model["caption"] if weights.get("caption", 0) else None,
     }
     if loss["xbm_size"] is None:
-        loss["xbm_size"] = 10 * data["batch_size"] if loss["xbm_mode"] == "original" else 4096
+        # The original's bank holds 10 of its steps' batches (N x B samples with accumulation).
+        step_batch = data["batch_size"] * optim["accum_freq"]
+        loss["xbm_size"] = 10 * step_batch if loss["xbm_mode"] == "original" else 4096
     return Config(
         seed=int(values["seed"]),
         data=DataConfig(**data),

@@ -23,6 +23,7 @@ from real20m.engine.distributed import DistEnv, barrier
 from real20m.losses import QCDLoss
 from real20m.models import QCDModel, build_model as build_qcd_model
 from real20m.models.convert import CONVERTED_WEIGHTS, load_weights_into
+from real20m.models.towers import describe_pretrained_source
 from real20m.utils.seeding import seed_everything
 from real20m.utils.workers import worker_init_for
 
@@ -64,8 +65,10 @@ def restore_tokenizer(files: dict[str, str], output_dir: str):
 
 
 def pretrained_tokenizer_name(data: DataConfig, model: ModelConfig) -> str | None:
-    """The tokenizer to load by name (``--tokenizer``, else the backbone's), None for a trained one."""
-    return data.tokenizer or model.pretrained
+    """The tokenizer to load by name (``--tokenizer``, else the backbone's), None for a trained one.
+
+    A timm backbone is a vision model only (its text tower starts from scratch): no tokenizer."""
+    return data.tokenizer or (model.pretrained if model.backbone != "timm" else None)
 
 
 def build_tokenizer_for(data: DataConfig, model: ModelConfig, output_dir: str,
@@ -79,6 +82,9 @@ def build_tokenizer_for(data: DataConfig, model: ModelConfig, output_dir: str,
     name = pretrained_tokenizer_name(data, model)
     if is_main:
         if name:
+            # Said (or, offline and uncached, refused in one line) before transformers tries the hub.
+            option = "data.tokenizer" if data.tokenizer else "model.pretrained"
+            logger.info("loading the tokenizer from %s", describe_pretrained_source(name, option))
             build_tokenizer(name, None, target)
         else:
             build_tokenizer(None, texts(), target, vocab_size=data.vocab_size)

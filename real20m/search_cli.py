@@ -17,6 +17,8 @@ import argparse
 import json
 import sys
 
+from real20m.utils.entry import add_version_argument
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="real20m-search", description="Search a Real20M gallery with text queries.")
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF cells visited (saved approximate index)")
     parser.add_argument("--search_params", default=None, help="Faiss ParameterSpace string, e.g. efSearch=128")
+    add_version_argument(parser)
     return parser
 
 

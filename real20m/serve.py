@@ -41,6 +41,8 @@ import jinja2
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
+from real20m.utils.entry import add_version_argument
+
 LOGGER = logging.getLogger("real20m.serve")
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
@@ -353,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"results per query (default: {DEFAULT_K})")
     parser.add_argument("--max_query_chars", type=int, default=DEFAULT_MAX_QUERY_CHARS,
                         help=f"longest query accepted, in characters (default: {DEFAULT_MAX_QUERY_CHARS})")
+    add_version_argument(parser)
     return parser
 
 

@@ -12,6 +12,7 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
+NPROC_GIVEN=${NPROC_PER_NODE:+yes}
 if [ "$GPUS" -gt 0 ]; then NPROC_PER_NODE=${NPROC_PER_NODE:-$GPUS}; else NPROC_PER_NODE=${NPROC_PER_NODE:-1}; fi
 
 # --help / -h among the arguments: print the entry point's help and stop, before anything is written.
@@ -45,6 +46,15 @@ ensure_dataset() {
     if [ ! -e "$DATA_ROOT" ]; then
         echo "no dataset at $DATA_ROOT: generating the synthetic one"
         "$PYTHON" -m real20m.datasets.synthetic --out "$DATA_ROOT" --seed 0
+    fi
+}
+
+# Training on one node with one process per GPU found (NPROC_PER_NODE not set): no more processes
+# than the training data (arguments: the training flags) gives a batch each, so the tiny config on
+# the synthetic dataset runs on a node of 8 GPUs instead of stopping with "too few samples".
+cap_processes_to_data() {
+    if [ "$NNODES" -eq 1 ] && [ -z "$NPROC_GIVEN" ] && [ "$NPROC_PER_NODE" -gt 1 ]; then
+        NPROC_PER_NODE=$("$PYTHON" -m real20m.cli.processes "$NPROC_PER_NODE" "$@")
     fi
 }
 

@@ -1,5 +1,10 @@
 """Synthetic Real400K-style dataset: procedurally drawn products, Chinese text, held-out queries.
 
+Two styles (dataset families, ``--style``): "products" (this module, the default: clothing on
+square images) and "household" (``synthetic_household``: household objects, non-square images,
+variable frame counts, frames without the object, mostly null video text), designed apart so a
+recipe tuned on one can be checked on the other. The rest of this docstring is the products style.
+
 A query is an attribute combination (colour, pattern, material, category), e.g. "红色条纹棉质连衣裙".
 Every attribute has a visual correlate, so the images carry the same information as the text:
 
@@ -16,7 +21,7 @@ The output is byte-identical for a given seed: every item draws from its own ran
 metadata, and every file is written in a fixed order. Only numpy, PIL and the standard library
 are used so the generator runs anywhere.
 
-    python -m real20m.datasets.synthetic --out Dataset --seed 0
+    python -m real20m.datasets.synthetic --out Dataset --seed 0 [--style household]
 
 Besides the item-to-item tasks (video2goods, goods2video) the test split has text-query tasks:
 ``test_file/queries.txt`` (``qid \t query text``) with ``eval_gt_query2goods.txt`` and
@@ -28,10 +33,12 @@ import itertools
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from real20m.datasets import synthetic_household
 from real20m.datasets.layout import SHARD
 
 COLOURS = {
@@ -68,8 +75,8 @@ VIDEO_PID_BASE = 1_000_000
 JPEG_QUALITY = 90
 NULL = "null"
 
-DEFAULT_SIZES = dict(num_queries=240, num_test_queries=40, goods_per_query=3, videos_per_query=3,
-                     frames_per_video=5, image_size=64)
+SIZE_NAMES = ("num_queries", "num_test_queries", "goods_per_query", "videos_per_query", "frames_per_video",
+              "image_size")
 
 
 @dataclass(frozen=True)
@@ -100,9 +107,12 @@ def folder_of(pid):
 # ---------------------------------------------------------------- queries
 
 
-def split_queries(rng, num_queries, num_test_queries):
+def product_combinations():
+    return [Product(*c) for c in itertools.product(COLOURS, PATTERNS, MATERIALS, CATEGORIES)]
+
+
+def split_queries(rng, num_queries, num_test_queries, combos):
     """Pick training combinations, then held-out ones made only of values seen in training."""
-    combos = [Product(*c) for c in itertools.product(COLOURS, PATTERNS, MATERIALS, CATEGORIES)]
     if num_queries < 1 or num_test_queries < 0 or num_queries + num_test_queries > len(combos):
         raise ValueError(f"need 1 <= num_queries and num_queries + num_test_queries <= {len(combos)}, "
                          f"got {num_queries} + {num_test_queries}")
@@ -300,6 +310,31 @@ def to_image(array):
     return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "RGB")
 
 
+# ---------------------------------------------------------------- styles
+
+
+class Style(NamedTuple):
+    """One dataset family: its attribute combinations, text and rendering, and default sizes.
+    An item has ``query``, ``category``, ``colour`` and ``attributes``."""
+    combinations: Callable[[], list]
+    goods_text_lines: Callable          # (rng, pid, item) -> six goods text lines
+    goods_image: Callable               # (rng, item, image_size) -> PIL image
+    video_text_lines: Callable          # (rng, item) -> caption, title, text
+    video_frames: Callable              # (rng, item, image_size, frames_per_video) -> PIL images
+    default_sizes: dict
+
+
+STYLES = {
+    "products": Style(product_combinations, goods_text_lines, goods_image, video_text_lines, video_frames,
+                      dict(num_queries=240, num_test_queries=120, goods_per_query=3, videos_per_query=3,
+                           frames_per_video=5, image_size=64)),
+    "household": Style(synthetic_household.all_combinations, synthetic_household.goods_text_lines,
+                       synthetic_household.goods_image, synthetic_household.video_text_lines,
+                       synthetic_household.video_frames, synthetic_household.DEFAULT_SIZES),
+}
+DEFAULT_STYLE = "products"
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -326,19 +361,19 @@ class TreeWriter:
         self.texts += 1
 
 
-def write_goods(writer, seed, index, pid, product, size):
+def write_goods(writer, style, seed, index, pid, product, size):
     rng = item_rng(seed, 0, index)
     folder = folder_of(pid)
-    writer.text(f"Real400K/goods/text/{folder}/{pid}.txt", goods_text_lines(rng, pid, product))
-    writer.image(f"Real400K/goods/images/{folder}/{pid}.jpg", goods_image(rng, product, size))
+    writer.text(f"Real400K/goods/text/{folder}/{pid}.txt", style.goods_text_lines(rng, pid, product))
+    writer.image(f"Real400K/goods/images/{folder}/{pid}.jpg", style.goods_image(rng, product, size))
     return f"{folder}/{pid}.jpg"
 
 
-def write_video(writer, seed, index, pid, product, size, num_frames):
+def write_video(writer, style, seed, index, pid, product, size, num_frames):
     rng = item_rng(seed, 1, index)
     folder = folder_of(pid)
-    writer.text(f"Real400K/video/text/{folder}/{pid}.txt", video_text_lines(rng, product))
-    frames = video_frames(rng, product, size, num_frames)
+    writer.text(f"Real400K/video/text/{folder}/{pid}.txt", style.video_text_lines(rng, product))
+    frames = style.video_frames(rng, product, size, num_frames)
     writer.image(f"Real400K/video/images/{folder}/{pid}.jpg", frames[0])  # cover = first frame
     paths = []
     for k, frame in enumerate(frames):
@@ -347,7 +382,7 @@ def write_video(writer, seed, index, pid, product, size, num_frames):
     return ",".join(paths)
 
 
-def write_items(writer, seed, queries, first_index, sizes):
+def write_items(writer, style, seed, queries, first_index, sizes):
     """Render every item of these queries; return per query (goods rows, video rows)."""
     groups = []
     for q, product in enumerate(queries):
@@ -355,12 +390,12 @@ def write_items(writer, seed, queries, first_index, sizes):
         for j in range(sizes["goods_per_query"]):
             index = first_index["goods"] + q * sizes["goods_per_query"] + j
             pid = GOODS_PID_BASE + index
-            frame = write_goods(writer, seed, index, pid, product, sizes["image_size"])
+            frame = write_goods(writer, style, seed, index, pid, product, sizes["image_size"])
             goods.append((pid, "goods", product.query, frame, f"{folder_of(pid)}/{pid}.txt"))
         for j in range(sizes["videos_per_query"]):
             index = first_index["photo"] + q * sizes["videos_per_query"] + j
             pid = VIDEO_PID_BASE + index
-            frames = write_video(writer, seed, index, pid, product, sizes["image_size"],
+            frames = write_video(writer, style, seed, index, pid, product, sizes["image_size"],
                                  sizes["frames_per_video"])
             videos.append((pid, "photo", product.query, frames, f"{folder_of(pid)}/{pid}.txt"))
         groups.append((goods, videos))
@@ -424,12 +459,16 @@ def directory_bytes(root):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
 
 
-def generate(out_dir, seed=0, **sizes):
-    """Write the whole synthetic tree under out_dir and return a summary dict."""
-    unknown = set(sizes) - set(DEFAULT_SIZES)
+def generate(out_dir, seed=0, style=DEFAULT_STYLE, **sizes):
+    """Write the whole synthetic tree of ``style`` under out_dir and return a summary dict.
+    Sizes not given take the style's defaults."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose one of {sorted(STYLES)}")
+    unknown = set(sizes) - set(SIZE_NAMES)
     if unknown:
         raise TypeError(f"unknown size arguments: {sorted(unknown)}")
-    sizes = {**DEFAULT_SIZES, **sizes}
+    family = STYLES[style]
+    sizes = {**family.default_sizes, **sizes}
     for name in ("goods_per_query", "videos_per_query", "frames_per_video"):
         if sizes[name] < 1:
             raise ValueError(f"{name} must be >= 1, got {sizes[name]}")
@@ -438,18 +477,19 @@ def generate(out_dir, seed=0, **sizes):
     if sizes["image_size"] < 16:
         raise ValueError(f"image_size must be >= 16, got {sizes['image_size']}")
     started = time.perf_counter()
-    train, test = split_queries(np.random.default_rng(seed), sizes["num_queries"], sizes["num_test_queries"])
+    train, test = split_queries(np.random.default_rng(seed), sizes["num_queries"], sizes["num_test_queries"],
+                                family.combinations())
     num_goods = (len(train) + len(test)) * sizes["goods_per_query"]
     num_videos = (len(train) + len(test)) * sizes["videos_per_query"]
     if GOODS_PID_BASE + num_goods > VIDEO_PID_BASE:
         raise ValueError(f"{num_goods} goods would run into the video pid range")
 
     writer = TreeWriter(out_dir)
-    train_groups = write_items(writer, seed, train, {"goods": 0, "photo": 0}, sizes)
+    train_groups = write_items(writer, family, seed, train, {"goods": 0, "photo": 0}, sizes)
     test_first = {"goods": len(train) * sizes["goods_per_query"], "photo": len(train) * sizes["videos_per_query"]}
-    test_groups = write_items(writer, seed, test, test_first, sizes)
+    test_groups = write_items(writer, family, seed, test, test_first, sizes)
     write_annotations(writer, train, test, train_groups, test_groups)
-    return dict(out_dir=str(out_dir), seed=seed, train_queries=len(train), test_queries=len(test),
+    return dict(out_dir=str(out_dir), seed=seed, style=style, train_queries=len(train), test_queries=len(test),
                 goods=num_goods, videos=num_videos, images=writer.images, text_files=writer.texts,
                 bytes=directory_bytes(out_dir), seconds=round(time.perf_counter() - started, 2))
 
@@ -458,22 +498,30 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Write a small synthetic Real400K-style dataset.")
     parser.add_argument("--out", required=True, help="output folder (gets Real400K/, train_file/, test_file/)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-queries", type=int, default=DEFAULT_SIZES["num_queries"],
-                        help="training queries")
-    parser.add_argument("--num-test-queries", type=int, default=DEFAULT_SIZES["num_test_queries"],
-                        help="held-out queries (unseen attribute combinations)")
-    parser.add_argument("--goods-per-query", type=int, default=DEFAULT_SIZES["goods_per_query"])
-    parser.add_argument("--videos-per-query", type=int, default=DEFAULT_SIZES["videos_per_query"])
-    parser.add_argument("--frames-per-video", type=int, default=DEFAULT_SIZES["frames_per_video"])
-    parser.add_argument("--image-size", type=int, default=DEFAULT_SIZES["image_size"])
+    parser.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(STYLES),
+                        help="dataset family: products (clothing, square images) or household (household "
+                             "objects, non-square images, variable frame counts, mostly null video text)")
+    defaults = STYLES[DEFAULT_STYLE].default_sizes
+    parser.add_argument("--num-queries", type=int, help=f"training queries (products: {defaults['num_queries']})")
+    parser.add_argument("--num-test-queries", type=int,
+                        help="held-out queries (unseen attribute combinations; "
+                             f"products: {defaults['num_test_queries']})")
+    parser.add_argument("--goods-per-query", type=int, help=f"(products: {defaults['goods_per_query']})")
+    parser.add_argument("--videos-per-query", type=int, help=f"(products: {defaults['videos_per_query']})")
+    parser.add_argument("--frames-per-video", type=int,
+                        help=f"frames of every video; household: the most frames of a video "
+                             f"(products: {defaults['frames_per_video']})")
+    parser.add_argument("--image-size", type=int,
+                        help=f"side of the square images; household: the shorter side (products: "
+                             f"{defaults['image_size']})")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    sizes = {name: getattr(args, name) for name in DEFAULT_SIZES}
-    summary = generate(args.out, seed=args.seed, **sizes)
-    print(f"synthetic dataset in {summary['out_dir']}: {summary['train_queries']} train / "
+    sizes = {name: getattr(args, name) for name in SIZE_NAMES if getattr(args, name) is not None}
+    summary = generate(args.out, seed=args.seed, style=args.style, **sizes)
+    print(f"synthetic {summary['style']} dataset in {summary['out_dir']}: {summary['train_queries']} train / "
           f"{summary['test_queries']} test queries, {summary['goods']} goods, {summary['videos']} videos, "
           f"{summary['images']} images, {summary['bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s")
     return summary

@@ -1,7 +1,7 @@
 """Image transforms: PIL RGB image -> uint8 Tensor(3, image_size, image_size) of raw 0-255 pixels.
 
 The loader hands the model uint8 pixels and the model normalises them on its own device
-(``QCDModel.normalize_pixels``: /255, ImageNet mean and std). Loader workers share
+(``QCDModel.normalize_pixels``: /255, the backbone's mean and std). Loader workers share
 the CPU with the training step, so they only do what needs the image itself (decode, crop,
 resize, flip), and a batch crosses process boundaries (and the host-to-GPU copy) at a quarter of
 the float32 size.

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from real20m.config import Config, OptimConfig, write_config
 from real20m.datasets import DeviceJpegDecoder, build_train_dataset, decode_batch_pixels
+from real20m.engine.accumulation import MicroBatchStep, accumulate_gradients, step_data
 from real20m.engine.checkpoint import CheckpointManager, load_checkpoint
 from real20m.engine.distributed import DistEnv, barrier, cleanup_distributed, init_distributed
 from real20m.engine.optim import build_optimizer, build_scheduler
@@ -159,15 +160,17 @@ class Trainer:
         else:
             self.tokenizer = build_tokenizer_for(cfg.data, cfg.model, cfg.run.output_dir,
                                                  dataset.training_texts, dist.is_main)
+        # One loader batch per optimizer step: accum_freq micro-batches of batch_size (accumulation.py).
         self.dataset, self.sampler, self.loader = build_train_data(
-            cfg.data, build_collator(cfg.data, self.tokenizer), dist, cfg.seed, dataset)
+            step_data(cfg), build_collator(cfg.data, self.tokenizer), dist, cfg.seed, dataset)
         self.decoder = DeviceJpegDecoder(cfg.data.image_size, train=True, device=dist.device) \
             if cfg.data.gpu_decode else None
 
         self.model = build_model(resumed_architecture(resume_state, cfg), self.tokenizer, cfg.seed,
                                  cfg.optim.train_vision).to(dist.device)
         self.criterion = build_objective(cfg.loss, self.model.embed_dim).to(dist.device)
-        self.step_module = TrainStep(self.model, self.criterion)
+        self.step_module = TrainStep(self.model, self.criterion) if cfg.optim.accum_freq == 1 else \
+            MicroBatchStep(self.model, self.criterion)
         if dist.world_size > 1:
             device_ids = [dist.local_rank] if dist.device.type == "cuda" else None
             self.step_module = DistributedDataParallel(self.step_module, device_ids=device_ids,
@@ -175,7 +178,10 @@ class Trainer:
 
         self.optimizer = build_optimizer(self.model, cfg.optim, extra_params=list(self.criterion.parameters()))
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, len(self.sampler))
-        self.scaler = build_grad_scaler(cfg.optim, cfg.data.batch_size, dist.device)
+        self.scaler = build_grad_scaler(cfg.optim, step_data(cfg).batch_size, dist.device)
+        if cfg.optim.accum_freq > 1:
+            logger.info("gradient accumulation: each optimizer step scores %d micro-batches of %d together",
+                        cfg.optim.accum_freq, cfg.data.batch_size)
 
         self.epoch = cfg.run.start_epoch
         self.batch_in_epoch = 0
@@ -251,10 +257,15 @@ class Trainer:
         batch = move_to_device(batch, self.dist.device)
         if self.decoder is not None:
             batch = decode_batch_pixels(batch, self.decoder)
-        with autocast_context(self.cfg.optim, self.dist.device):
-            loss, terms = self.step_module(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        if self.cfg.optim.accum_freq > 1:
+            terms = accumulate_gradients(self.step_module, batch, self.cfg.data.batch_size,
+                                         lambda: autocast_context(self.cfg.optim, self.dist.device),
+                                         lambda loss: self.scaler.scale(loss).backward(), self.dist.device)
+        else:
+            with autocast_context(self.cfg.optim, self.dist.device):
+                loss, terms = self.step_module(batch)
+            self.scaler.scale(loss).backward()
         if self.cfg.optim.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
             terms.update(clip_gradients(self.model, self.cfg.optim))

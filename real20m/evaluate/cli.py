@@ -20,9 +20,17 @@ from real20m.datasets.annotations import AnnotationError, UnsafePathError
 from real20m.datasets.layout import relative_shard_path, shard_path
 from real20m.evaluate.feature_io import FeatureFileError, load_features
 from real20m.evaluate.metrics import DEFAULT_KS, RetrievalMetrics, format_table
-from real20m.evaluate.index import DEFAULT_TRAIN_SIZE, IndexFileError, describe_gallery, read_index_meta
-from real20m.evaluate.search import DEFAULT_GALLERY_CHUNK, DEFAULT_QUERY_CHUNK, is_exact, iter_search
+from real20m.evaluate.faiss_backend import (USE_GPU_CHOICES, FaissNotInstalledError, SearchDeviceError,
+                                            resolve_search_device)
 from real20m.utils.entry import exit_on_input_error
+
+try:
+    from real20m.evaluate.index import DEFAULT_TRAIN_SIZE, IndexFileError, describe_gallery, read_index_meta
+    from real20m.evaluate.search import DEFAULT_GALLERY_CHUNK, DEFAULT_QUERY_CHUNK, is_exact, iter_search
+except FaissNotInstalledError as error:
+    # This module is the evaluation entry point: without Faiss it can do nothing, and the one
+    # line naming the extra to install says more than an import traceback.
+    raise SystemExit(f"error: {error}") from None
 
 REPORT_DEPTH = 20   # results per query that the report shows
 TOPK_IDS_FILE, TOPK_SCORES_FILE, TOPK_QUERIES_FILE = "search_res.npy", "search_res_dis.npy", "search_res_queries.npy"
@@ -53,7 +61,9 @@ def build_parser():
                              f"{TOPK_QUERIES_FILE}); id -1 and score -inf past the last result (0: off)")
     parser.add_argument("--chunk_size", type=int, default=DEFAULT_GALLERY_CHUNK, help="gallery rows per chunk")
     parser.add_argument("--query_chunk", type=int, default=DEFAULT_QUERY_CHUNK, help="queries per search call")
-    parser.add_argument("--use_gpu", default="auto", choices=("auto", "never"))
+    parser.add_argument("--use_gpu", default="auto", type=str.lower, choices=USE_GPU_CHOICES,
+                        help="search on GPUs: auto (when the Faiss build sees one; the log says when it "
+                             "falls back to the CPU), always (or fail), never")
     parser.add_argument("--report", action="store_true", help="write report.html (needs the item files)")
     parser.add_argument("--query_file", default=None, help="one-item-a-line file of the queries (report)")
     parser.add_argument("--gallery_file", default=None, help="one-item-a-line file of the gallery (report)")
@@ -119,7 +129,7 @@ class TopKWriter:
             os.replace(path + ".tmp", path)
 
 
-def _search_and_score(args, index_name, queries, gallery, ground_truth):
+def _search_and_score(args, index_name, queries, gallery, ground_truth, search_info=None):
     """Stream search results per query chunk into the metric accumulator; keep only the top few.
 
     Returns (metrics, (Q, REPORT_DEPTH) retrieved ids, their scores). With --save_topk deeper than
@@ -134,7 +144,7 @@ def _search_and_score(args, index_name, queries, gallery, ground_truth):
             chunk_size=args.chunk_size, nprobe=args.nprobe, params=args.search_params,
             use_gpu=args.use_gpu, train_size=args.train_size, show_progress=not args.quiet,
             shards=args.shards, save_index=args.save_index, load_index=args.load_index,
-            gallery_description=describe_gallery(gallery.ids) if saved_index else None):
+            gallery_description=describe_gallery(gallery.ids) if saved_index else None, info=search_info):
         retrieved = np.where(indices >= 0, gallery.ids[np.maximum(indices, 0)], -1)
         metrics.update(queries.ids[start:start + len(indices)], retrieved[:, :args.topk])
         if topk_writer is not None:
@@ -153,6 +163,8 @@ def run_evaluation(args):
     """Run the whole evaluation for parsed ``args``; returns the metrics dict (also in metrics.json)."""
     from real20m.datasets.annotations import load_ground_truth
 
+    if args.use_gpu == "always":
+        resolve_search_device("always")   # no GPU: fail before loading a gallery of millions
     os.makedirs(args.output_dir, exist_ok=True)
     # A loaded index names its own factory (read before the features: a bad folder fails fast);
     # --index, when given too, must match it (checked on load).
@@ -168,17 +180,21 @@ def run_evaluation(args):
     ground_truth = load_ground_truth(args.gt_file)
     timings["load_s"] = time.perf_counter() - started
     search_started = time.perf_counter()
-    metrics, top_retrieved, top_scores = _search_and_score(args, index_name, queries, gallery, ground_truth)
+    search_info = {}   # filled by the search: index factory, device, Faiss version and build
+    metrics, top_retrieved, top_scores = _search_and_score(args, index_name, queries, gallery, ground_truth,
+                                                           search_info)
     timings["search_and_metrics_s"] = time.perf_counter() - search_started
     timings["total_s"] = time.perf_counter() - started
     query_ids = queries.ids
     del queries, gallery   # the feature matrices are not needed for plots and report
 
     metrics["task"] = args.task
-    metrics["search"] = {"index": index_name or "exact", "nprobe": args.nprobe, "params": args.search_params,
+    metrics["search"] = {"index": search_info["index_factory"], "nprobe": args.nprobe, "params": args.search_params,
                          "shards": args.shards, "loaded_index": args.load_index, "topk": args.topk,
                          "chunk_size": args.chunk_size, "query_chunk": args.query_chunk,
-                         "save_topk": args.save_topk}
+                         "save_topk": args.save_topk, "use_gpu": args.use_gpu, "device": search_info["device"],
+                         "num_gpus": search_info["num_gpus"], "device_note": search_info["device_note"],
+                         "faiss_version": search_info["faiss_version"], "faiss_build": search_info["faiss_build"]}
     metrics["timings"] = timings
     print(format_table(metrics))
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
@@ -274,7 +290,7 @@ def main(argv=None):
         parser.error("--shards and --save_index need an approximate --index, e.g. --index IVF4096,SQ8 "
                      "(exact search already streams the gallery in chunks of --chunk_size rows)")
     exit_on_input_error(lambda: run_evaluation(args), (AnnotationError, UnsafePathError, FeatureFileError,
-                                                               IndexFileError))
+                                                               IndexFileError, SearchDeviceError))
 
 
 if __name__ == "__main__":

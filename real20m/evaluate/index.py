@@ -21,11 +21,13 @@ import hashlib
 import os
 import warnings
 
-import faiss
 import numpy as np
 from tqdm import tqdm
 
+from real20m.evaluate.faiss_backend import import_faiss
 from real20m.evaluate.feature_io import read_json, read_rows, read_sample, write_json_atomic
+
+faiss = import_faiss()
 
 INDEX_FORMAT = "real20m-faiss-index-v1"
 META_FILE = "meta.json"
@@ -72,6 +74,7 @@ class _Devices:
     def __init__(self, n_gpus):
         self.n_gpus = n_gpus
         self.resources = {}
+        self.used = set()   # the GPUs that really hold a shard (metrics.json reports them)
 
     def place(self, index, shard_number):
         if not self.n_gpus:
@@ -80,7 +83,9 @@ class _Devices:
         if device not in self.resources:
             self.resources[device] = faiss.StandardGpuResources()
         try:
-            return faiss.index_cpu_to_gpu(self.resources[device], device, index)
+            placed = faiss.index_cpu_to_gpu(self.resources[device], device, index)
+            self.used.add(device)
+            return placed
         except RuntimeError as error:   # e.g. HNSW has no GPU implementation
             warnings.warn(f"this index stays on the CPU: Faiss cannot move it to a GPU ({error})")
             return index
@@ -137,6 +142,10 @@ class ShardedIndex:
 
     def search(self, queries, k):
         return self.index.search(queries, k)
+
+    def gpu_ids(self):
+        """The GPUs holding a shard (none: all on the CPU, also when Faiss could not move them)."""
+        return sorted(self.devices.used) if self.devices is not None else []
 
     def save(self, folder, gallery_description):
         """Write one ``shard<i>.faiss`` per shard, then ``meta.json`` (so a folder with it is complete)."""

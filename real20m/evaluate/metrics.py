@@ -12,7 +12,13 @@ reported in ``gt_docs_missing_from_gallery`` so a low recall can be explained.
 If the gallery holds the same pid twice, later copies are dropped from each
 retrieved list before scoring, so one doc never counts twice.
 K values beyond the retrieved depth are not reported.
+
+Chance level (``chance_recall@K``, ``chance_hit@K``) is the expected value of the same metric for
+a uniformly random ranking of the gallery, so a figure can be read against its gallery size:
+a query with g of its GT docs in a gallery of N distinct items has expected Recall@K
+(g / |GT|) * min(K, N) / N and hit@K 1 - C(N - g, K) / C(N, K).
 """
+import math
 
 import numpy as np
 
@@ -77,6 +83,7 @@ class RetrievalMetrics:
             "num_queries": 0,
             "queries_without_gt": 0,
         }
+        self.unique_gallery = unique_gallery
         self.ks = sorted(set(int(k) for k in ks))
         self.depth = None
         self.seen_gt_queries = set()
@@ -118,6 +125,8 @@ class RetrievalMetrics:
         row_starts = np.searchsorted(rows, rows, side="left")
         hits_so_far = np.arange(1, len(rows) + 1) - row_starts
         precision_at_hit = hits_so_far / (ranks + 1)
+        present = np.array([self._count_in_gallery(g) for g in gt_lists], dtype=np.float64)
+        n_gallery = len(self.unique_gallery)
         for k in self.reported_ks:
             within = ranks < k
             hits = np.bincount(rows[within], minlength=len(gt_lists))
@@ -125,6 +134,14 @@ class RetrievalMetrics:
             self._add(f"recall@{k}", (hits / np.maximum(gt_sizes, 1)).sum())
             self._add(f"hit@{k}", np.count_nonzero(hits))
             self._add(f"map@{k}", (precision_sum / np.maximum(np.minimum(gt_sizes, k), 1)).sum())
+            if n_gallery:
+                self._add(f"chance_recall@{k}", (present / np.maximum(gt_sizes, 1)).sum() * min(k, n_gallery) / n_gallery)
+                self._add(f"chance_hit@{k}", sum(_chance_hit(n_gallery, int(g), k) for g in present))
+
+    def _count_in_gallery(self, gt_docs):
+        """How many of a query's (unique) GT docs the gallery holds (binary search: no per-chunk sort)."""
+        positions = np.minimum(np.searchsorted(self.unique_gallery, gt_docs), len(self.unique_gallery) - 1)
+        return int(np.count_nonzero(self.unique_gallery[positions] == gt_docs)) if len(self.unique_gallery) else 0
 
     def _add(self, key, value):
         self.sums[key] = self.sums.get(key, 0.0) + float(value)
@@ -143,6 +160,17 @@ class RetrievalMetrics:
         return out
 
 
+def _chance_hit(n, g, k):
+    """P(at least one of g relevant items in the first k of a random ranking of n) = 1 - C(n-g, k) / C(n, k)."""
+    k = min(k, n)
+    if g == 0:
+        return 0.0
+    if n - g < k:
+        return 1.0
+    log_none = (math.lgamma(n - g + 1) - math.lgamma(n - g - k + 1)) - (math.lgamma(n + 1) - math.lgamma(n - k + 1))
+    return 1.0 - math.exp(log_none)
+
+
 def compute_metrics(query_ids, retrieved_ids, ground_truth, gallery_ids, ks=DEFAULT_KS):
     """Recall@K, hit@K, map@K (+ counters) of one (Q, k) retrieved-pid matrix; see module docstring."""
     metrics = RetrievalMetrics(ground_truth, gallery_ids, ks)
@@ -153,9 +181,11 @@ def compute_metrics(query_ids, retrieved_ids, ground_truth, gallery_ids, ks=DEFA
 def format_table(metrics):
     """Printable table: one row per K with recall / hit / mAP, then the counters."""
     ks = sorted(int(key.split("@")[1]) for key in metrics if key.startswith("recall@"))
-    lines = [f"{'K':>6} {'Recall@K':>10} {'hit@K':>10} {'mAP@K':>10}"]
+    lines = [f"{'K':>6} {'Recall@K':>10} {'hit@K':>10} {'mAP@K':>10} {'chance R@K':>11}"]
     for k in ks:
-        lines.append(f"{k:>6} {metrics[f'recall@{k}']:>10.4f} {metrics[f'hit@{k}']:>10.4f} {metrics[f'map@{k}']:>10.4f}")
+        chance = metrics.get(f"chance_recall@{k}", float("nan"))
+        lines.append(f"{k:>6} {metrics[f'recall@{k}']:>10.4f} {metrics[f'hit@{k}']:>10.4f} "
+                     f"{metrics[f'map@{k}']:>10.4f} {chance:>11.4f}")
     counters = ("num_queries", "num_gallery", "queries_without_gt", "gt_queries_missing_from_query_set",
                 "gt_docs_missing_from_gallery", "duplicate_gallery_ids")
     lines += [f"{name}: {metrics[name]}" for name in counters if name in metrics]

@@ -12,19 +12,27 @@ Approximate search uses any ``faiss.index_factory`` index (inner-product metric)
 a random gallery sample, filled chunk by chunk, optionally split into shards and saved or
 loaded (see ``real20m.evaluate.index``).
 Results are ordered by score (descending), ties by gallery index (ascending);
-on CPU exact search this holds at the k-th place too, so chunked and one-shot
-results are identical (GPU and approximate indexes keep Faiss's choice there).
+in exact search this holds at the k-th place too, so chunked and one-shot
+results are identical (approximate indexes keep Faiss's choice there).
+
+Exact search on GPUs streams the gallery exactly as on the CPU: each chunk goes to a GPU only
+for its own ``faiss.knn_gpu`` call (one chunk resident per GPU, chunks dealt round-robin over
+the GPUs), and the per-chunk top-k lists are merged by the same ``merge_topk``. Its scores
+differ from the CPU's by float rounding only (another GEMM order).
 """
 
 import contextlib
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
-import faiss
 import numpy as np
 from tqdm import tqdm
 
+from real20m.evaluate.faiss_backend import faiss_description, import_faiss, resolve_search_device
 from real20m.evaluate.feature_io import read_rows
 from real20m.evaluate.index import DEFAULT_TRAIN_SIZE, ShardedIndex, read_index_meta
+
+faiss = import_faiss()
 
 DEFAULT_QUERY_CHUNK = 512
 DEFAULT_GALLERY_CHUNK = 1 << 20
@@ -49,35 +57,22 @@ def is_exact(index_factory):
     return index_factory in (None, "", "Flat", "exact")
 
 
-def _gpu_count(use_gpu):
-    if use_gpu is False or use_gpu == "never":
-        return 0
-    gpu_build = hasattr(faiss, "StandardGpuResources") and hasattr(faiss, "GpuMultipleClonerOptions")
-    available = faiss.get_num_gpus() if gpu_build and hasattr(faiss, "get_num_gpus") else 0
-    if use_gpu is True and available == 0:
-        raise RuntimeError("use_gpu=True but this Faiss build sees no GPU (install faiss-gpu)")
-    return available
+def _faiss_cpu_knn(queries, rows, depth):
+    with _blas_block_rows(BLAS_DATABASE_ROWS):
+        return faiss.knn(queries, rows, depth, metric=faiss.METRIC_INNER_PRODUCT)
 
 
-def _to_gpu(index, n_gpus):
-    """Shard a CPU index over all GPUs (each GPU holds 1/n of the gallery)."""
-    if not n_gpus:
-        return index
-    options = faiss.GpuMultipleClonerOptions()
-    options.shard = True
-    return faiss.index_cpu_to_all_gpus(index, co=options)
-
-
-def exact_knn(queries, rows, k):
-    """faiss.knn (one fused GEMM + heap pass), made deterministic at the k-th place too.
+def exact_knn(queries, rows, k, knn=_faiss_cpu_knn, max_depth=None):
+    """``knn`` (default faiss.knn: one fused GEMM + heap pass), made deterministic at the k-th place too.
 
     Faiss's heap keeps an arbitrary one of several items tied at the cut-off; one extra
     result per query reveals such rows, which are then ranked exactly (rare: it takes
-    identical scores, e.g. duplicate gallery vectors).
+    identical scores, e.g. duplicate gallery vectors). ``knn(queries, rows, depth)`` returns
+    (scores, indices) of the ``depth`` best rows; ``max_depth`` caps what it can return (the
+    GPU's k limit: at k = max_depth the cut-off keeps Faiss's choice).
     """
-    depth = min(k + 1, len(rows))
-    with _blas_block_rows(BLAS_DATABASE_ROWS):
-        scores, indices = faiss.knn(queries, rows, depth, metric=faiss.METRIC_INNER_PRODUCT)
+    depth = min(k + 1, len(rows), max_depth or len(rows))
+    scores, indices = knn(queries, rows, depth)
     if depth <= k:
         return scores, indices
     for row in np.flatnonzero(scores[:, k] == scores[:, k - 1]):
@@ -85,6 +80,60 @@ def exact_knn(queries, rows, k):
         order = np.lexsort((np.arange(len(rows)), -row_scores))[:depth]
         scores[row], indices[row] = row_scores[order], order
     return scores[:, :k], indices[:, :k]
+
+
+def cpu_block_knn(queries, rows, k, worker=0):
+    """Exact top-k of one gallery block on the CPU (``worker`` is unused: one CPU worker)."""
+    return exact_knn(queries, rows, k)
+
+
+class GpuBlockKnn:
+    """Exact top-k of one gallery block on GPU ``worker`` with ``faiss.knn_gpu``.
+
+    knn_gpu copies the block to the GPU for the call and frees it on return, so a GPU holds one
+    block (plus Faiss's temporary memory) however large the gallery is; no index keeps it.
+    """
+
+    def __init__(self, n_gpus):
+        self.resources = [faiss.StandardGpuResources() for _ in range(n_gpus)]
+
+    def _knn(self, device):
+        def knn(queries, rows, depth):
+            return faiss.knn_gpu(self.resources[device], queries, rows, depth,
+                                 metric=faiss.METRIC_INNER_PRODUCT, device=device)
+        return knn
+
+    def __call__(self, queries, rows, k, worker=0):
+        return exact_knn(queries, rows, k, knn=self._knn(worker), max_depth=MAX_GPU_K)
+
+
+def stream_topk(queries, gallery, k, chunk_size, block_knn=cpu_block_knn, workers=1):
+    """Top-k over ``gallery`` read ``chunk_size`` rows at a time, per-block top-k lists merged.
+
+    ``block_knn(queries, rows, k, worker)`` searches one block; block ``b`` goes to worker
+    ``b % workers`` (one thread per worker, e.g. per GPU, each holding one block at a time).
+    ``merge_topk`` orders by (score desc, index asc), a total order, so the result does not
+    depend on the number of workers or on the order blocks finish in.
+    """
+    starts = range(0, len(gallery), chunk_size)
+
+    def run(worker):
+        best = None
+        for start in starts[worker::workers]:
+            rows = read_rows(gallery, start, start + chunk_size)
+            scores, indices = block_knn(queries, rows, min(k, len(rows)), worker)
+            indices = np.where(indices >= 0, indices + start, -1)
+            best = (scores, indices) if best is None else merge_topk(*best, scores, indices, k)
+        return best
+
+    if workers == 1:
+        return run(0)
+    with ThreadPoolExecutor(workers) as pool:   # Faiss releases the GIL while it searches
+        parts = [part for part in pool.map(run, range(workers)) if part is not None]
+    best = parts[0]
+    for part in parts[1:]:
+        best = merge_topk(*best, *part, k)
+    return best
 
 
 def sort_results(scores, indices):
@@ -110,35 +159,28 @@ def merge_topk(scores_a, indices_a, scores_b, indices_b, k):
 
 
 class ExactSearcher:
-    """Brute-force inner product, gallery streamed in chunks of ``chunk_size`` rows."""
+    """Brute-force inner product, gallery streamed in chunks of ``chunk_size`` rows.
+
+    On the CPU, or over ``n_gpus`` GPUs (``block_knn`` is the per-block search, a
+    ``GpuBlockKnn`` then; tests may replace it to watch the blocks go by).
+    """
 
     def __init__(self, gallery, chunk_size=DEFAULT_GALLERY_CHUNK, n_gpus=0):
         self.gallery = gallery
         self.chunk_size = chunk_size
-        in_place = (isinstance(gallery, np.ndarray) and gallery.dtype == np.float32
+        self.n_gpus = min(n_gpus, -(-len(gallery) // chunk_size))   # a GPU with no block would idle
+        in_place = (not n_gpus and isinstance(gallery, np.ndarray) and gallery.dtype == np.float32
                     and gallery.flags.c_contiguous and len(gallery) <= chunk_size)
         self.whole_gallery = gallery if in_place else None
-        self.gpu_index = self._gpu_flat_index(gallery, chunk_size, n_gpus) if n_gpus else None
-
-    @staticmethod
-    def _gpu_flat_index(gallery, chunk_size, n_gpus):
-        index = _to_gpu(faiss.IndexFlatIP(gallery.shape[1]), n_gpus)
-        for start in range(0, len(gallery), chunk_size):
-            index.add(read_rows(gallery, start, start + chunk_size))
-        return index
+        self.block_knn = GpuBlockKnn(self.n_gpus) if self.n_gpus else cpu_block_knn
 
     def search(self, queries, k):
-        if self.gpu_index is not None:
-            return self.gpu_index.search(queries, k)
         if self.whole_gallery is not None:
             return exact_knn(queries, self.whole_gallery, k)
-        best = None
-        for start in range(0, len(self.gallery), self.chunk_size):
-            rows = read_rows(self.gallery, start, start + self.chunk_size)
-            scores, indices = exact_knn(queries, rows, min(k, len(rows)))
-            indices = np.where(indices >= 0, indices + start, -1)
-            best = (scores, indices) if best is None else merge_topk(*best, scores, indices, k)
-        return best
+        return stream_topk(queries, self.gallery, k, self.chunk_size, self.block_knn, max(self.n_gpus, 1))
+
+    def gpu_ids(self):
+        return list(range(self.n_gpus))
 
 
 def approximate_index(gallery_feats, index_factory, nprobe=None, params=None, train_size=DEFAULT_TRAIN_SIZE,
@@ -169,13 +211,17 @@ def _clamp_k(k, gallery_size, n_gpus):
 def iter_search(query_feats, gallery_feats, k, index_factory=None, query_chunk=DEFAULT_QUERY_CHUNK,
                 chunk_size=DEFAULT_GALLERY_CHUNK, nprobe=None, params=None, use_gpu="auto",
                 train_size=DEFAULT_TRAIN_SIZE, seed=0, show_progress=True, shards=None, save_index=None,
-                load_index=None, gallery_description=None):
+                load_index=None, gallery_description=None, info=None):
     """Yield ``(start, scores (q, k) float32, indices (q, k) int64)`` per chunk of queries.
 
     ``indices`` are gallery row numbers (-1 where an approximate index found fewer than k).
+    ``use_gpu``: ``auto`` / ``always`` / ``never`` (or True / False), see ``faiss_backend``.
     Approximate search only (an ``index_factory`` other than exact): ``shards`` splits the gallery
     over that many sub-indexes; ``save_index`` / ``load_index`` name a folder to write the built
     index to / read it from, checked against ``gallery_description`` (see ``index.describe_gallery``).
+    A dict ``info`` is filled, before the first chunk, with what ran: ``index_factory`` ("Flat"
+    for exact), ``device`` ("cpu" or "cuda"), ``num_gpus``, ``device_note`` (why ``auto`` chose
+    the CPU, else None), ``faiss_version`` and ``faiss_build`` ("cpu" or "gpu").
     """
     if query_feats.shape[1] != gallery_feats.shape[1]:
         raise ValueError(f"query dim {query_feats.shape[1]} != gallery dim {gallery_feats.shape[1]}")
@@ -183,7 +229,8 @@ def iter_search(query_feats, gallery_feats, k, index_factory=None, query_chunk=D
         raise ValueError("the gallery is empty")
     if load_index and is_exact(index_factory):
         index_factory = read_index_meta(load_index)["index"]
-    n_gpus = _gpu_count(use_gpu)
+    device = resolve_search_device(use_gpu, faiss)
+    n_gpus = device.n_gpus
     k = _clamp_k(k, len(gallery_feats), n_gpus)
     if is_exact(index_factory):
         if shards not in (None, 1) or save_index or load_index:
@@ -194,6 +241,11 @@ def iter_search(query_feats, gallery_feats, k, index_factory=None, query_chunk=D
         searcher = approximate_index(gallery_feats, index_factory, nprobe, params, train_size, seed, shards,
                                      save_index, load_index, gallery_description, chunk_size, n_gpus,
                                      show_progress)
+    if info is not None:
+        used = len(searcher.gpu_ids())   # an approximate index may keep shards on the CPU
+        info.update(index_factory="Flat" if is_exact(index_factory) else index_factory,
+                    device="cuda" if used else "cpu", num_gpus=used, device_note=device.note,
+                    **faiss_description(faiss))
     n_queries = len(query_feats)
     with tqdm(total=n_queries, desc="search", unit="query", disable=not show_progress) as progress:
         for start in range(0, n_queries, query_chunk):
@@ -205,7 +257,8 @@ def iter_search(query_feats, gallery_feats, k, index_factory=None, query_chunk=D
 
 def search(query_feats, gallery_feats, k, index_factory=None, chunk_size=DEFAULT_GALLERY_CHUNK, nprobe=None,
            use_gpu="auto", train_size=DEFAULT_TRAIN_SIZE, query_chunk=DEFAULT_QUERY_CHUNK, params=None, seed=0,
-           show_progress=True, shards=None, save_index=None, load_index=None, gallery_description=None):
+           show_progress=True, shards=None, save_index=None, load_index=None, gallery_description=None,
+           info=None):
     """Top-k search of all queries; returns (scores float32 (Q, k), indices int64 (Q, k)).
 
     See ``iter_search``; this collects its chunks (use that to keep memory at one chunk).
@@ -214,7 +267,7 @@ def search(query_feats, gallery_feats, k, index_factory=None, chunk_size=DEFAULT
                              chunk_size=chunk_size, nprobe=nprobe, params=params, use_gpu=use_gpu,
                              train_size=train_size, seed=seed, show_progress=show_progress, shards=shards,
                              save_index=save_index, load_index=load_index,
-                             gallery_description=gallery_description))
+                             gallery_description=gallery_description, info=info))
     if not parts:
         k = min(k, len(gallery_feats))
         return np.empty((0, k), np.float32), np.empty((0, k), np.int64)

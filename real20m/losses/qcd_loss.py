@@ -82,6 +82,12 @@ class QCDLoss(nn.Module):
     def logit_scale(self) -> Tensor:
         return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
+    @property
+    def writes_memory_first(self) -> bool:
+        """Whether a step's batch enters the memory before it is scored (the original's XBM) rather
+        than after."""
+        return self.memory is not None and self.xbm_mode == "original"
+
     def keys_to_gather(self) -> list[str]:
         """Embeddings some computed term scores globally, in a fixed order (the same on every rank);
         none with in-batch (local) negatives."""
@@ -90,12 +96,13 @@ class QCDLoss(nn.Module):
         wanted = set(ACCURACY_KEYS).union(*(TERMS[name].gathers for name in self.enabled + self.logged_only))
         return [key for key in EMBEDDING_KEYS + OPTIONAL_EMBEDDING_KEYS if key in wanted]
 
-    def forward(self, out: dict) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, out: dict, write_memory: bool = True) -> tuple[Tensor, dict[str, float]]:
         """out: the model's outputs, L2-normalised local (B, D) "query", "title", "visual", "fused"
         and whatever else a term reads (the caption logits and targets).
 
         Returns the weighted total and every term's unweighted value as floats (0.0 when disabled).
-        While training, the gathered (query, fused) pairs then enter the memory bank.
+        While training, the gathered (query, fused) pairs then enter the memory bank, unless
+        ``write_memory`` is false (gradient accumulation scores one batch N times, writes it once).
         """
         missing = [key for key in EMBEDDING_KEYS if key not in out]
         if missing:
@@ -104,8 +111,8 @@ class QCDLoss(nn.Module):
         local = {key: out[key].float() for key in EMBEDDING_KEYS + OPTIONAL_EMBEDDING_KEYS if key in out}
         gathered = local if self.local_negatives else \
             {key: gather_with_grad(local[key]) for key in self.keys_to_gather() if key in local}
-        original_memory = self.memory is not None and self.xbm_mode == "original"
-        if original_memory and self.training:
+        write = self.training and write_memory and self.memory is not None
+        if write and self.writes_memory_first:
             self.memory.write(local["query"], local["fused"])  # the release writes, then scores
         inputs = TermInputs(local=local, gathered=gathered, scale=self.logit_scale(),
                             memory=self.memory.negatives() if self.memory is not None else None, outputs=out,
@@ -117,7 +124,7 @@ class QCDLoss(nn.Module):
         total = sum((self.weights[name] * terms[name] for name in self.enabled[1:]),
                     self.weights[self.enabled[0]] * terms[self.enabled[0]]) if self.enabled else zero
         top1, top5 = topk_accuracy(local["query"].detach(), gathered["fused"].detach(), offset=inputs.offset)
-        if self.training and self.memory is not None and not original_memory:
+        if write and not self.writes_memory_first:
             self.memory.enqueue(gathered["query"], gathered["fused"])
         report = {**terms, "total": total, "top1": top1, "top5": top5, "logit_scale": inputs.scale}
         # One device->host copy for all terms instead of one sync per .item().

@@ -8,7 +8,7 @@ model_cfg keys (YAML section `model:`):
     text, vision  HF config kwargs for random init (the tokenizer's vocab_size overrides text's;
                   for a random `clip` text tower set text.eos_token_id to the tokenizer's end
                   token, whose position CLIP pools)
-    timm_name     timm model name (backbone timm)
+    timm_name     timm model name (backbone timm); timm_args: its constructor kwargs (resolved configs)
     embed_dim     D; clip_length: frames per video; frame_heads: heads of the frame transformer
     frame_aggregation  transformer (default) | mean;  frame_init: default | original
     fusion        attention (default) | title_only | visual_only
@@ -17,11 +17,20 @@ model_cfg keys (YAML section `model:`):
     gradient_checkpointing (bool), use_title_mask / use_query_mask (bool, default true; false =
                   the original's unmasked titles and queries), frame_fp16 (bool, default false;
                   true = the original's frame transformer under fp16 autocast on CUDA)
+    pixel_stats   backbone | imagenet | {mean: [r, g, b], std: [r, g, b]}; absent = imagenet
+                  (see below)
 
 Pixels: the data loader gives raw uint8 RGB frames, which the model normalises on its own device
-(``normalize_pixels``: /255, ImageNet mean and std), so that loader workers do no float work.
+(``normalize_pixels``: /255, minus mean, over std), so that loader workers do no float work.
 Float pixels are taken as already normalised and used as they are (the release fixtures and any
-caller that normalises itself).
+caller that normalises itself). The statistics: ``backbone`` takes those the pretrained vision
+backbone was trained with (its image processor config, or timm's data config), and ImageNet's
+for a from-scratch tower, which has no preference of its own: ImageNet's are what every tower of
+this project was trained with before, so a from-scratch model embeds exactly as it always did.
+``imagenet`` is the original release's (``--compat original``), and a config without the key
+(release layouts, checkpoints saved before the option existed) was trained with those too.
+``resolved_config`` writes the explicit values, so whatever rebuilds the model from it
+(evaluation, conversion, resume) normalises as training did, without reading the backbone again.
 """
 from __future__ import annotations
 
@@ -35,12 +44,27 @@ from torch import nn
 from .caption import CaptionDecoder
 from .frame_transformer import FRAME_AGGREGATIONS
 from .pooling import FUSIONS
-from .towers import architecture_kwargs, build_towers
+from .towers import architecture_kwargs, backbone_pixel_stats, build_towers, timm_architecture
 
-# ImageNet statistics: what the vision tower's inputs have always been normalised with (changing
-# them would change the inputs every checkpoint was trained on).
+# ImageNet statistics: the original release's, and those of every config without pixel_stats.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PIXEL_STATS = ("backbone", "imagenet")
+
+
+def resolve_pixel_stats(model_cfg: dict, vision) -> dict[str, list[float]]:
+    """{"mean", "std"} (3 floats each) that ``model_cfg["pixel_stats"]`` names (module docstring)."""
+    stats = model_cfg.get("pixel_stats")
+    if isinstance(stats, dict):
+        mean, std = [float(v) for v in stats.get("mean", ())], [float(v) for v in stats.get("std", ())]
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"model.pixel_stats needs 3 means and 3 positive stds, got {stats}")
+        return {"mean": mean, "std": std}
+    if stats not in (None, *PIXEL_STATS):
+        raise ValueError(f"model.pixel_stats must be one of {PIXEL_STATS} or {{mean, std}}, got {stats!r}")
+    backbone = backbone_pixel_stats(model_cfg, vision) if stats == "backbone" else None
+    mean, std = backbone or (IMAGENET_MEAN, IMAGENET_STD)
+    return {"mean": list(mean), "std": list(std)}
 
 
 @dataclass
@@ -71,10 +95,12 @@ class QCDModel(nn.Module):
         self.use_title_mask = bool(model_cfg.get("use_title_mask", True))
         self.use_query_mask = bool(model_cfg.get("use_query_mask", True))
         self.frame_fp16 = bool(model_cfg.get("frame_fp16", False))
+        self.pixel_stats = resolve_pixel_stats(model_cfg, self.vision)
         # Non-persistent buffers: they follow the model to its device (a host-to-GPU copy of the
-        # statistics at every step would wait for the GPU) and stay out of checkpoints.
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+        # statistics at every step would wait for the GPU) and stay out of state dicts (the
+        # checkpoint's model_cfg holds them: resolved_config).
+        self.register_buffer("pixel_mean", torch.tensor(self.pixel_stats["mean"]).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.pixel_stats["std"]).view(3, 1, 1), persistent=False)
         self.set_gradient_checkpointing(bool(model_cfg.get("gradient_checkpointing", False)))
 
     def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -159,14 +185,18 @@ class QCDModel(nn.Module):
     def resolved_config(self) -> dict:
         """A model_cfg that rebuilds this exact architecture offline (no pretrained download).
 
-        The towers' actual configs replace `text` / `vision`, so a model made from a hub name can
-        be rebuilt from the converted weights alone.
+        The towers' actual configs replace `text` / `vision` (a timm tower: its name and
+        constructor kwargs), and the pixel statistics are written out, so a model made from a hub
+        name or a folder can be rebuilt from the converted weights alone.
         """
         cfg = copy.deepcopy(self.model_cfg)
         cfg["text"] = architecture_kwargs(self.text.encoder.config)
         if self.vision.kind == "hf":
             cfg["vision"] = architecture_kwargs(self.vision.encoder.config)
+        else:
+            cfg["timm_name"], cfg["timm_args"] = timm_architecture(self.vision.encoder)
         cfg["pretrained"] = None
+        cfg["pixel_stats"] = copy.deepcopy(self.pixel_stats)
         cfg["use_title_mask"] = self.use_title_mask
         cfg["use_query_mask"] = self.use_query_mask
         cfg["frame_fp16"] = self.frame_fp16

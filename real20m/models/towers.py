@@ -13,6 +13,7 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from transformers import (
+    AutoImageProcessor,
     ChineseCLIPModel,
     ChineseCLIPTextConfig,
     ChineseCLIPTextModel,
@@ -119,9 +120,10 @@ class PretrainedNotAvailableError(OSError):
     """A hub name that is neither a local folder nor cached, with downloads switched off."""
 
 
-def describe_pretrained_source(pretrained: str) -> str:
+def describe_pretrained_source(pretrained: str, option: str = "model.pretrained") -> str:
     """Where ``from_pretrained(pretrained)`` will read from: a local folder, the local Hugging Face
-    cache, or the network (a download). Offline (HF_HUB_OFFLINE=1) and not cached is an error."""
+    cache, or the network (a download). Offline (HF_HUB_OFFLINE=1) and not cached is an error
+    naming ``option``, where the name came from."""
     if os.path.isdir(pretrained):
         return f"local folder {pretrained}"
     cached = try_to_load_from_cache(pretrained, "config.json")
@@ -129,7 +131,7 @@ def describe_pretrained_source(pretrained: str) -> str:
         return f"the local Hugging Face cache ({os.path.dirname(cached)})"
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         raise PretrainedNotAvailableError(
-            f"model.pretrained {pretrained!r} is not a folder and not in the local Hugging Face cache, and "
+            f"{option} {pretrained!r} is not a folder and not in the local Hugging Face cache, and "
             f"HF_HUB_OFFLINE=1: download it once with network access, or give a local folder")
     return f"the network (downloading {pretrained} from the Hugging Face hub)"
 
@@ -215,13 +217,79 @@ def _build_random_hf_vision_tower(backbone, model_cfg, embed_dim) -> VisionTower
     return VisionTower(encoder, _projection(encoder.config.hidden_size, embed_dim), "hf")
 
 
+TIMM_HUB_PREFIX = "hf-hub:"
+
+
 def _build_timm_vision_tower(model_cfg, embed_dim) -> VisionTower:
+    """``model.pretrained``: None (random ``timm_name``), a weights file for ``timm_name``, a folder
+    in timm's own layout (``timm.models.save_for_hf``: config.json + weights, which name the
+    architecture) or a hub name (``hf-hub:`` optional). ``timm_args``: constructor kwargs, written
+    by ``QCDModel.resolved_config`` so that a model made from a folder rebuilds without it."""
     import timm  # only needed for this backbone
 
     name = model_cfg.get("timm_name")
-    if not name:
-        raise ValueError("model.backbone 'timm' needs model.timm_name")
-    weights_file = model_cfg.get("pretrained")
-    extra = dict(pretrained=True, pretrained_cfg_overlay={"file": weights_file}) if weights_file else {}
-    encoder = timm.create_model(name, num_classes=0, **extra)
+    pretrained = model_cfg.get("pretrained")
+    kwargs = dict(model_cfg.get("timm_args") or {}, num_classes=0)
+    if pretrained and not os.path.isfile(pretrained):
+        # A folder or hub repository carries its own config.json: architecture, its constructor
+        # arguments and its data config (the pixel statistics).
+        hub_id = pretrained.removeprefix(TIMM_HUB_PREFIX)
+        logger.info("loading the timm backbone from %s", describe_pretrained_source(hub_id))
+        source = f"local-dir:{hub_id}" if os.path.isdir(hub_id) else f"{TIMM_HUB_PREFIX}{hub_id}"
+        encoder = timm.create_model(source, pretrained=True, **kwargs)
+        architecture = encoder.pretrained_cfg["architecture"]
+        if name and name.split(".")[0] != architecture:
+            raise ValueError(f"model.timm_name={name!r} but model.pretrained {pretrained!r} is a {architecture!r}")
+    elif name:
+        if pretrained:
+            logger.info("loading the timm backbone %s from local file %s", name, pretrained)
+        extra = dict(pretrained=True, pretrained_cfg_overlay={"file": pretrained}) if pretrained else {}
+        encoder = timm.create_model(name, **kwargs, **extra)
+    else:
+        raise ValueError("model.backbone 'timm' needs model.timm_name (or a timm folder or hub name as "
+                         "model.pretrained)")
     return VisionTower(encoder, _projection(encoder.num_features, embed_dim), "timm")
+
+
+def timm_architecture(encoder: nn.Module) -> tuple[str, dict]:
+    """(model name, constructor kwargs) that rebuild a timm encoder's architecture with no file or
+    hub access: the kwargs a folder or hub config.json supplied (without the classifier size,
+    always 0 here). The pretrained tag stays in the name when timm knows it, as a tag can set
+    constructor defaults (a ViT's image size)."""
+    import timm
+
+    args = {key: value for key, value in getattr(encoder, "pretrained_model_args", {}).items()
+            if key != "num_classes"}
+    name, tag = encoder.pretrained_cfg["architecture"], encoder.pretrained_cfg.get("tag")
+    tagged = f"{name}.{tag}"
+    return (tagged if tag and tagged in timm.list_pretrained(tagged) else name), args
+
+
+def _channel_values(values, what: str) -> list[float]:
+    values = [float(values)] * 3 if isinstance(values, (int, float)) else [float(v) for v in values]
+    if len(values) != 3:
+        raise ValueError(f"pixel {what} must have 3 values (RGB), got {values}")
+    return values
+
+
+def backbone_pixel_stats(model_cfg: dict, vision: VisionTower) -> tuple[list[float], list[float]] | None:
+    """(mean, std) the pretrained vision backbone was trained with, or None when it has no
+    preference (a from-scratch tower) or states none.
+
+    Hugging Face backbones: the image processor's image_mean/image_std (preprocessor_config.json,
+    from the same folder, cache or hub as the weights, so HF_HUB_OFFLINE=1 applies). timm: the
+    data config of the loaded weights (their pretrained_cfg)."""
+    pretrained = model_cfg.get("pretrained")
+    if not pretrained:
+        return None
+    if vision.kind == "timm":
+        from timm.data import resolve_data_config
+        config = resolve_data_config(model=vision.encoder)
+        return _channel_values(config["mean"], "mean"), _channel_values(config["std"], "std")
+    try:
+        processor = AutoImageProcessor.from_pretrained(pretrained)
+    except OSError as error:
+        logger.warning("%s has no image processor config (%s); normalising pixels with ImageNet statistics",
+                       pretrained, str(error).splitlines()[0])
+        return None
+    return _channel_values(processor.image_mean, "mean"), _channel_values(processor.image_std, "std")

@@ -58,7 +58,7 @@ def test_run_evaluation_end_to_end(tmp_path):
     assert saved["recall@1"] == metrics["recall@1"] >= 0.9
     assert saved["recall@50"] == 1.0 and "recall@100" not in saved
     assert saved["num_queries"] == 20 and saved["num_gallery"] == 300
-    assert saved["search"]["index"] == "exact" and "total_s" in saved["timings"]
+    assert saved["search"]["index"] == "Flat" and "total_s" in saved["timings"]
     assert os.path.getsize(out / "recall.png") > 0
 
 

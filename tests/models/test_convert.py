@@ -89,3 +89,18 @@ def test_our_checkpoint_with_wrong_shape_is_named(tmp_path):
     state["pooling.projection.weight"] = torch.zeros(2, 10)
     with pytest.raises(ValueError, match=r"pooling.projection.weight: checkpoint \(2, 10\) vs model \(2, 1024\)"):
         load_weights_into(model, {"model": state})
+
+
+@pytest.mark.parametrize("flag,content,reason", [("--model-config", "[1", "not valid YAML/JSON"),
+                                                 ("--release-config", None, "cannot read it"),
+                                                 ("--model-config", "- a list", "expected a mapping")])
+def test_bad_config_file_is_one_line_naming_it(tmp_path, capsys, flag, content, reason):
+    config = tmp_path / "cfg.yaml"
+    if content is not None:
+        config.write_text(content)
+    with pytest.raises(SystemExit) as stopped:
+        _tool_main()([str(tmp_path / "any.pth.tar"), str(tmp_path / "out"), flag, str(config)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag} {config}: {reason}") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

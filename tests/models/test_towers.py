@@ -19,3 +19,16 @@ def test_an_uncached_hub_name_online_says_it_will_download(monkeypatch, tmp_path
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     assert describe_pretrained_source("someone/not-cached-model").startswith("the network")
+
+
+def test_a_cached_hub_name_is_read_from_the_cache(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--someone--cached-model" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--someone--cached-model" / "refs").mkdir()
+    (tmp_path / "models--someone--cached-model" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert describe_pretrained_source("someone/cached-model") == f"the local Hugging Face cache ({snapshot})"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.extract_frames import VideoDecodeError, evenly_spaced, extract_video, main
+from real20m.cli.extract_frames import VideoDecodeError, evenly_spaced, extract_video, main
 
 NUM_FRAMES = 10
 FPS = 10
@@ -103,3 +103,11 @@ def test_cli_exit_codes(tmp_path):
     assert main(["--videos", str(videos), "--out", out]) == 0  # nothing to do is not an error
     (videos / "9.mp4").write_bytes(b"\x00" * 64)
     assert main(["--videos", str(videos), "--out", out, "--backend", "av"]) == 1
+
+
+def test_missing_video_folder_is_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--videos", str(tmp_path / "nope"), "--out", str(tmp_path / "images")])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"--videos {tmp_path / 'nope'}: no such folder")
+    assert not (tmp_path / "images").exists()

@@ -1,0 +1,79 @@
+import logging
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from real20m.evaluate.faiss_backend import (SearchDevice, SearchDeviceError, faiss_description, parse_use_gpu,
+                                            resolve_search_device)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CPU_FAISS = SimpleNamespace(__version__="1.15.1")   # the CPU wheel: no GPU resources class
+
+
+def _gpu_faiss(n_gpus):
+    return SimpleNamespace(__version__="1.14.1", StandardGpuResources=object, get_num_gpus=lambda: n_gpus)
+
+
+def test_parse_use_gpu_accepts_the_three_words_any_case_and_bools():
+    assert [parse_use_gpu(v) for v in ("auto", "ALWAYS", "Never", True, False)] == \
+        ["auto", "always", "never", "always", "never"]
+    with pytest.raises(ValueError, match="use_gpu must be one of auto, always, never"):
+        parse_use_gpu("sometimes")
+    with pytest.raises(ValueError):
+        parse_use_gpu(1)
+
+
+def test_always_names_what_to_install_or_what_is_missing():
+    with pytest.raises(SearchDeviceError) as error:
+        resolve_search_device("always", CPU_FAISS)
+    assert str(error.value) == ("--use_gpu always: Faiss 1.15.1 is the CPU build; "
+                                "pip uninstall -y faiss-cpu && pip install -e '.[gpu]' (faiss-gpu-cu12)")
+    with pytest.raises(SearchDeviceError, match="GPU build of Faiss 1.14.1 sees no GPU; check nvidia-smi"):
+        resolve_search_device(True, _gpu_faiss(0))
+    assert resolve_search_device("always", _gpu_faiss(2)) == SearchDevice(2)
+
+
+def test_auto_falls_back_to_the_cpu_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="real20m.evaluate.faiss_backend"):
+        device = resolve_search_device("auto", CPU_FAISS)
+    assert device.n_gpus == 0 and device.note == "--use_gpu auto: searching on the CPU because Faiss 1.15.1 is the CPU build"
+    assert [record.getMessage() for record in caplog.records] == [device.note]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="real20m.evaluate.faiss_backend"):
+        assert resolve_search_device("auto", _gpu_faiss(0)).note.endswith("the GPU build of Faiss 1.14.1 sees no GPU")
+        assert resolve_search_device("auto", _gpu_faiss(3)) == SearchDevice(3)   # no fallback, nothing logged
+        assert resolve_search_device("never", _gpu_faiss(3)) == SearchDevice(0)
+    assert len(caplog.records) == 1
+
+
+def test_faiss_description():
+    assert faiss_description(CPU_FAISS) == {"faiss_version": "1.15.1", "faiss_build": "cpu"}
+    assert faiss_description(_gpu_faiss(1)) == {"faiss_version": "1.14.1", "faiss_build": "gpu"}
+
+
+# A None entry in sys.modules makes ``import faiss`` fail as if it were not installed.
+WITHOUT_FAISS = "import sys; sys.modules['faiss'] = None; "
+
+
+def _python(code, *args):
+    return subprocess.run([sys.executable, "-c", WITHOUT_FAISS + code, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_search_without_faiss_names_the_extras_in_one_line():
+    result = _python("from real20m.evaluate.faiss_backend import FaissNotInstalledError\n"
+                     "try:\n    import real20m.evaluate.search\n"
+                     "except FaissNotInstalledError as error:\n    print(error)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 1 and "Faiss is not installed" in result.stdout
+    assert "real20m[cpu] or real20m[gpu]" in result.stdout
+
+
+def test_evaluation_entry_point_without_faiss_fails_with_one_line():
+    result = _python("import runpy; runpy.run_path('evaluation.py', run_name='__main__')", "--help")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: Faiss is not installed") and result.stderr.count("\n") == 1
+    assert "real20m[cpu] or real20m[gpu]" in result.stderr
