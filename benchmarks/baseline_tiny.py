@@ -13,6 +13,7 @@ goods->video, and the wall and CPU time.
 """
 import argparse
 import json
+import math
 import os
 import resource
 import sys
@@ -83,8 +84,11 @@ def info_nce(items, queries, logit_scale):
 
 def train(model, loader, sampler, epochs, lr):
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(sampler),
-                                                   pct_start=0.05)
+    # Linear warm-up over 5% of the steps, then cosine decay (epochs vary by a batch or two in length).
+    total = max(1, epochs * len(sampler))
+    warmup = max(1, total // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(step, total) / total)))
     model.train()
     for epoch in range(epochs):
         sampler.set_epoch(epoch)

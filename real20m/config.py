@@ -88,6 +88,7 @@ class DataConfig:
     photo_text_root: str | None = None
     frameid_root: str | None = None
     cluster_file: str | None = None
+    val_dir: str | None = None   # None: DATA_ROOT/val_file when it exists
     hard_sample: bool = False
     clip_length: int = 5
     image_size: int = 224
@@ -113,6 +114,7 @@ class ModelConfig:
     text: Mapping = field(default_factory=dict)
     vision: Mapping = field(default_factory=dict)
     timm_name: str | None = None
+    timm_args: Mapping = field(default_factory=dict)
     embed_dim: int = 512
     frame_heads: int = 8
     caption: Mapping | None = None
@@ -132,7 +134,7 @@ class ModelConfig:
         """The plain dict ``QCDModel`` is built from (a from-scratch vision tower gets the data's
         image size; a pretrained one keeps its own)."""
         arch = {name: copy.deepcopy(plain(getattr(self, name))) for name in (
-            "backbone", "pretrained", "text", "vision", "timm_name", "embed_dim", "frame_heads", "caption",
+            "backbone", "pretrained", "text", "vision", "timm_name", "timm_args", "embed_dim", "frame_heads", "caption",
             "gradient_checkpointing", "frame_aggregation", "fusion", "frame_init", "frame_fp16", "clip_length",
             "use_title_mask", "use_query_mask", "pixel_stats")}
         if not self.pretrained and self.backbone != "timm":
@@ -185,6 +187,9 @@ class RunConfig:
     release_config: str | None = None
     print_freq: int = 50
     save_freq: int = 0
+    save_epoch_freq: int = 1
+    save_interval_s: float = 0.0
+    val_freq: int = 0
     start_epoch: int = 0
     start_step: int = 0
     dist_timeout: int = 1800
@@ -286,6 +291,8 @@ OPTIONS: tuple[Option, ...] = (
     _flag("data.photo_text_root", "video text root"),
     _flag("data.frameid_root", "optional frame lists <root>/<pid %% 50000>/<pid>.txt"),
     _flag("data.cluster_file", "query clusters for --hard_sample", "--cluster_file", "--cls_file"),
+    _flag("data.val_dir", "validation split for --val_freq: a folder with video_queries.txt, goods_gallery.txt, "
+          "eval_gt_video2goods.txt and eval_gt_goods2video.txt (default DATA_ROOT/val_file)"),
     _switch("data.hard_sample", "draw each batch within one query cluster"),
     _flag("data.clip_length", "frames per video (data loader and model)", type=int),
     _flag("data.image_size", "pixels of a frame's side after the transform (and of a from-scratch tower)",
@@ -315,6 +322,8 @@ OPTIONS: tuple[Option, ...] = (
     _flag("model.pretrained", "backbone weights: hub name or folder (timm: also a weights file for --timm_name; "
           "a .pth.tar file initialises the whole model instead, as the original --pretrained did)"),
     _flag("model.timm_name", "timm model name (backbone timm; not needed with a timm folder or hub name)"),
+    _flag("model.timm_args", "constructor arguments of the timm model, e.g. '{channels: [16, 32, 64, 128]}' "
+          "(replaces the configured ones as a whole: they belong to one model name)", type=yaml_value),
     _flag("model.embed_dim", "embedding size D", "--embedding_size", "--embed_dim", type=int),
     _flag("model.frame_heads", "attention heads of the frame transformer", type=int),
     _switch("model.gradient_checkpointing", "recompute tower activations in the backward pass"),
@@ -384,6 +393,13 @@ OPTIONS: tuple[Option, ...] = (
     _flag("run.release_config", "cn_clip-style config.json of a release checkpoint (default: ViT-B/16)"),
     _flag("run.print_freq", "log every N steps", "--print_freq", "-p", type=int),
     _flag("run.save_freq", "also save every N steps (0: end of epoch only)", "--save_freq", "-s", type=int),
+    _flag("run.save_epoch_freq", "save at the end of every N-th epoch (0: only by --save_interval_s); the "
+          "last epoch is always saved", type=int),
+    _flag("run.save_interval_s", "also save at the end of an epoch when this many seconds have passed since "
+          "the last save (0: off)", type=float),
+    _flag("run.val_freq", "every N epochs (and after the last) compute video->goods and goods->video Recall@K "
+          "on the validation split (--val_dir), log it and keep the best model as best.pth.tar (0: off)",
+          "--val_freq", "--val-frequency", type=int),
     _flag("run.start_epoch", "epoch counter of a fresh run (a resumed run takes the checkpoint's)", type=int),
     _flag("run.start_step", "global step of a fresh run (a resumed run takes the checkpoint's)",
           "--global_step", "--start_step", type=int),
@@ -671,6 +687,8 @@ def _resolve_run(run: dict) -> None:
 def _resolve_data(data: dict, loss: dict, run: dict) -> None:
     """Paths under data_root, compat (from the checkpoint to evaluate), text lengths, item pairs."""
     _fill_data_paths(data)
+    if run["val_freq"] and not run["evaluate"]:
+        _check_validation_split(data["val_dir"])
     if data["compat"] is None:
         data["compat"] = _compat_for(run)
     if data["compat"] not in COMPAT_MODES:
@@ -743,6 +761,17 @@ def _check_lr_mult(lr_mult: Mapping) -> None:
         raise ConfigError(f"optim.lr_mult: unknown group(s) {unknown}; known: {sorted(default_lr_mult())}")
 
 
+VALIDATION_FILES = ("video_queries.txt", "goods_gallery.txt", "eval_gt_video2goods.txt", "eval_gt_goods2video.txt")
+
+
+def _check_validation_split(val_dir: str | None) -> None:
+    if not val_dir:
+        raise ConfigError("run.val_freq needs a validation split: set data.val_dir (or data.data_root)")
+    missing = [name for name in VALIDATION_FILES if not os.path.isfile(os.path.join(val_dir, name))]
+    if missing:
+        raise ConfigError(f"{val_dir}: run.val_freq needs the validation files {', '.join(missing)}")
+
+
 def _fill_data_paths(data: dict) -> None:
     """With data_root, every path left unset points into the standard Real400K/Real20M layout."""
     if not data["data_root"]:
@@ -758,6 +787,7 @@ def _fill_data_paths(data: dict) -> None:
     cluster = os.path.join(data["data_root"], "train_file", "cluster.txt")
     if data["hard_sample"] and os.path.exists(cluster):
         layout["cluster_file"] = cluster
+    layout["val_dir"] = os.path.join(data["data_root"], "val_file")
     for name, path in layout.items():
         if data[name] is None:
             data[name] = path

@@ -6,8 +6,8 @@ from real20m.datasets.synthetic import generate
 
 @pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory):
-    """A small synthetic dataset in the Real400K layout (16 train / 4 test queries, 32 px images)."""
+    """A small synthetic dataset in the Real400K layout (16 train / 4 test / 4 validation queries, 32 px images)."""
     root = tmp_path_factory.mktemp("synthetic")
-    generate(str(root), seed=0, num_queries=16, num_test_queries=4, goods_per_query=2, videos_per_query=2,
-             frames_per_video=5, image_size=32)
+    generate(str(root), seed=0, num_queries=16, num_test_queries=4, num_val_queries=4, goods_per_query=2,
+             videos_per_query=2, frames_per_video=5, image_size=32)
     return str(root)

@@ -16,8 +16,9 @@ from real20m.factory import build_collator, build_eval_data, build_model, build_
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(path.stem for path in (REPO / "real20m" / "configs").glob("*.yaml"))
 SINGLE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, backend=None)
-# Small towers for building a shipped config's model on a CPU in a test (paper.yaml names a hub model).
-SMALL_TOWERS = ["--model.pretrained", "null",
+# Small Chinese-CLIP towers for building a shipped config's model on a CPU in a test (paper.yaml names a
+# hub model; tiny.yaml's vision tower is a timm CNN, which has no image size to derive).
+SMALL_TOWERS = ["--model.backbone", "chinese_clip", "--model.pretrained", "null",
                 "--model.text", "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
                                 "intermediate_size: 64, max_position_embeddings: 64}",
                 "--model.vision", "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "

@@ -75,7 +75,7 @@ VIDEO_PID_BASE = 1_000_000
 JPEG_QUALITY = 90
 NULL = "null"
 
-SIZE_NAMES = ("num_queries", "num_test_queries", "goods_per_query", "videos_per_query", "frames_per_video",
+SIZE_NAMES = ("num_queries", "num_test_queries", "num_val_queries", "goods_per_query", "videos_per_query", "frames_per_video",
               "image_size")
 
 
@@ -111,20 +111,24 @@ def product_combinations():
     return [Product(*c) for c in itertools.product(COLOURS, PATTERNS, MATERIALS, CATEGORIES)]
 
 
-def split_queries(rng, num_queries, num_test_queries, combos):
-    """Pick training combinations, then held-out ones made only of values seen in training."""
-    if num_queries < 1 or num_test_queries < 0 or num_queries + num_test_queries > len(combos):
-        raise ValueError(f"need 1 <= num_queries and num_queries + num_test_queries <= {len(combos)}, "
-                         f"got {num_queries} + {num_test_queries}")
+def split_queries(rng, num_queries, num_test_queries, combos, num_val_queries=0):
+    """Pick training combinations, then held-out ones made only of values seen in training: the
+    test queries first, then the validation ones (so adding a validation split leaves the test
+    split as it was)."""
+    held_out = num_test_queries + num_val_queries
+    if num_queries < 1 or num_test_queries < 0 or num_val_queries < 0 or num_queries + held_out > len(combos):
+        raise ValueError(f"need 1 <= num_queries and num_queries + num_test_queries + num_val_queries <= "
+                         f"{len(combos)}, got {num_queries} + {num_test_queries} + {num_val_queries}")
     order = rng.permutation(len(combos))
     train = [combos[i] for i in order[:num_queries]]
     seen = [set(values) for values in zip(*(p.attributes for p in train))]
     unseen_but_composable = [combos[i] for i in order[num_queries:]
                              if all(v in s for v, s in zip(combos[i].attributes, seen))]
-    if len(unseen_but_composable) < num_test_queries:
+    if len(unseen_but_composable) < held_out:
         raise ValueError(f"only {len(unseen_but_composable)} held-out combinations use values seen in "
-                         f"training; ask for fewer test queries or more training queries")
-    return train, unseen_but_composable[:num_test_queries]
+                         f"training; ask for fewer test or validation queries or more training queries")
+    return (train, unseen_but_composable[:num_test_queries],
+            unseen_but_composable[num_test_queries:held_out])
 
 
 # ---------------------------------------------------------------- text
@@ -326,7 +330,7 @@ class Style(NamedTuple):
 
 STYLES = {
     "products": Style(product_combinations, goods_text_lines, goods_image, video_text_lines, video_frames,
-                      dict(num_queries=240, num_test_queries=120, goods_per_query=3, videos_per_query=3,
+                      dict(num_queries=240, num_test_queries=120, num_val_queries=40, goods_per_query=3, videos_per_query=3,
                            frames_per_video=5, image_size=64)),
     "household": Style(synthetic_household.all_combinations, synthetic_household.goods_text_lines,
                        synthetic_household.goods_image, synthetic_household.video_text_lines,
@@ -424,16 +428,23 @@ def id_list(rows):
     return ",".join(str(row[0]) for row in rows) or "None"
 
 
-def write_annotations(writer, train, test, train_groups, test_groups):
+def write_item_task_files(writer, folder, groups):
+    """The item-to-item tasks of a held-out split: query items, gallery and both ground truths."""
+    writer.text(f"{folder}/video_queries.txt", tsv(r for _, v in groups for r in v))
+    writer.text(f"{folder}/goods_gallery.txt", tsv(r for g, _ in groups for r in g))
+    writer.text(f"{folder}/eval_gt_video2goods.txt", ground_truth(groups, from_videos=True))
+    writer.text(f"{folder}/eval_gt_goods2video.txt", ground_truth(groups, from_videos=False))
+
+
+def write_annotations(writer, train, test, train_groups, test_groups, val_groups):
     writer.text("train_file/train.txt",
                 [f"{p.query}\t{id_list(g)}\t{id_list(v)}" for p, (g, v) in zip(train, train_groups)])
     writer.text("train_file/train_items.txt", tsv(r for g, v in train_groups for r in g + v))
     writer.text("train_file/cluster.txt",
                 [f"{p.query}\t{p.category}\t{p.colour}{p.category}\t{p.query}" for p in train])
-    writer.text("test_file/video_queries.txt", tsv(r for _, v in test_groups for r in v))
-    writer.text("test_file/goods_gallery.txt", tsv(r for g, _ in test_groups for r in g))
-    writer.text("test_file/eval_gt_video2goods.txt", ground_truth(test_groups, from_videos=True))
-    writer.text("test_file/eval_gt_goods2video.txt", ground_truth(test_groups, from_videos=False))
+    write_item_task_files(writer, "test_file", test_groups)
+    if val_groups:
+        write_item_task_files(writer, "val_file", val_groups)
     writer.text("Real400K/query/queries.txt",
                 [f"{p.query}\ttrain" for p in train] + [f"{p.query}\ttest" for p in test])
     write_query_tasks(writer, len(train), test, test_groups)
@@ -477,10 +488,10 @@ def generate(out_dir, seed=0, style=DEFAULT_STYLE, **sizes):
     if sizes["image_size"] < 16:
         raise ValueError(f"image_size must be >= 16, got {sizes['image_size']}")
     started = time.perf_counter()
-    train, test = split_queries(np.random.default_rng(seed), sizes["num_queries"], sizes["num_test_queries"],
-                                family.combinations())
-    num_goods = (len(train) + len(test)) * sizes["goods_per_query"]
-    num_videos = (len(train) + len(test)) * sizes["videos_per_query"]
+    train, test, val = split_queries(np.random.default_rng(seed), sizes["num_queries"], sizes["num_test_queries"],
+                                     family.combinations(), sizes["num_val_queries"])
+    num_goods = (len(train) + len(test) + len(val)) * sizes["goods_per_query"]
+    num_videos = (len(train) + len(test) + len(val)) * sizes["videos_per_query"]
     if GOODS_PID_BASE + num_goods > VIDEO_PID_BASE:
         raise ValueError(f"{num_goods} goods would run into the video pid range")
 
@@ -488,15 +499,21 @@ def generate(out_dir, seed=0, style=DEFAULT_STYLE, **sizes):
     train_groups = write_items(writer, family, seed, train, {"goods": 0, "photo": 0}, sizes)
     test_first = {"goods": len(train) * sizes["goods_per_query"], "photo": len(train) * sizes["videos_per_query"]}
     test_groups = write_items(writer, family, seed, test, test_first, sizes)
-    write_annotations(writer, train, test, train_groups, test_groups)
+    # Validation items come after the test items, so the train and test files do not depend on them.
+    val_first = {kind: first + len(test) * sizes[f"{name}_per_query"]
+                 for (kind, first), name in zip(test_first.items(), ("goods", "videos"))}
+    val_groups = write_items(writer, family, seed, val, val_first, sizes)
+    write_annotations(writer, train, test, train_groups, test_groups, val_groups)
     return dict(out_dir=str(out_dir), seed=seed, style=style, train_queries=len(train), test_queries=len(test),
+                val_queries=len(val),
                 goods=num_goods, videos=num_videos, images=writer.images, text_files=writer.texts,
                 bytes=directory_bytes(out_dir), seconds=round(time.perf_counter() - started, 2))
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Write a small synthetic Real400K-style dataset.")
-    parser.add_argument("--out", required=True, help="output folder (gets Real400K/, train_file/, test_file/)")
+    parser.add_argument("--out", required=True,
+                        help="output folder (gets Real400K/, train_file/, test_file/ and val_file/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(STYLES),
                         help="dataset family: products (clothing, square images) or household (household "
@@ -506,6 +523,9 @@ def parse_args(argv=None):
     parser.add_argument("--num-test-queries", type=int,
                         help="held-out queries (unseen attribute combinations; "
                              f"products: {defaults['num_test_queries']})")
+    parser.add_argument("--num-val-queries", type=int,
+                        help="held-out queries of the validation split val_file/ (0: none; "
+                             f"products: {defaults['num_val_queries']})")
     parser.add_argument("--goods-per-query", type=int, help=f"(products: {defaults['goods_per_query']})")
     parser.add_argument("--videos-per-query", type=int, help=f"(products: {defaults['videos_per_query']})")
     parser.add_argument("--frames-per-video", type=int,

@@ -56,7 +56,7 @@ VLOG = ("今天开箱", "分享一个", "回家路上买了", "被种草了", "�
         "用了一个月", "真心推荐", "随手拍", "周末整理房间", "#居家好物", "#开箱", "记录生活", "别再踩坑了")
 
 NULL = "null"
-DEFAULT_SIZES = dict(num_queries=360, num_test_queries=120, goods_per_query=3, videos_per_query=3,
+DEFAULT_SIZES = dict(num_queries=360, num_test_queries=120, num_val_queries=40, goods_per_query=3, videos_per_query=3,
                      frames_per_video=6, image_size=64)
 MIN_FRAMES = 3
 P_FRAME_WITHOUT_OBJECT = 0.25

@@ -27,6 +27,10 @@ What keeps the sum exact, and the run coherent:
   the same masks and the kept outputs are the recomputed ones; afterwards the RNG continues from
   where the no-gradient forwards left it. Masks are drawn per micro-batch, so with dropout the
   random draws (not the computation) differ from those of one batch of N x B.
+* BatchNorm (the tiny config's CNN) normalises each micro-batch by its own statistics, as it would
+  a batch of B: with BatchNorm the sum is the gradient of N batches of B under the full batch's
+  negatives, not of one batch of N x B. Its running statistics are updated by the gradient passes
+  only, once per micro-batch.
 * DDP: the first N - 1 backward passes run under ``no_sync``; the last one averages the summed
   gradients over the ranks. Every pass gathers all ranks' embeddings, in the same order everywhere.
 The values returned for the log are the last pass's: the objective over the full N x B batch.
@@ -100,6 +104,21 @@ def _set_rng_state(state: tuple, device: torch.device) -> None:
         torch.cuda.set_rng_state(cuda, device)
 
 
+@contextlib.contextmanager
+def frozen_batch_norm_statistics(model: nn.Module):
+    """BatchNorm running statistics as they were before the block: the no-gradient passes must not
+    count each micro-batch twice."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [{name: buffer.clone() for name, buffer in m.named_buffers(recurse=False)} for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved):
+                for name, value in buffers.items():
+                    getattr(m, name).copy_(value)
+
+
 def accumulate_gradients(step_module: nn.Module, batch: dict, micro_batch_size: int,
                          autocast: Callable[[], ContextManager], backward: Callable[[Tensor], None],
                          device: torch.device) -> dict[str, float]:
@@ -112,7 +131,7 @@ def accumulate_gradients(step_module: nn.Module, batch: dict, micro_batch_size: 
     module = step_module.module if distributed else step_module
     micro_batches = split_batch(batch, micro_batch_size)
     kept, rng_states = [], []
-    with torch.no_grad():
+    with torch.no_grad(), frozen_batch_norm_statistics(module.model):
         for micro in micro_batches:
             rng_states.append(_rng_state(device))
             with autocast():

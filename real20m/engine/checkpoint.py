@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 LAST_NAME = "last.pth.tar"
+BEST_NAME = "best.pth.tar"   # the best validation so far (--val_freq); never the one --resume latest picks
 NUMBERED_PATTERN = re.compile(r"^checkpoint_(\d+)_(\d+)\.pth\.tar$")
 
 
@@ -138,6 +139,12 @@ class CheckpointManager:
         save_checkpoint(state, path)
         self._point_last_to(path)
         self._prune()
+        return path
+
+    def save_named(self, name: str, state: dict) -> Path:
+        """A checkpoint outside the numbered series (not pruned, not last.pth.tar)."""
+        path = self.checkpoint_dir / name
+        save_checkpoint(state, path)
         return path
 
     def _point_last_to(self, path: Path) -> None:

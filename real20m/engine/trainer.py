@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import inspect
+import json
 import logging
 import os
 import time
@@ -23,9 +24,10 @@ from tqdm import tqdm
 from real20m.config import Config, OptimConfig, write_config
 from real20m.datasets import DeviceJpegDecoder, build_train_dataset, decode_batch_pixels
 from real20m.engine.accumulation import MicroBatchStep, accumulate_gradients, step_data
-from real20m.engine.checkpoint import CheckpointManager, load_checkpoint
-from real20m.engine.distributed import DistEnv, barrier, cleanup_distributed, init_distributed
+from real20m.engine.checkpoint import BEST_NAME, CheckpointManager, load_checkpoint
+from real20m.engine.distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed
 from real20m.engine.optim import build_optimizer, build_scheduler
+from real20m.engine.validation import KS as VAL_KS, LOGGED_KS, Validator, selection_score
 from real20m.factory import build_collator, build_model, build_objective, build_tokenizer_for, \
     build_train_data, load_weights, restore_tokenizer, tokenizer_files, TOKENIZER_DIR
 from real20m.losses import QCDLoss
@@ -186,6 +188,11 @@ class Trainer:
         self.epoch = cfg.run.start_epoch
         self.batch_in_epoch = 0
         self.global_step = cfg.run.start_step
+        self.best_val_score: float | None = None
+        self.last_save = time.monotonic()
+        self.validator = Validator(cfg.data.val_dir, cfg.data, build_collator(cfg.data, self.tokenizer), dist,
+                                   os.path.join(cfg.run.output_dir, "val"), cfg.data.batch_size,
+                                   cfg.data.workers) if cfg.run.val_freq else None
         self.checkpoints = CheckpointManager(cfg.run.checkpoints, cfg.run.keep_checkpoints) if dist.is_main else None
         self.writer = SummaryWriter(os.path.join(cfg.run.output_dir, "tensorboard")) if dist.is_main else None
         self.issues = DataIssueLog()
@@ -222,6 +229,7 @@ class Trainer:
             "model_cfg": self.model.resolved_config(),
             "tokenizer_files": self._tokenizer_files,
             "config": self.cfg.to_dict(),
+            "best_val_score": self.best_val_score,
         }
 
     def save(self) -> None:
@@ -229,7 +237,23 @@ class Trainer:
         if self.dist.is_main:
             path = self.checkpoints.save(self.state_dict(rng_states), self.epoch, self.global_step)
             logger.info("saved %s", path)
+        self.last_save = time.monotonic()
         barrier()
+
+    def save_best(self, results: dict) -> None:
+        """best.pth.tar: the full training state of the best validation so far, and its metrics."""
+        rng_states = self.gather_rng_states()
+        if self.dist.is_main:
+            path = self.checkpoints.save_named(BEST_NAME, {**self.state_dict(rng_states), "val_metrics": results})
+            logger.info("saved %s (validation score %.4f)", path, self.best_val_score)
+        barrier()
+
+    def end_of_epoch_save_due(self) -> bool:
+        """--save_epoch_freq / --save_interval_s; rank 0's clock decides for every rank."""
+        run = self.cfg.run
+        due = (run.save_epoch_freq > 0 and self.epoch % run.save_epoch_freq == 0) or \
+            (run.save_interval_s > 0 and time.monotonic() - self.last_save >= run.save_interval_s)
+        return bool(broadcast_object(due))
 
     def resume(self, state: dict, path: str) -> None:
         if "optimizer" not in state or "model" not in state:
@@ -244,6 +268,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.global_step = state["global_step"]
+        self.best_val_score = state.get("best_val_score")
         if state.get("world_size", 1) == self.dist.world_size:
             set_rng_state(state["rng"][self.dist.rank])
         else:
@@ -293,7 +318,7 @@ class Trainer:
         self.step_module.train()
         meters: dict[str, AverageMeter] = {}
         progress = tqdm(self.loader, total=len(self.sampler), initial=self.batch_in_epoch,
-                        desc=f"epoch {self.epoch}", disable=not self.dist.is_main, dynamic_ncols=True,
+                        desc=f"epoch {self.epoch}", disable=None if self.dist.is_main else True, dynamic_ncols=True,
                         leave=False)
         for batch in progress:
             self.issues.add(batch["issues"])
@@ -311,6 +336,41 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
 
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.optim.epochs or self.reached_max_steps()
+
+    def validate(self) -> None:
+        """Recall@K on the validation split: logged, in TensorBoard and val/history.jsonl; a better
+        score than any before writes best.pth.tar."""
+        results = self.validator(self.model)
+        improved = False
+        if self.dist.is_main:
+            score = selection_score(results)
+            improved = self.best_val_score is None or score > self.best_val_score
+            if improved:
+                self.best_val_score = score
+            self.log_validation(results, score)
+        if self.dist.world_size > 1:
+            improved = broadcast_object(improved)
+            self.best_val_score = broadcast_object(self.best_val_score)
+        if improved:
+            self.save_best(results)
+
+    def log_validation(self, results: dict, score: float) -> None:
+        for task, metrics in results.items():
+            for k in VAL_KS:
+                if f"recall@{k}" in metrics:
+                    self.writer.add_scalar(f"val/{task}/recall@{k}", metrics[f"recall@{k}"], self.global_step)
+        self.writer.add_scalar("val/score", score, self.global_step)
+        summary = "; ".join(f"{task} " + " ".join(f"R@{k} {m[f'recall@{k}']:.4f} (chance {m[f'chance_recall@{k}']:.4f})"
+                                                   for k in LOGGED_KS if f"recall@{k}" in m)
+                            for task, m in results.items())
+        logger.info("validation at epoch %d step %d: %s; score %.4f", self.epoch, self.global_step, summary, score)
+        record = {"epoch": self.epoch, "step": self.global_step, "score": score,
+                  **{task: {key: value for key, value in m.items() if "@" in key} for task, m in results.items()}}
+        with open(os.path.join(self.validator.out_dir, "history.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
     def reached_max_steps(self) -> bool:
         return bool(self.cfg.optim.max_steps) and self.global_step >= self.cfg.optim.max_steps
 
@@ -319,9 +379,12 @@ class Trainer:
                     self.cfg.data.train_file, len(self.sampler), self.cfg.data.batch_size, self.dist.world_size,
                     self.dist.device)
         start = time.time()
-        while self.epoch < self.cfg.optim.epochs and not self.reached_max_steps():
+        while not self.finished():
             self.run_epoch()
-            self.save()
+            if self.validator is not None and (self.finished() or self.epoch % self.cfg.run.val_freq == 0):
+                self.validate()
+            if self.finished() or self.end_of_epoch_save_due():
+                self.save()
         if self.writer is not None:
             self.writer.close()
         logger.info("training finished after %d steps in %.1f s", self.global_step, time.time() - start)

@@ -263,7 +263,7 @@ def extract_features(model, dataset, collate_fn, dist_env, out_dir, batch_size, 
     # closed before an error propagates, so the error line is the last thing printed
     batches = embed_batches(model, loader, dist_env.device, amp_dtype, decoder)
     with tqdm(total=len(indices), initial=done, desc="extract features", unit="item",
-              disable=not dist_env.is_main) as bar:
+              disable=None if dist_env.is_main else True) as bar:
         for batch_ids, batch_feats, batch_issues in batches:
             size = bounds[part][1] - bounds[part][0]
             if feats is None:   # one buffer, reused by every partition

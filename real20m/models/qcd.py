@@ -194,7 +194,10 @@ class QCDModel(nn.Module):
         if self.vision.kind == "hf":
             cfg["vision"] = architecture_kwargs(self.vision.encoder.config)
         else:
-            cfg["timm_name"], cfg["timm_args"] = timm_architecture(self.vision.encoder)
+            # The constructor arguments a folder's config.json supplied, overridden (as timm does) by
+            # those this model was configured with.
+            cfg["timm_name"], folder_args = timm_architecture(self.vision.encoder)
+            cfg["timm_args"] = {**folder_args, **copy.deepcopy(self.model_cfg.get("timm_args") or {})}
         cfg["pretrained"] = None
         cfg["pixel_stats"] = copy.deepcopy(self.pixel_stats)
         cfg["use_title_mask"] = self.use_title_mask

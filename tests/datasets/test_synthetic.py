@@ -7,7 +7,7 @@ from PIL import Image
 
 from real20m.datasets.synthetic import generate, main
 
-SMALL = dict(num_queries=12, num_test_queries=4, goods_per_query=2, videos_per_query=3,
+SMALL = dict(num_queries=12, num_test_queries=4, num_val_queries=2, goods_per_query=2, videos_per_query=3,
              frames_per_video=4, image_size=32)
 
 
@@ -55,10 +55,10 @@ def test_same_seed_same_bytes_other_seed_differs(dataset, tmp_path):
 
 def test_summary_counts_match_files(dataset):
     root, summary = dataset
-    assert summary["train_queries"] == 12 and summary["test_queries"] == 4
-    assert summary["goods"] == 16 * 2 and summary["videos"] == 16 * 3
+    assert summary["train_queries"] == 12 and summary["test_queries"] == 4 and summary["val_queries"] == 2
+    assert summary["goods"] == 18 * 2 and summary["videos"] == 18 * 3
     images = [f for f in tree_digest(root) if f.endswith(".jpg")]
-    assert summary["images"] == len(images) == 32 + 48 * (1 + 4)
+    assert summary["images"] == len(images) == 36 + 54 * (1 + 4)
 
 
 def test_train_items_have_images_and_text(dataset):
@@ -151,9 +151,11 @@ def test_goods_and_video_frames_look_different(dataset):
 
 def test_cli_prints_summary_and_rejects_bad_sizes(tmp_path, capsys):
     summary = main(["--out", str(tmp_path / "cli"), "--seed", "1", "--num-queries", "4",
-                    "--num-test-queries", "2", "--frames-per-video", "2", "--image-size", "16"])
+                    "--num-test-queries", "2", "--num-val-queries", "0", "--frames-per-video", "2",
+                    "--image-size", "16"])
     assert "4 train / 2 test queries" in capsys.readouterr().out
     assert summary["videos"] == 18 and (tmp_path / "cli/test_file/eval_gt_goods2video.txt").exists()
+    assert not (tmp_path / "cli/val_file").exists()
     with pytest.raises(ValueError, match="num_queries"):
         generate(tmp_path / "bad", num_queries=0)
     with pytest.raises(ValueError, match="frames_per_video"):

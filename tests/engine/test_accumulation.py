@@ -12,7 +12,7 @@ from real20m.engine.trainer import Trainer, TrainStep, no_buffer_resync
 from real20m.losses import QCDLoss
 from real20m.models import build_model
 from tests.engine.test_trainer import SINGLE_CPU, recorded_losses, tiny_cfg
-from tests.models.conftest import VOCAB, deterministic_tiny_config, make_batch
+from tests.models.conftest import TINY_VIT, VOCAB, deterministic_tiny_config, make_batch
 from tests.utils.process_group import run_in_processes
 
 CPU = torch.device("cpu")
@@ -164,8 +164,9 @@ def test_two_ddp_ranks_accumulating_give_the_gradients_of_the_global_batch(tmp_p
 
 def test_accum_freq_trains_as_the_batch_of_all_micro_batches(data_root, tmp_path):
     """--batch_size 2 --accum_freq 2 reads the data of --batch_size 4 and takes the same steps (SGD:
-    Adam would turn the float noise of a zero gradient, such as an attention key bias's, into a step)."""
-    options = ("--max_steps", "2", "--optimizer", "sgd", *NO_DROPOUT)
+    Adam would turn the float noise of a zero gradient, such as an attention key bias's, into a step).
+    A ViT vision tower: BatchNorm (the tiny config's CNN) normalises each micro-batch by its own statistics."""
+    options = ("--max_steps", "2", "--optimizer", "sgd", *NO_DROPOUT, *TINY_VIT)
     large = Trainer(tiny_cfg(data_root, tmp_path / "large", *options), SINGLE_CPU)
     accumulated = Trainer(tiny_cfg(data_root, tmp_path / "accumulated", *options, "--batch_size", "2",
                                    "--accum_freq", "2"), SINGLE_CPU)
@@ -207,3 +208,14 @@ def test_accum_freq_is_a_positive_integer_and_sizes_the_original_memory_by_the_s
     cfg = parse_config(["--config", "tiny", "--batch_size", "8", "--accum_freq", "3", "--is_xbm",
                         "--xbm_mode", "original"])
     assert cfg.optim.accum_freq == 3 and cfg.loss.xbm_size == 10 * 8 * 3
+
+
+def test_batch_norm_running_statistics_count_each_micro_batch_once(data_root, tmp_path):
+    """The tiny config's CNN has BatchNorm: after one accumulated step its running statistics are
+    those of the gradient passes alone (the no-gradient passes leave them as they were)."""
+    cfg = tiny_cfg(data_root, tmp_path, "--batch_size", "2", "--accum_freq", "2", "--max_steps", "1", *NO_DROPOUT)
+    trainer = Trainer(cfg, SINGLE_CPU)
+    norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    trainer.fit()
+    assert all(int(m.num_batches_tracked) == 2 for m in norms)

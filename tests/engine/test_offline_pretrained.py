@@ -59,7 +59,9 @@ def save_tiny_timm(folder: Path) -> None:
 
 BACKBONES = {
     "chinese_clip": (save_tiny_chinese_clip, ("--backbone", "chinese_clip"), HF_MEAN, HF_STD),
-    "timm": (save_tiny_timm, ("--backbone", "timm"), TIMM_MEAN, TIMM_STD),
+    # The folder names its architecture: the tiny config's own timm model and arguments are cleared.
+    "timm": (save_tiny_timm, ("--backbone", "timm", "--model.timm_name", "null", "--model.timm_args", "{}"),
+             TIMM_MEAN, TIMM_STD),
 }
 
 

@@ -41,7 +41,8 @@ def recorded_losses(trainer):
 
 
 def test_training_lowers_the_loss_and_writes_checkpoints(data_root, tmp_path):
-    trainer = Trainer(tiny_cfg(data_root, tmp_path, "--epochs", "6", "--lr", "0.002"), SINGLE_CPU)
+    trainer = Trainer(tiny_cfg(data_root, tmp_path, "--epochs", "6", "--lr", "0.002", "--save_epoch_freq", "1"),
+                      SINGLE_CPU)
     losses = recorded_losses(trainer)
     trainer.fit()
 

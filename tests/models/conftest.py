@@ -11,9 +11,17 @@ VOCAB = 300
 FIXTURE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "upstream_ckpt_tiny"
 
 
+# The Chinese-CLIP vision tower the tiny config had before its timm CNN: a model with no
+# batch-dependent layer (no BatchNorm), so that one item embeds the same in any batch.
+TINY_VIT = ["--model.backbone", "chinese_clip",
+            "--model.vision", "{hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
+                              "intermediate_size: 256, patch_size: 16}"]
+
+
 def deterministic_tiny_config(**overrides) -> dict:
-    """The tiny config with every dropout off, so two runs can be compared value for value."""
-    cfg = parse_config(["--config", "tiny"]).model.architecture()
+    """The tiny config with a small ViT vision tower and every dropout off, so two runs can be
+    compared value for value."""
+    cfg = parse_config(["--config", "tiny", *TINY_VIT]).model.architecture()
     cfg["text"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     cfg["caption"]["dropout"] = 0.0
     cfg.update(overrides)

@@ -44,7 +44,8 @@ def test_stored_statistics_rebuild_exactly_and_bad_ones_are_refused():
 def test_a_pretrained_backbone_brings_its_image_processor_statistics_except_under_compat(compat, expected, tmp_path):
     folder = tmp_path / "tiny_chinese_clip"
     save_tiny_chinese_clip(folder)
-    cfg = parse_config(["--config", "tiny", "--compat", compat, "--pretrained", str(folder), "--image_size", "32"])
+    cfg = parse_config(["--config", "tiny", "--backbone", "chinese_clip", "--compat", compat, "--pretrained", str(folder),
+                        "--image_size", "32"])
     model = build_model(cfg.model.architecture(), vocab_size=21128)
     assert model.pixel_stats == expected
     assert model.resolved_config()["pixel_stats"] == expected
@@ -54,7 +55,7 @@ def test_a_pretrained_folder_without_an_image_processor_config_falls_back_to_ima
     folder = tmp_path / "tiny_chinese_clip"
     save_tiny_chinese_clip(folder)
     (folder / "preprocessor_config.json").unlink()
-    cfg = parse_config(["--config", "tiny", "--pretrained", str(folder), "--image_size", "32"])
+    cfg = parse_config(["--config", "tiny", "--backbone", "chinese_clip", "--pretrained", str(folder), "--image_size", "32"])
     model = build_model(cfg.model.architecture(), vocab_size=21128)
     assert model.pixel_stats == IMAGENET
 

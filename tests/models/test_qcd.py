@@ -183,3 +183,12 @@ def test_pretrained_local_folder_supplies_towers_and_projections(tmp_path):
     torch.testing.assert_close(model.vision.encoder.post_layernorm.bias, pair.vision_model.post_layernorm.bias)
     rebuilt = model.resolved_config()
     assert rebuilt["pretrained"] is None and rebuilt["vision"]["image_size"] == 64
+
+
+def test_a_timm_tower_with_constructor_arguments_rebuilds_from_its_resolved_config():
+    cfg = deterministic_tiny_config(backbone="timm", timm_name="resnet10t",
+                                    timm_args={"channels": [8, 16, 32, 64], "stem_width": 8})
+    model = build_model(cfg, vocab_size=VOCAB)
+    resolved = model.resolved_config()
+    assert resolved["timm_args"] == {"channels": [8, 16, 32, 64], "stem_width": 8}
+    build_model(resolved, vocab_size=VOCAB).load_state_dict(model.state_dict())  # strict: same shapes
