@@ -107,8 +107,7 @@ def build_model(model: ModelConfig | dict, tokenizer, seed: int, train_vision: b
     seed_everything(seed)
     qcd = build_qcd_model(architecture, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     if not train_vision:
-        # Frozen vision tower (the original without --finetune): no gradient, no optimizer step.
-        qcd.vision.requires_grad_(False)
+        qcd.freeze_vision()
     return qcd
 
 

@@ -94,6 +94,7 @@ class QCDModel(nn.Module):
         self.caption = CaptionDecoder(self.embed_dim, text_vocab, **caption_cfg) if caption_cfg else None
         self.use_title_mask = bool(model_cfg.get("use_title_mask", True))
         self.use_query_mask = bool(model_cfg.get("use_query_mask", True))
+        self.vision_frozen = False   # freeze_vision()
         self.frame_fp16 = bool(model_cfg.get("frame_fp16", False))
         self.pixel_stats = resolve_pixel_stats(model_cfg, self.vision)
         # Non-persistent buffers: they follow the model to its device (a host-to-GPU copy of the
@@ -165,6 +166,19 @@ class QCDModel(nn.Module):
         return out
 
     # ------------------------------------------------------------------------------ training
+    def freeze_vision(self) -> None:
+        """A frozen vision tower (the original without --finetune): no gradient, no optimizer step,
+        and always in eval mode, so its normalisation statistics (a CNN's BatchNorm) stay fixed too."""
+        self.vision.requires_grad_(False)
+        self.vision_frozen = True
+        self.vision.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.vision_frozen:
+            self.vision.eval()
+        return self
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters per component, for per-group learning rates (every parameter exactly once)."""
         return {

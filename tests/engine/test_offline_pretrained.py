@@ -160,7 +160,7 @@ def test_training_from_an_uncached_hub_name_offline_stops_with_one_line(tiny_dat
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-hub-cache")}
     done = subprocess.run([sys.executable, str(REPO / "main_cross_domain_emb.py"), "--config", "tiny",
                            "--data_root", tiny_data_root, "--output_dir", str(tmp_path / "run"), "--workers", "0",
-                           "--pretrained", "someone/not-cached-model"],
+                           "--backbone", "chinese_clip", "--pretrained", "someone/not-cached-model"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-4000:]
     assert done.stderr.strip().splitlines() == [

@@ -13,7 +13,7 @@ FIXTURE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 
 # The Chinese-CLIP vision tower the tiny config had before its timm CNN: a model with no
 # batch-dependent layer (no BatchNorm), so that one item embeds the same in any batch.
-TINY_VIT = ["--model.backbone", "chinese_clip",
+TINY_VIT = ["--model.backbone", "chinese_clip", "--model.timm_name", "null", "--model.timm_args", "{}",
             "--model.vision", "{hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
                               "intermediate_size: 256, patch_size: 16}"]
 
