@@ -139,6 +139,8 @@ class ModelConfig:
             "use_title_mask", "use_query_mask", "pixel_stats")}
         if not self.pretrained and self.backbone != "timm":
             arch["vision"] = {**arch["vision"], "image_size": self.image_size}
+        # The input size it is trained for, which a CNN tower's own config does not state.
+        arch["image_size"] = self.image_size
         return arch
 
 
