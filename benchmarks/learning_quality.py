@@ -64,7 +64,7 @@ def train_recipe(data_root, out_dir, extra):
     """``sh train.sh`` as a user runs it; returns (wall s, CPU s) of the training."""
     env = {**os.environ, "DATA_ROOT": data_root, "OUTPUT_DIR": out_dir}
     started, cpu = time.perf_counter(), children_cpu_s()
-    with open(os.path.join(out_dir + ".train.log"), "w") as log:
+    with open(out_dir + ".train.log", "w") as log:
         subprocess.run(["sh", os.path.join(REPO, "train.sh"), *extra], env=env, check=True, stdout=log,
                        stderr=subprocess.STDOUT)
     return time.perf_counter() - started, children_cpu_s() - cpu

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from real20m.datasets import synthetic_household
+from real20m.datasets.synthetic_drawing import paste, pick, to_image
 from real20m.datasets.layout import SHARD
 
 COLOURS = {
@@ -132,12 +133,6 @@ def split_queries(rng, num_queries, num_test_queries, combos, num_val_queries=0)
 
 
 # ---------------------------------------------------------------- text
-
-
-def pick(rng, options, k=None):
-    if k is None:
-        return options[rng.integers(len(options))]
-    return [options[i] for i in rng.choice(len(options), size=k, replace=False)]
 
 
 def maybe_null(rng, text, p_null):
@@ -242,18 +237,6 @@ def render_sprite(rng, product, width, height):
     return np.clip(rgb, 0, 255), silhouette_mask(product.category, width, height)
 
 
-def paste(canvas, rgb, alpha, left, top):
-    """Alpha-blend a sprite into canvas (float, in place), clipping at the borders."""
-    height, width = alpha.shape
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + height, canvas.shape[0]), min(left + width, canvas.shape[1])
-    if y0 >= y1 or x0 >= x1:
-        return
-    a = alpha[y0 - top:y1 - top, x0 - left:x1 - left, None]
-    region = canvas[y0:y1, x0:x1]
-    region[:] = region * (1 - a) + rgb[y0 - top:y1 - top, x0 - left:x1 - left] * a
-
-
 def goods_image(rng, product, size):
     """Product large and centred on a plain light background."""
     canvas = np.full((size, size, 3), rng.uniform(225, 250), np.float32)
@@ -308,10 +291,6 @@ def video_frames(rng, product, size, num_frames):
         light = (gain0 + (gain1 - gain0) * t) * (1 + rng.uniform(-0.08, 0.08, 3))
         frames.append(to_image(canvas * light + rng.normal(0, 8, canvas.shape)))
     return frames
-
-
-def to_image(array):
-    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "RGB")
 
 
 # ---------------------------------------------------------------- styles

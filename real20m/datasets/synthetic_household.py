@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from real20m.datasets.synthetic_drawing import paste, pick, to_image
+
 COLOURS = {
     "藏青": (28, 42, 92),
     "墨绿": (32, 84, 52),
@@ -89,23 +91,19 @@ def all_combinations() -> list[HouseholdItem]:
 # ---------------------------------------------------------------- text
 
 
-def _pick(rng, options):
-    return options[int(rng.integers(len(options)))]
-
-
 def _colour_word(rng, item, p_synonym):
     return COLOUR_SYNONYMS[item.colour] if rng.random() < p_synonym else item.colour
 
 
 def goods_text_lines(rng, pid, item) -> list[str]:
     """itemid, category, brand, entity, title, description (the Real400K goods text lines)."""
-    shop = _pick(rng, SHOPS)
-    words = [_colour_word(rng, item, 0.2), item.kind, _pick(rng, SELLING_POINTS), _pick(rng, SELLING_POINTS)]
+    shop = pick(rng, SHOPS)
+    words = [_colour_word(rng, item, 0.2), item.kind, pick(rng, SELLING_POINTS), pick(rng, SELLING_POINTS)]
     for attribute in (item.surface, item.finish):
         if rng.random() < 0.85:  # sellers do not always state every attribute
             words.append(attribute)
     order = rng.permutation(len(words))
-    title = f"{shop}【{_pick(rng, SPECS)}】" + "".join(words[i] for i in order)
+    title = f"{shop}【{pick(rng, SPECS)}】" + "".join(words[i] for i in order)
     description = f"{item.finish}工艺，{item.surface}表面，{item.colour}配色的{item.kind}。"
     return [str(pid), "家居", shop if rng.random() < 0.8 else NULL, item.kind if rng.random() < 0.6 else NULL,
             title, description if rng.random() < 0.5 else NULL]
@@ -115,10 +113,10 @@ def video_text_lines(rng, item) -> list[str]:
     """caption, title, text; each often null, both caption and title at once about half the time."""
     mention = [item.kind]
     if rng.random() < 0.5:
-        mention.insert(0, _pick(rng, [_colour_word(rng, item, 0.4), item.surface, item.finish]))
-    caption = f"{_pick(rng, VLOG)}{''.join(mention)}"
-    title = f"{_pick(rng, VLOG)}｜{''.join(mention)}"
-    text = f"{_pick(rng, VLOG)}，{_pick(rng, VLOG)}"
+        mention.insert(0, pick(rng, [_colour_word(rng, item, 0.4), item.surface, item.finish]))
+    caption = f"{pick(rng, VLOG)}{''.join(mention)}"
+    title = f"{pick(rng, VLOG)}｜{''.join(mention)}"
+    text = f"{pick(rng, VLOG)}，{pick(rng, VLOG)}"
     return [caption if rng.random() < 0.35 else NULL, title if rng.random() < 0.3 else NULL,
             text if rng.random() < 0.5 else NULL]
 
@@ -223,17 +221,6 @@ def render_object(rng, item, width, height, angle) -> tuple[np.ndarray, np.ndarr
     return rgb, alpha
 
 
-def _paste(canvas, rgb, alpha, left, top):
-    height, width = alpha.shape
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + height, canvas.shape[0]), min(left + width, canvas.shape[1])
-    if y0 >= y1 or x0 >= x1:
-        return
-    a = alpha[y0 - top:y1 - top, x0 - left:x1 - left, None]
-    region = canvas[y0:y1, x0:x1]
-    region[:] = region * (1 - a) + rgb[y0 - top:y1 - top, x0 - left:x1 - left] * a
-
-
 def _backdrop(rng, width, height) -> np.ndarray:
     """A studio backdrop: plain, or (half the time) tiles or wood-like grain."""
     tone = rng.uniform(150, 245, 3).astype(np.float32)
@@ -257,9 +244,9 @@ def goods_image(rng, item, size) -> Image.Image:
     left = int(rng.integers(0, width - side + 1))
     top = int(rng.integers(0, height - side + 1))
     shadow = np.zeros_like(rgb)
-    _paste(canvas, shadow, 0.35 * alpha, left + max(1, side // 12), top + max(1, side // 12))
-    _paste(canvas, rgb, alpha, left, top)
-    return _to_image(canvas + rng.normal(0, 3, canvas.shape))
+    paste(canvas, shadow, 0.35 * alpha, left + max(1, side // 12), top + max(1, side // 12))
+    paste(canvas, rgb, alpha, left, top)
+    return to_image(canvas + rng.normal(0, 3, canvas.shape))
 
 
 def _room(rng, width, height) -> np.ndarray:
@@ -298,18 +285,14 @@ def video_frames(rng, item, size, max_frames) -> list[Image.Image]:
             side = max(4, int(side0 + (side1 - side0) * t))
             rgb, alpha = render_object(rng, item, side, side, angle * (1 - t))
             left, top = (int(v) for v in start + (end - start) * t)
-            _paste(canvas, rgb, alpha, left, top)
+            paste(canvas, rgb, alpha, left, top)
             if hand:  # a hand holding the object covers its lower part
                 hand_mask = np.zeros((side, side), np.float32)
                 hand_mask[side // 2:, : side // 2] = 1.0
-                _paste(canvas, np.broadcast_to(skin, (side, side, 3)), hand_mask, left, top)
+                paste(canvas, np.broadcast_to(skin, (side, side, 3)), hand_mask, left, top)
         exposure = rng.uniform(0.75, 1.25) * (1 + rng.uniform(-0.06, 0.06, 3))
-        image = _to_image(canvas * exposure + rng.normal(0, 6, canvas.shape))
+        image = to_image(canvas * exposure + rng.normal(0, 6, canvas.shape))
         if rng.random() < 0.3:  # motion blur of a hand-held phone
             image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
         frames.append(image)
     return frames
-
-
-def _to_image(array) -> Image.Image:
-    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "RGB")

@@ -350,9 +350,8 @@ class Trainer:
             if improved:
                 self.best_val_score = score
             self.log_validation(results, score)
-        if self.dist.world_size > 1:
-            improved = broadcast_object(improved)
-            self.best_val_score = broadcast_object(self.best_val_score)
+        improved = broadcast_object(improved)   # rank 0 scored; every rank must take part in the save
+        self.best_val_score = broadcast_object(self.best_val_score)
         if improved:
             self.save_best(results)
 
