@@ -122,6 +122,7 @@ class ModelConfig:
     frame_aggregation: str = "transformer"
     fusion: str = "attention"
     frame_init: str = "default"
+    text_pooling: str | None = None     # None: the backbone's own (cls; eos for clip)
     frame_fp16: bool | None = None      # None: follows data.compat (the original's fp16 frames on CUDA)
     pixel_stats: str | None = None      # None: follows data.compat (imagenet under original, else backbone)
     # derived in resolve()
@@ -135,8 +136,8 @@ class ModelConfig:
         image size; a pretrained one keeps its own)."""
         arch = {name: copy.deepcopy(plain(getattr(self, name))) for name in (
             "backbone", "pretrained", "text", "vision", "timm_name", "timm_args", "embed_dim", "frame_heads", "caption",
-            "gradient_checkpointing", "frame_aggregation", "fusion", "frame_init", "frame_fp16", "clip_length",
-            "use_title_mask", "use_query_mask", "pixel_stats")}
+            "gradient_checkpointing", "frame_aggregation", "fusion", "frame_init", "text_pooling", "frame_fp16",
+            "clip_length", "use_title_mask", "use_query_mask", "pixel_stats")}
         if not self.pretrained and self.backbone != "timm":
             arch["vision"] = {**arch["vision"], "image_size": self.image_size}
         # The input size it is trained for, which a CNN tower's own config does not state.
@@ -332,6 +333,8 @@ OPTIONS: tuple[Option, ...] = (
     _flag("model.frame_aggregation", "frames -> clip embedding (ablation: mean)", choices=("transformer", "mean")),
     _flag("model.fusion", "title + visual -> item embedding (ablations: one modality)",
           choices=("attention", "title_only", "visual_only")),
+    _flag("model.text_pooling", "token states -> text feature: cls, eos or mean (default: the backbone's own, "
+          "cls; eos for clip)", choices=("cls", "eos", "mean")),
     _flag("model.frame_init", "frame transformer initialisation (original: truncated normal 0.02)",
           choices=("default", "original")),
     _switch("model.frame_fp16", "run the frame transformer under fp16 autocast on CUDA "

@@ -11,6 +11,8 @@ model_cfg keys (YAML section `model:`):
     timm_name     timm model name (backbone timm); timm_args: its constructor kwargs (resolved configs)
     embed_dim     D; clip_length: frames per video; frame_heads: heads of the frame transformer
     frame_aggregation  transformer (default) | mean;  frame_init: default | original
+    text_pooling  cls | eos | mean (token states -> text feature); absent = the backbone's own
+                  (eos for clip, else cls)
     fusion        attention (default) | title_only | visual_only
     caption       {n_layer, n_head, n_embd[, n_positions, dropout, ignore_padding, token_type_ids,
                   visual_projection]} or null (no caption decoder)

@@ -58,24 +58,41 @@ def set_hf_checkpointing(model: nn.Module, enabled: bool) -> None:
         disable()
 
 
+def masked_mean(states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, L, H) token states -> (B, H) mean over the tokens the mask keeps (all without a mask)."""
+    if attention_mask is None:
+        return states.mean(dim=1)
+    weights = attention_mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+# model.text_pooling -> (encoder output, attention mask) -> (B, H) text feature.
+TEXT_POOLINGS = {
+    "cls": lambda out, mask: out.last_hidden_state[:, 0],   # BERT / Chinese-CLIP: the [CLS] state
+    "eos": lambda out, mask: out.pooler_output,             # CLIP: the end-of-text token's state
+    "mean": lambda out, mask: masked_mean(out.last_hidden_state, mask),
+}
+
+
+def default_text_pooling(backbone: str) -> str:
+    """The pooling a backbone's text tower was designed with (what its pretrained weights expect)."""
+    return "eos" if backbone == "clip" else "cls"
+
+
 class TextTower(nn.Module):
-    """BERT-style ([CLS] token) or CLIP-style (pooled EOS token) encoder + Linear(hidden -> D)."""
+    """A transformers text encoder, pooled (``TEXT_POOLINGS``), + Linear(hidden -> D)."""
 
     def __init__(self, encoder: nn.Module, projection: nn.Linear, pooling: str):
         super().__init__()
-        if pooling not in ("cls", "eos"):
-            raise ValueError(f"unknown text pooling {pooling!r}; expected 'cls' or 'eos'")
+        if pooling not in TEXT_POOLINGS:
+            raise ValueError(f"unknown text pooling {pooling!r}; expected one of {sorted(TEXT_POOLINGS)}")
         self.encoder = encoder
         self.projection = projection
         self.pooling = pooling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        if self.pooling == "cls":
-            pooled = out.last_hidden_state[:, 0]
-        else:
-            pooled = out.pooler_output
-        return self.projection(pooled)
+        return self.projection(TEXT_POOLINGS[self.pooling](out, attention_mask))
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         set_hf_checkpointing(self.encoder, enabled)
@@ -158,7 +175,7 @@ def _build_hf_towers(backbone: str, model_cfg: dict, vocab_size: int | None,
     model_cfg `text` / `vision`."""
     embed_dim = int(model_cfg["embed_dim"])
     pretrained = model_cfg.get("pretrained")
-    pooling = "eos" if backbone == "clip" else "cls"
+    pooling = model_cfg.get("text_pooling") or default_text_pooling(backbone)
     if pretrained:
         pair = _load_pretrained_pair(backbone, pretrained)
         if pair.text_projection.out_features != embed_dim:
@@ -177,7 +194,8 @@ def _build_hf_towers(backbone: str, model_cfg: dict, vocab_size: int | None,
 def _build_timm_towers(model_cfg: dict, vocab_size: int | None, pad_token_id: int) -> tuple[TextTower, VisionTower]:
     """A random Chinese-CLIP text tower from model_cfg `text` + any timm vision model."""
     embed_dim = int(model_cfg["embed_dim"])
-    text = _build_random_text_tower("chinese_clip", model_cfg, vocab_size, pad_token_id, embed_dim, "cls")
+    pooling = model_cfg.get("text_pooling") or default_text_pooling("timm")
+    text = _build_random_text_tower("chinese_clip", model_cfg, vocab_size, pad_token_id, embed_dim, pooling)
     return text, _build_timm_vision_tower(model_cfg, embed_dim)
 
 

@@ -1,7 +1,12 @@
-"""Where a pretrained backbone is read from, said before anything is loaded."""
+"""Where a pretrained backbone is read from, said before anything is loaded; text pooling."""
 import pytest
+import torch
 
-from real20m.models.towers import PretrainedNotAvailableError, describe_pretrained_source
+from real20m.config import parse_config
+from real20m.models import build_model
+from real20m.models.towers import PretrainedNotAvailableError, describe_pretrained_source, masked_mean
+
+from .conftest import VOCAB, deterministic_tiny_config
 
 
 def test_a_local_folder_is_named_as_such(tmp_path):
@@ -32,3 +37,28 @@ def test_a_cached_hub_name_is_read_from_the_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert describe_pretrained_source("someone/cached-model") == f"the local Hugging Face cache ({snapshot})"
+
+
+def test_mean_text_pooling_averages_only_the_unmasked_token_states():
+    states = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.equal(masked_mean(states, mask), torch.tensor([[2.0, 3.0]]))
+    assert torch.allclose(masked_mean(states, None), torch.tensor([[104 / 3, 106 / 3]]))
+
+
+def test_text_pooling_is_configurable_and_padding_does_not_move_a_mean_pooled_text():
+    model = build_model(deterministic_tiny_config(text_pooling="mean"), vocab_size=VOCAB).eval()
+    assert model.text.pooling == "mean"
+    assert build_model(deterministic_tiny_config(), vocab_size=VOCAB).text.pooling == "cls"
+    ids = torch.tensor([[5, 6, 7]])
+    padded = torch.tensor([[5, 6, 7, 0, 0]])
+    with torch.no_grad():
+        short = model.text_features(ids, torch.ones_like(ids))
+        long = model.text_features(padded, torch.tensor([[1, 1, 1, 0, 0]]))
+    assert torch.allclose(short, long, atol=1e-5)
+
+
+def test_an_unknown_text_pooling_is_refused():
+    cfg = parse_config(["--config", "tiny", "--model.text_pooling", "max"]).model.architecture()
+    with pytest.raises(ValueError, match="unknown text pooling 'max'"):
+        build_model(cfg, vocab_size=VOCAB)
