@@ -17,7 +17,9 @@ written to a temporary folder (removed afterwards), and in one run, each figure 
 * ``full_decode_clips_per_s``: the full-size decoding path (``reduced_decode=False``), training,
   2 workers; ``full_decode_eval_clips_per_s`` the same for evaluation;
 * ``floor_clips_per_s``: the same frames decoded at the loader's reduced scale with nothing else,
-  in 2 processes.
+  in 2 processes; ``decode_resize_floor_clips_per_s``: the same, each frame then cropped, resized
+  and flipped by the training transform (its ``reduced``), and nothing else: the least work a
+  training clip can cost, so ``decode_resize_floor_over_train_2`` is the loader's own overhead.
 
     python benchmarks/bench_loader.py --frame_size 720x1280 --goods_size 800x800 --image_size 224
 """
@@ -166,16 +168,20 @@ _FLOOR_JOB = {}
 
 
 def _decode_clips(clip_paths: list[list[str]]) -> int:
-    scale_for = _FLOOR_JOB["scale_for"]
+    transform = _FLOOR_JOB["transform"]
+    generator = torch.Generator().manual_seed(0)
     for paths in clip_paths:
         for path in paths:
-            decode_frame(path, scale_for)
+            frame = decode_frame(path, transform.decode_scale)
+            if _FLOOR_JOB["resize"]:
+                transform.reduced(frame.image, frame.original_size, frame.scale, generator)
     return len(clip_paths)
 
 
-def floor_clips_per_s(clip_paths: list[list[str]], scale_for, processes: int = 2) -> float:
-    """clips/s of decoding the clips' frames at the loader's reduced scale and nothing else."""
-    _FLOOR_JOB["scale_for"] = scale_for  # inherited by the forked processes
+def floor_clips_per_s(clip_paths: list[list[str]], transform, resize: bool, processes: int = 2) -> float:
+    """clips/s of decoding the clips' frames at the loader's reduced scale (``resize``: and then
+    the training transform's crop, resize and flip of each) and nothing else."""
+    _FLOOR_JOB.update(transform=transform, resize=resize)  # inherited by the forked processes
     chunks = [clip_paths[i::processes * 4] for i in range(processes * 4)]
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         pool.map(_decode_clips, [clip_paths[:1]] * processes)  # start-up is not decoding
@@ -206,11 +212,12 @@ def run_frame_sizes(data_dir: str, paths: dict, args) -> dict:
     measures.update({f"eval_{w}": (evaluation, eval_batches, w) for w in args.workers})
     measures["full_train_2"] = (train_full, train_batches, 2)
     measures["full_eval_2"] = (eval_full, eval_batches, 2)
-    samples = {name: [] for name in list(measures) + ["floor"]}
+    samples = {name: [] for name in list(measures) + ["floor", "decode_resize_floor"]}
     for repeat in range(args.repeats):  # interleaved, so that a noisy spell hits every figure alike
         for name, (dataset, batches, workers) in measures.items():
             samples[name].append(timed_loader(dataset, batches, workers))
-        samples["floor"].append(floor_clips_per_s(clip_paths, train.loader.transform.decode_scale))
+        samples["floor"].append(floor_clips_per_s(clip_paths, train.loader.transform, resize=False))
+        samples["decode_resize_floor"].append(floor_clips_per_s(clip_paths, train.loader.transform, resize=True))
         print(json.dumps({"repeat": repeat, **{k: round(v[-1], 1) for k, v in samples.items()}}), file=sys.stderr)
     median = {name: round(statistics.median(values), 1) for name, values in samples.items()}
     result = {
@@ -219,11 +226,13 @@ def run_frame_sizes(data_dir: str, paths: dict, args) -> dict:
         "full_decode_clips_per_s": median["full_train_2"],
         "full_decode_eval_clips_per_s": median["full_eval_2"],
         "floor_clips_per_s": median["floor"],
+        "decode_resize_floor_clips_per_s": median["decode_resize_floor"],
     }
     result["speedup_vs_full_decode"] = round(result["clips_per_s"]["train"].get("2", float("nan"))
                                              / result["full_decode_clips_per_s"], 3)
-    result["floor_over_train_2"] = round(result["floor_clips_per_s"]
-                                         / result["clips_per_s"]["train"].get("2", float("nan")), 3)
+    for floor in ("floor", "decode_resize_floor"):
+        result[f"{floor}_over_train_2"] = round(result[f"{floor}_clips_per_s"]
+                                                / result["clips_per_s"]["train"].get("2", float("nan")), 3)
     result.update({"frame_size": args.frame_size, "goods_size": args.goods_size, "image_size": args.image_size,
                    "clip_length": args.clip_length, "clips": args.clips, "batch_size": args.batch_size,
                    "repeats": args.repeats, "reduced_scale": train.loader.transform.decode_scale(*frame_size),

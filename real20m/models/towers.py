@@ -74,9 +74,14 @@ TEXT_POOLINGS = {
 }
 
 
-def default_text_pooling(backbone: str) -> str:
-    """The pooling a backbone's text tower was designed with (what its pretrained weights expect)."""
-    return "eos" if backbone == "clip" else "cls"
+def text_pooling_for(backbone: str, model_cfg: dict) -> str:
+    """model.text_pooling, or unset the pooling the backbone's text tower was designed with (what
+    its pretrained weights expect): EOS for CLIP, [CLS] otherwise."""
+    pooling = model_cfg.get("text_pooling") or ("eos" if backbone == "clip" else "cls")
+    if pooling == "eos" and backbone != "clip":
+        raise ValueError(f"model.text_pooling eos pools CLIP's end-of-text token; the {backbone} text tower "
+                         "has none (use cls or mean)")
+    return pooling
 
 
 class TextTower(nn.Module):
@@ -175,7 +180,7 @@ def _build_hf_towers(backbone: str, model_cfg: dict, vocab_size: int | None,
     model_cfg `text` / `vision`."""
     embed_dim = int(model_cfg["embed_dim"])
     pretrained = model_cfg.get("pretrained")
-    pooling = model_cfg.get("text_pooling") or default_text_pooling(backbone)
+    pooling = text_pooling_for(backbone, model_cfg)
     if pretrained:
         pair = _load_pretrained_pair(backbone, pretrained)
         if pair.text_projection.out_features != embed_dim:
@@ -194,7 +199,7 @@ def _build_hf_towers(backbone: str, model_cfg: dict, vocab_size: int | None,
 def _build_timm_towers(model_cfg: dict, vocab_size: int | None, pad_token_id: int) -> tuple[TextTower, VisionTower]:
     """A random Chinese-CLIP text tower from model_cfg `text` + any timm vision model."""
     embed_dim = int(model_cfg["embed_dim"])
-    pooling = model_cfg.get("text_pooling") or default_text_pooling("timm")
+    pooling = text_pooling_for("timm", model_cfg)
     text = _build_random_text_tower("chinese_clip", model_cfg, vocab_size, pad_token_id, embed_dim, pooling)
     return text, _build_timm_vision_tower(model_cfg, embed_dim)
 

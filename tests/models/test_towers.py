@@ -63,3 +63,8 @@ def test_an_unknown_text_pooling_is_refused():
     cfg = parse_config(["--config", "tiny", "--model.text_pooling", "max"]).model.architecture()
     with pytest.raises(ValueError, match="unknown text pooling 'max'"):
         build_model(cfg, vocab_size=VOCAB)
+
+
+def test_eos_pooling_needs_a_clip_text_tower():
+    with pytest.raises(ValueError, match="text_pooling eos"):
+        build_model(deterministic_tiny_config(text_pooling="eos"), vocab_size=VOCAB)
