@@ -411,7 +411,7 @@ class Retriever:
     def search_features(self, query_feats: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(scores float32 (Q, k'), gallery ids int64 (Q, k')) with k' = min(k, gallery size);
         id -1 where an approximate index found fewer results. Score descending, ties by gallery row."""
-        from real20m.evaluate.search import search, sort_results
+        from real20m.evaluate.search import gallery_ids_at, search, sort_results
         if self.gallery_ids is None:
             raise RuntimeError("no gallery: call load_gallery first")
         queries = np.ascontiguousarray(query_feats, dtype=np.float32)
@@ -425,7 +425,7 @@ class Retriever:
         else:
             use_gpu = "auto" if self.device.type == "cuda" else "never"
             scores, rows = search(queries, self.gallery_feats, k, use_gpu=use_gpu, show_progress=False)
-        ids = np.where(rows >= 0, self.gallery_ids[np.maximum(rows, 0)], -1)
+        ids = gallery_ids_at(self.gallery_ids, rows)
         return scores, ids
 
     def search(self, queries: list[str] | np.ndarray, k: int = 10) -> list[list[Hit]]:

@@ -20,7 +20,7 @@ from real20m.engine.distributed import barrier
 from real20m.evaluate.extract import extract_features
 from real20m.evaluate.feature_io import load_features
 from real20m.evaluate.metrics import compute_metrics
-from real20m.evaluate.search import search
+from real20m.evaluate.search import gallery_ids_at, search
 from real20m.factory import build_eval_data
 from real20m.utils.seeding import rng_state, set_rng_state
 
@@ -49,8 +49,7 @@ def score_task(query_dir: str, gallery_dir: str, gt_file: str) -> dict:
     queries, gallery = load_features(query_dir), load_features(gallery_dir)
     depth = min(max(KS), len(gallery.ids))
     _, rows = search(queries.feats, gallery.feats, depth, use_gpu="never", show_progress=False)
-    retrieved = np.where(rows >= 0, gallery.ids[np.maximum(rows, 0)], -1)
-    return compute_metrics(queries.ids, retrieved, load_ground_truth(gt_file), gallery.ids, KS)
+    return compute_metrics(queries.ids, gallery_ids_at(gallery.ids, rows), load_ground_truth(gt_file), gallery.ids, KS)
 
 
 class Validator:

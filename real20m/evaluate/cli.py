@@ -26,7 +26,8 @@ from real20m.utils.entry import exit_on_input_error
 
 try:
     from real20m.evaluate.index import DEFAULT_TRAIN_SIZE, IndexFileError, describe_gallery, read_index_meta
-    from real20m.evaluate.search import DEFAULT_GALLERY_CHUNK, DEFAULT_QUERY_CHUNK, is_exact, iter_search
+    from real20m.evaluate.search import (DEFAULT_GALLERY_CHUNK, DEFAULT_QUERY_CHUNK, gallery_ids_at, is_exact,
+                                         iter_search)
 except FaissNotInstalledError as error:
     # This module is the evaluation entry point: without Faiss it can do nothing, and the one
     # line naming the extra to install says more than an import traceback.
@@ -145,7 +146,7 @@ def _search_and_score(args, index_name, queries, gallery, ground_truth, search_i
             use_gpu=args.use_gpu, train_size=args.train_size, show_progress=not args.quiet,
             shards=args.shards, save_index=args.save_index, load_index=args.load_index,
             gallery_description=describe_gallery(gallery.ids) if saved_index else None, info=search_info):
-        retrieved = np.where(indices >= 0, gallery.ids[np.maximum(indices, 0)], -1)
+        retrieved = gallery_ids_at(gallery.ids, indices)
         metrics.update(queries.ids[start:start + len(indices)], retrieved[:, :args.topk])
         if topk_writer is not None:
             topk_writer.add(start, retrieved, scores)

@@ -136,6 +136,11 @@ def stream_topk(queries, gallery, k, chunk_size, block_knn=cpu_block_knn, worker
     return best
 
 
+def gallery_ids_at(gallery_ids, rows):
+    """Gallery ids of search result rows; -1 (no result: past the gallery's end) stays -1."""
+    return np.where(rows >= 0, gallery_ids[np.maximum(rows, 0)], -1)
+
+
 def sort_results(scores, indices):
     """Order every row by score descending, then index ascending (deterministic ties).
 
