@@ -7,7 +7,7 @@ import learning_quality  # noqa: E402
 
 
 def scores(r10):
-    return {task: {"R@1": r10 / 4, "R@10": r10, "R@100": 1.0, "chance_R@10": 0.028}
+    return {task: {"R@1": r10 / 4, "R@10": r10, "R@100": min(1.0, r10 + 0.1), "chance_R@10": 0.028}
             for task in ("video2goods", "goods2video")}
 
 
@@ -27,3 +27,9 @@ def test_table_has_one_line_per_model_with_means_stds_and_both_clocks():
     assert cells["recipe"][-3:] == ["0.028", "3.0", "6.0"]  # chance, wall and CPU minutes (means)
     assert cells["untrained"][-2:] == ["-", "-"]
     assert cells["floor"][-2:] == ["1.0", "1.5"]
+
+
+def test_the_check_fails_when_the_recipe_is_below_the_floor_or_near_untrained():
+    assert learning_quality.issue_14_holds(row(1, 0.1, 0.5, 0.8))
+    assert not learning_quality.issue_14_holds(row(1, 0.1, 0.8, 0.7))     # below the floor
+    assert not learning_quality.issue_14_holds(row(1, 0.3, 0.5, 0.8))     # under 3x untrained at R@1 and @10
