@@ -53,6 +53,7 @@ bench: install
 	$(PYTHON) benchmarks/bench_loader.py
 	$(PYTHON) benchmarks/bench_train.py
 	$(PYTHON) benchmarks/bench_eval.py
+	$(PYTHON) benchmarks/bench_eval_guard.py
 	$(PYTHON) benchmarks/bench_scale.py --gallery 1000000 --subset 200000
 
 clean:

@@ -10,7 +10,6 @@ set -eu
 ROOT=$(cd "$(dirname "$0")" && pwd)
 . "$ROOT/scripts/common.sh"
 TASK=query2goods
-QUERY_SOURCE=photo
 QUERY_FILE=${QUERY_FILE:-$DATA_ROOT/test_file/queries.txt}
 GALLERY_FILE=${GALLERY_FILE:-$DATA_ROOT/test_file/goods_gallery.txt}
 GT_FILE=${GT_FILE:-$DATA_ROOT/test_file/eval_gt_query2goods.txt}

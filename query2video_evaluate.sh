@@ -10,7 +10,6 @@ set -eu
 ROOT=$(cd "$(dirname "$0")" && pwd)
 . "$ROOT/scripts/common.sh"
 TASK=query2video
-QUERY_SOURCE=goods
 QUERY_FILE=${QUERY_FILE:-$DATA_ROOT/test_file/queries.txt}
 GALLERY_FILE=${GALLERY_FILE:-$DATA_ROOT/test_file/video_queries.txt}
 GT_FILE=${GT_FILE:-$DATA_ROOT/test_file/eval_gt_query2video.txt}

@@ -8,7 +8,9 @@ process (so its peak RSS is the evaluation's alone, imports included) and
 compares its load+search+metrics time with the bare fp32 score GEMM
 (query x gallery^T, 1024 query rows per call into one reused output buffer) measured here right
 after each evaluation run. ``blocked_gemm`` is the same GEMM in cache-sized blocks (no top-k), a
-second reference. Repeat with --workdir to reuse the text files.
+second reference; ``read_bytes_s`` is reading the text files' bytes, the floor of loading them.
+``load_average`` (start, end) says how busy the machine was. Repeat with --workdir to reuse the
+text files.
 Prints one JSON object as the last line.
 """
 
@@ -94,6 +96,15 @@ def blocked_gemm_seconds(queries, gallery, rows_per_call=256, gallery_rows=2048)
     return time.perf_counter() - started
 
 
+def read_bytes_seconds(paths):
+    started = time.perf_counter()
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    return time.perf_counter() - started
+
+
 def _best_median(values):
     values = sorted(values)
     return round(values[0], 3), round(values[len(values) // 2], 3)
@@ -112,6 +123,7 @@ def main():
     parser.add_argument("--workdir", default=None, help="keep the generated files here (default: a temp dir)")
     args = parser.parse_args()
 
+    load_at_start = os.getloadavg()[0]
     rng = np.random.default_rng(args.seed)
     centers = rng.standard_normal((args.clusters, args.dim), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
@@ -139,6 +151,7 @@ def main():
                 with open(stamp_path, "w") as f:
                     f.write(stamp)
         text_mb = (os.path.getsize(paths["query.feat"]) + os.path.getsize(paths["gallery.feat"])) / 2**20
+        read_bytes_s = min(read_bytes_seconds([paths["query.feat"], paths["gallery.feat"]]) for _ in range(3))
 
         command = [sys.executable, "-c", CHILD, "--query_features", paths["query.feat"],
                    "--gallery_features", paths["gallery.feat"], "--gt_file", paths["gt.txt"],
@@ -178,6 +191,9 @@ def main():
         "ratio_best_median": _best_median([t / g for t, g in zip(totals, bare)]),
         "load_best_median_s": _best_median([run[0]["load_s"] for run in runs]),
         "search_and_metrics_best_median_s": _best_median([run[0]["search_and_metrics_s"] for run in runs]),
+        # search + metrics over the GEMM measured right after the same run
+        "search_ratio_best_median": _best_median([run[0]["search_and_metrics_s"] / g for run, g in zip(runs, bare)]),
+        "read_bytes_s": round(read_bytes_s, 3),
         "peak_rss_mb_all": [round(run[0]["peak_rss_mb"], 1) for run in runs],
         "blocked_gemm_best_median_s": _best_median(blocked),
         "ratio_vs_blocked_gemm_best_median": _best_median([t / g for t, g in zip(totals, blocked)]),
@@ -186,6 +202,7 @@ def main():
         "text_mb": round(text_mb, 1),
         # writing the legacy text files (null when --workdir reused them); load_s above is reading them
         "write_text_s": None if write_text_s is None else round(write_text_s, 3),
+        "load_average": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],
     }
     print(json.dumps(result))
 

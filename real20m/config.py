@@ -32,6 +32,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from real20m.datasets.annotations import QUERY_LANGUAGES
+from real20m.models.backbone_folder import BackboneFolderError, backbone_of_folder
 from real20m.utils.entry import add_version_argument
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ def yaml_value(text: str) -> Any:
 class DataConfig:
     data_root: str | None = None
     dataset_name: str = "Real400K"
+    query_language: str = "zh"
     train_file: str | None = None
     test_file: str | None = None
     goods_img_root: str | None = None
@@ -156,6 +159,7 @@ class LossConfig:
     is_xbm: bool = False
     xbm_mode: str = "ours"
     xbm_size: int | None = None   # None: 4096 (ours), 10 x batch size (original)
+    normalize_query: bool = True
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ class RunConfig:
     start_epoch: int = 0
     start_step: int = 0
     dist_timeout: int = 1800
+    hang_timeout: float = 600.0
     evaluate: bool = False
     legacy_text_features: bool = False
     feature_dtype: str = "float32"
@@ -218,6 +223,9 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     # The merged defaults + YAML + command line that resolve() started from (what to_yaml writes).
     inputs: Mapping = field(default_factory=dict, compare=False, repr=False)
+    # What the command line's meaning decided (e.g. the backbone a weights folder holds), logged
+    # once the run's logging is set up.
+    notes: tuple = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict:
         """Every resolved value as plain containers (stored in checkpoints)."""
@@ -286,6 +294,9 @@ OPTIONS: tuple[Option, ...] = (
     # data
     _flag("data.data_root", "a Dataset/ folder in the Real400K layout; fills in every path not given"),
     _flag("data.dataset_name", "Real400K or Real20M (folder under data_root)"),
+    _flag("data.query_language", "language of the queries and item texts: zh, or en for the release's English "
+          "variant (the train file's 4th column, English query, and <pid>_eng.txt beside each <pid>.txt)",
+          choices=tuple(QUERY_LANGUAGES)),
     _flag("data.train_file", "training annotations (query-grouped or one item a line)"),
     _flag("data.test_file", "items to embed with --evaluate (one item a line)"),
     _flag("data.goods_img_root", "goods images root"),
@@ -358,6 +369,8 @@ OPTIONS: tuple[Option, ...] = (
     _flag("loss.xbm_mode", "ours (gathered pairs as extra negatives) or original (the release's per-rank bank)",
           choices=("ours", "original")),
     _flag("loss.xbm_size", "rows of the cross-batch memory (default 4096; original: 10 x batch size)", type=int),
+    _switch("loss.normalize_query", "score the unit query embedding (false: the original's raw query projection, "
+            "whose norm multiplies the logit scale)"),
     # optimisation
     _flag("optim.lr", "base learning rate", "--lr", "--learning_rate", type=float),
     _flag("optim.optimizer", "adamw, adam or sgd", choices=("adamw", "adam", "sgd")),
@@ -409,6 +422,10 @@ OPTIONS: tuple[Option, ...] = (
     _flag("run.start_step", "global step of a fresh run (a resumed run takes the checkpoint's)",
           "--global_step", "--start_step", type=int),
     _flag("run.dist_timeout", "seconds before a stuck collective fails", type=int),
+    _flag("run.hang_timeout", "seconds a training process may go without progress (a step, a phase of one, a "
+          "save) before it names its rank, phase and last step and exits non-zero, so that the job restarts "
+          "(MAX_RESTARTS) or ends; long enough for a first step and a save, well below --dist_timeout (0: off)",
+          type=float),
     _switch("run.evaluate", "write the features of --test_file instead of training"),
     _switch("run.legacy_text_features", "also write OUTPUT_DIR/features.feat in the original text format"),
     _flag("run.feature_dtype", "dtype of feature shards", choices=("float32", "float16")),
@@ -557,7 +574,12 @@ _FLAT_NAMES = {name.lstrip("-"): option.path for option in OPTIONS for name in o
 
 def _yaml_values(path: str) -> dict:
     with open(path, encoding="utf-8") as handle:
-        content = yaml.load(handle, Loader=ConfigLoader) or {}
+        try:
+            content = yaml.load(handle, Loader=ConfigLoader) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            raise ConfigError(f"{path}: {where}not valid YAML ({getattr(error, 'problem', None) or error})") from None
     if not isinstance(content, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of sections or option names to values")
     return content
@@ -584,12 +606,14 @@ def _apply_yaml(values: dict, path: str) -> None:
 
 def config_path(name: str) -> str:
     """A YAML path, or the name of a config shipped in the package (``tiny`` -> real20m/configs/tiny.yaml)."""
-    if os.path.exists(name) or name.endswith((".yaml", ".yml")):
+    if os.path.isfile(name):
         return name
     packaged = resources.files("real20m") / "configs" / f"{name}.yaml"
-    if packaged.is_file():
+    if packaged.is_file() and not name.endswith((".yaml", ".yml")):
         return str(packaged)
-    raise ConfigError(f"{name}: no such config file, and no packaged config of that name")
+    shipped = ", ".join(sorted(entry.name[:-len(".yaml")] for entry in (resources.files("real20m") / "configs").iterdir()
+                               if entry.name.endswith(".yaml")))
+    raise ConfigError(f"{name}: no such config file (give a YAML file, or a packaged config: {shipped})")
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
@@ -608,16 +632,20 @@ def parse_config(argv: list[str] | None = None) -> Config:
             _set_path(values, option.path, args[option.path], "command line")
     for path, text in dotted:
         _set_path(values, path, yaml_value(text), "command line")
-    _apply_original_flags(values, args)
-    config = resolve(values)
+    notes = _apply_original_flags(values, args)
+    notes += _select_folder_backbone(values, explicit_backbone="model.backbone" in args
+                                     or any(path == "model.backbone" for path, _ in dotted))
+    config = dataclasses.replace(resolve(values), notes=tuple(notes))
     if args.get("print_config"):
         sys.stdout.write(config.to_yaml())
         raise SystemExit(0)
     return config
 
 
-def _apply_original_flags(values: dict, args: dict) -> None:
-    """Flags whose meaning depends on their value, and flags of the original without effect."""
+def _apply_original_flags(values: dict, args: dict) -> list[str]:
+    """Flags whose meaning depends on their value, and flags of the original without effect;
+    returns what their values decided."""
+    notes = []
     finetune = args.get("finetune")
     if finetune is True:
         values["optim"]["train_vision"] = True
@@ -628,12 +656,37 @@ def _apply_original_flags(values: dict, args: dict) -> None:
         # The original's --pretrained names a whole-model checkpoint (the released pretrain.pth.tar).
         values["model"]["pretrained"] = None
         values["run"]["init_weights"] = values["run"]["init_weights"] or pretrained
+        notes.append(f"--pretrained {pretrained} is a whole-model checkpoint: it initialises the weights")
     for flag in LIVE_FLAGS:
         if args.get(f"live:{flag}") is not None:
             raise ConfigError(f"{flag}: the live-stream source is not supported (the release has no live data)")
     for flag in UNUSED_ORIGINAL_FLAGS:
         if args.get(f"unused:{flag}") not in (None, False):
             logger.warning("%s has no effect (the original parsed it and never used it either)", flag)
+    return notes
+
+
+def _select_folder_backbone(values: dict, explicit_backbone: bool) -> list[str]:
+    """A local backbone folder selects the backbone its config.json names, unless --backbone is
+    given (then the two must agree). A timm folder names its own architecture, so a configured
+    timm_name / timm_args (the tiny config's from-scratch CNN) give way to it."""
+    model = values["model"]
+    folder = model["pretrained"]
+    if not isinstance(folder, str) or not os.path.isdir(folder):
+        return []
+    try:
+        found = backbone_of_folder(folder)
+    except BackboneFolderError as error:
+        raise ConfigError(f"model.pretrained: {error}") from None
+    if explicit_backbone and model["backbone"] != found:
+        raise ConfigError(f"model.pretrained {folder} holds a {found} model (its config.json), but --backbone is "
+                          f"{model['backbone']}: leave --backbone out, or give a {model['backbone']} folder")
+    note = f"backbone {found}, read from {os.path.join(folder, 'config.json')}"
+    if found == "timm" and (model["timm_name"] or model["timm_args"]):
+        note += f" (the folder's architecture replaces timm_name {model['timm_name']} and its timm_args)"
+        model["timm_name"], model["timm_args"] = None, {}
+    model["backbone"] = found
+    return [note]
 
 
 def _is_training_checkpoint(path: str, backbone: str) -> bool:
@@ -805,6 +858,11 @@ def override(config: Config, changes: Mapping[str, Any], source: str) -> Config:
     for path, value in changes.items():
         _set_path(inputs, path, value, source)
     return resolve(inputs)
+
+
+def log_configuration_notes(config: Config) -> None:
+    for note in config.notes:
+        logger.info("configuration: %s", note)
 
 
 def write_config(config: Config, output_dir: str) -> str:

@@ -7,6 +7,7 @@ evaluate: nothing has to be looked up next to it or downloaded.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Callable, Iterable
 import torch
 from torch.utils.data import DataLoader
 
-from real20m.config import DataConfig, LossConfig, ModelConfig
+from real20m.config import Config, DataConfig, LossConfig, ModelConfig
 from real20m.datasets import ClusterBatchSampler, Collator, SourceBatchSampler, build_eval_dataset, \
     build_tokenizer, build_train_dataset, load_saved_tokenizer
 from real20m.engine.checkpoint import load_checkpoint
@@ -23,6 +24,7 @@ from real20m.engine.distributed import DistEnv, barrier
 from real20m.losses import QCDLoss
 from real20m.models import QCDModel, build_model as build_qcd_model
 from real20m.models.convert import CONVERTED_WEIGHTS, load_weights_into
+from real20m.models.release_layout import WeightMismatchError, is_release_checkpoint, release_architecture
 from real20m.models.towers import describe_pretrained_source
 from real20m.utils.seeding import seed_everything
 from real20m.utils.workers import worker_init_for
@@ -72,18 +74,19 @@ def pretrained_tokenizer_name(data: DataConfig, model: ModelConfig) -> str | Non
 
 
 def build_tokenizer_for(data: DataConfig, model: ModelConfig, output_dir: str,
-                        texts: Callable[[], Iterable[str]], is_main: bool):
+                        texts: Callable[[], Iterable[str]], is_main: bool, required: str | None = None):
     """The named tokenizer, or a WordPiece vocabulary trained on ``texts()`` by rank 0.
 
-    Every rank must use byte-identical vocabularies, so rank 0 trains and saves it and the others
-    load the saved copy after a barrier. The vocabulary goes to OUTPUT_DIR/tokenizer either way,
-    so that checkpoints can carry it."""
+    ``required`` is a vocabulary the starting weights were trained with (a release checkpoint's
+    Chinese BERT one); ``--tokenizer`` still wins. Every rank must use byte-identical vocabularies,
+    so rank 0 trains and saves it and the others load the saved copy after a barrier. The
+    vocabulary goes to OUTPUT_DIR/tokenizer either way, so that checkpoints can carry it."""
     target = os.path.join(output_dir, TOKENIZER_DIR)
-    name = pretrained_tokenizer_name(data, model)
+    name = data.tokenizer or required or pretrained_tokenizer_name(data, model)
     if is_main:
         if name:
             # Said (or, offline and uncached, refused in one line) before transformers tries the hub.
-            option = "data.tokenizer" if data.tokenizer else "model.pretrained"
+            option = "data.tokenizer" if data.tokenizer else "the starting weights" if required else "model.pretrained"
             logger.info("loading the tokenizer from %s", describe_pretrained_source(name, option))
             build_tokenizer(name, None, target)
         else:
@@ -111,20 +114,74 @@ def build_model(model: ModelConfig | dict, tokenizer, seed: int, train_vision: b
     return qcd
 
 
-def load_weights(model: QCDModel, source: str | dict) -> str:
-    """Load weights from a checkpoint of ours, one in the release layout, or an exported folder /
-    ``.safetensors`` file (``python -m real20m.models.convert``); strict. Returns the summary."""
-    if isinstance(source, dict):
-        return load_weights_into(model, source)
+def read_weights(source: str) -> dict:
+    """The checkpoint dict at ``source``: a checkpoint of ours, one in the release layout, or an
+    exported folder / ``.safetensors`` file (``python -m real20m.models.convert``)."""
     path = Path(source)
     if path.is_dir():
         path = path / CONVERTED_WEIGHTS
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: exported weights not found")
-        return load_weights_into(model, {"model": load_file(str(path))})
-    return load_weights_into(model, load_checkpoint(path))
+            raise FileNotFoundError(2, "exported weights not found", str(path))
+        return {"model": load_file(str(path))}
+    return load_checkpoint(path)
+
+
+def load_weights(model: QCDModel, source: str | dict, origin: str | None = None) -> str:
+    """Load weights (a checkpoint dict read from ``origin``, or a path ``read_weights`` reads)
+    strictly; returns the summary. A mismatch names the file."""
+    checkpoint = source if isinstance(source, dict) else read_weights(source)
+    origin = origin or (None if isinstance(source, dict) else source)
+    try:
+        return load_weights_into(model, checkpoint)
+    except WeightMismatchError as error:
+        raise WeightMismatchError(f"{origin}: {error}" if origin else str(error)) from None
+
+
+def read_release_config(path: str | None) -> dict | None:
+    """The cn_clip-style config.json given with ``--release_config``, None without one."""
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as error:
+            raise WeightMismatchError(f"{path}: line {error.lineno}: not a JSON release config ({error.msg})") from None
+
+
+def release_towers(checkpoint: dict, release_config: str | None) -> dict:
+    """The model_cfg of a release checkpoint's towers, with one line saying where it came from."""
+    towers, how = release_architecture(checkpoint, read_release_config(release_config), release_config)
+    logger.info("release checkpoint: architecture from %s", how)
+    return towers
+
+
+# What a release checkpoint decides when training starts from it; the rest (caption decoder,
+# fusion, frame aggregation, pooling) is the run's own configuration.
+RELEASE_TOWER_FIELDS = ("backbone", "pretrained", "text", "vision", "timm_name", "embed_dim", "frame_heads")
+
+
+def training_architecture(cfg: Config, start: dict | None, source: str | None) -> ModelConfig | dict:
+    """The model a run builds: ``cfg.model``, or, starting from a release checkpoint, its towers
+    with the run's other model options. A run resuming one of our checkpoints keeps the stored
+    architecture (so a run started from a hub backbone resumes offline), embedding inputs as
+    this run's compat says."""
+    if start is None:
+        return cfg.model
+    if is_release_checkpoint(start):
+        towers = release_towers(start, cfg.run.release_config)
+        size = towers["vision"]["image_size"]
+        if size != cfg.data.image_size:
+            raise WeightMismatchError(f"{source}: the release checkpoint's vision tower takes {size}-pixel "
+                                      f"images, and this run's --image_size is {cfg.data.image_size}: "
+                                      f"set --image_size {size}")
+        return {**cfg.model.architecture(), **{name: towers[name] for name in RELEASE_TOWER_FIELDS},
+                "timm_args": {}, "image_size": size}
+    if source == cfg.run.resume and "model" in start and start.get("model_cfg"):
+        return {**start["model_cfg"], "use_title_mask": cfg.model.use_title_mask,
+                "use_query_mask": cfg.model.use_query_mask, "frame_fp16": cfg.model.frame_fp16}
+    return cfg.model
 
 
 # ------------------------------------------------------------------------------ objective
@@ -133,7 +190,8 @@ def load_weights(model: QCDModel, source: str | dict) -> str:
 def build_objective(loss: LossConfig, embed_dim: int) -> QCDLoss:
     return QCDLoss(weights=dict(loss.weights), logit_scale=loss.logit_scale, learnable_scale=loss.learnable_scale,
                    xbm_size=loss.xbm_size if loss.is_xbm else 0, embed_dim=embed_dim,
-                   local_negatives=loss.local_negatives, xbm_mode=loss.xbm_mode, log_terms=tuple(loss.log_terms))
+                   local_negatives=loss.local_negatives, xbm_mode=loss.xbm_mode, log_terms=tuple(loss.log_terms),
+                   normalize_query=loss.normalize_query)
 
 
 # ------------------------------------------------------------------------------ data

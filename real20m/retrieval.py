@@ -34,6 +34,7 @@ import contextlib
 import functools
 import json
 import logging
+import numbers
 import os
 import sys
 import tempfile
@@ -42,14 +43,15 @@ from pathlib import Path
 
 import numpy as np
 
+from real20m.datasets.annotations import QueryFileError, read_queries
+from real20m.utils.entry import exit_on_input_error
+
 logger = logging.getLogger(__name__)
 
 QUERY_BATCH_SIZE = 256
 ITEM_BATCH_SIZE = 64
-
-
-class QueryFileError(ValueError):
-    """A query file (``qid \\t query text``) that cannot be read; the message names the line."""
+MAX_QUERY_CHARS = 200
+MAX_K = 1000   # results one search may ask for: the evaluation's default depth
 
 
 @dataclass(frozen=True)
@@ -65,38 +67,49 @@ class Hit:
         return asdict(self)
 
 
-# ------------------------------------------------------------------------------ query files
+# ------------------------------------------------------------------------------ search queries
 
 
-def read_queries(path) -> tuple[np.ndarray, list[str]]:
-    """``qid \\t query text`` one a line (blank lines skipped) -> (qids int64, texts).
+class QueryError(ValueError):
+    """A search query or result count that the ``SearchRules`` refuse; the message says which rule."""
 
-    The qid is an integer, unique in the file; the text is everything after the first tab."""
-    qids, texts, seen = [], [], {}
+
+@dataclass(frozen=True)
+class SearchRules:
+    """What a search accepts, checked alike by ``real20m-search``, ``Retriever.search`` and the
+    search page: a query with more than white space, at most ``max_query_chars`` characters once
+    its surrounding white space is dropped, and 1 to ``max_k`` results."""
+    max_query_chars: int = MAX_QUERY_CHARS
+    max_k: int = MAX_K
+
+    def query(self, text) -> str:
+        """``text`` without its surrounding white space; QueryError when it breaks a rule."""
+        query = text.strip() if isinstance(text, str) else ""
+        if not query:
+            raise QueryError("empty query: type a few words to search for")
+        if len(query) > self.max_query_chars:
+            raise QueryError(f"query too long: {len(query)} characters, at most {self.max_query_chars} allowed")
+        return query
+
+    def k(self, k) -> int:
+        """``k`` as an int; QueryError unless it is a whole number from 1 to ``max_k``."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= self.max_k:
+            raise QueryError(f"k must be a whole number from 1 to {self.max_k}, got {k!r}")
+        return int(k)
+
+
+def read_query_lines(path, rules: SearchRules) -> list[str]:
+    """One query text a line (``real20m-search --queries``), each checked by ``rules``; blank lines skipped."""
+    queries = []
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
             if not line.strip():
                 continue
-            qid, tab, text = line.partition("\t")
-            if not tab or not qid.strip().lstrip("-").isdigit():
-                raise QueryFileError(f"{path}:{lineno}: expected 'qid<TAB>query text' with an integer qid, "
-                                     f"got {line[:120]!r}")
-            if not text.strip():
-                raise QueryFileError(f"{path}:{lineno}: empty query text")
-            qid = int(qid)
-            if qid in seen:
-                raise QueryFileError(f"{path}:{lineno}: qid {qid} already on line {seen[qid]}")
-            seen[qid] = lineno
-            qids.append(qid)
-            texts.append(text)
-    return np.asarray(qids, dtype=np.int64), texts
-
-
-def read_query_lines(path) -> list[str]:
-    """One query text a line (``real20m-search --queries``); blank lines skipped."""
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\r\n") for line in handle if line.strip()]
+            try:
+                queries.append(rules.query(line))
+            except QueryError as error:
+                raise QueryError(f"{path}:{lineno}: {error}") from None
+    return queries
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -249,6 +262,8 @@ class Retriever:
 
     Build it with ``from_checkpoint``; ``encode_queries`` / ``encode_items`` give L2-normalised
     float32 features; ``load_gallery`` + ``search`` give ranked ``Hit`` lists."""
+
+    rules = SearchRules()   # what ``search`` accepts; assign other SearchRules to change the limits
 
     def __init__(self, model, tokenizer, cfg, device="cpu", workdir=None):
         import torch
@@ -429,10 +444,15 @@ class Retriever:
         return scores, ids
 
     def search(self, queries: list[str] | np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """Top-``k`` gallery items of each query (texts, or (N, D) query features), best first."""
+        """Top-``k`` gallery items of each query (texts, or (N, D) query features), best first.
+
+        ``k`` and every text must pass ``self.rules`` (else QueryError, before any embedding); a
+        text is searched without its surrounding white space."""
+        k = self.rules.k(k)
         if isinstance(queries, str):
             queries = [queries]
-        feats = queries if isinstance(queries, np.ndarray) else self.encode_queries(list(queries))
+        feats = queries if isinstance(queries, np.ndarray) else \
+            self.encode_queries([self.rules.query(text) for text in queries])
         scores, ids = self.search_features(feats, k)
         return [[self._hit(pid, score) for pid, score in zip(id_row.tolist(), score_row.tolist()) if pid >= 0]
                 for id_row, score_row in zip(ids, scores)]
@@ -450,26 +470,6 @@ def _sibling_text(image_root):
 
 
 # ------------------------------------------------------------------------------ command line
-
-
-def write_query_items(path: str, text_root: str, qids, texts, source: str) -> None:
-    """An item file of the queries for ``evaluation.py --report``: each qid filed under ``source``
-    with a text file (under ``text_root``) whose title and caption are the query text, so the
-    report shows the query as the query's title. Its images do not exist (grey placeholders)."""
-    from real20m.datasets.layout import relative_shard_path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    rows = []
-    for qid, text in zip(np.asarray(qids).tolist(), texts):
-        text = " ".join(text.split()) or "null"
-        relative = relative_shard_path(qid, "txt")
-        target = os.path.join(text_root, relative)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "w", encoding="utf-8", newline="\n") as handle:
-            # goods: itemid, category, brand, entity, title, description; video: caption, title, text
-            handle.write("\n".join([text, "null", "null", "null", text, "null"]) + "\n")
-        rows.append(f"{qid}\t{source}\t{text}\tNone\t{relative}")
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write("".join(row + "\n" for row in rows))
 
 
 def embed_query_file(query_file: str, checkpoint: str, out: str, device: str = "cpu", batch_size=QUERY_BATCH_SIZE,
@@ -503,12 +503,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="FOLDER", help="feature folder to write")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--query_batch_size", type=int, default=QUERY_BATCH_SIZE)
-    parser.add_argument("--report_items", default=None, metavar="FILE",
-                        help="also write the queries as an item file for evaluation.py --report "
-                             "(texts under --report_text_root, default: query_text/ next to it)")
-    parser.add_argument("--report_text_root", default=None)
-    parser.add_argument("--report_source", default="photo", choices=("goods", "photo"),
-                        help="the source the report files the queries under (the one the gallery is not)")
     return parser
 
 
@@ -519,17 +513,8 @@ def main(argv=None) -> int:
     if device is None:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        count = embed_query_file(args.embed_queries, args.checkpoint, args.out, device, args.query_batch_size,
-                                 config_args)
-        if args.report_items:
-            qids, texts = read_queries(args.embed_queries)
-            root = args.report_text_root or os.path.join(os.path.dirname(os.path.abspath(args.report_items)),
-                                                         "query_text")
-            write_query_items(args.report_items, root, qids, texts, args.report_source)
-    except (QueryFileError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    count = exit_on_input_error(lambda: embed_query_file(args.embed_queries, args.checkpoint, args.out, device,
+                                                         args.query_batch_size, config_args), (ValueError,))
     print(f"embedded {count} queries of {args.embed_queries} into {Path(args.out)}")
     return 0
 

@@ -10,6 +10,9 @@
 One ``--query`` prints a table (pid, source, title, score), or one JSON object with ``--json``;
 ``--queries FILE`` (one query a line) writes JSON lines, one object per query:
 ``{"query": ..., "results": [{"pid", "score", "source", "title"}, ...]}``.
+Queries and ``-k`` follow ``real20m.retrieval.SearchRules`` (as the search page does): an empty or
+over-long query, or ``-k`` out of range, is one line on stderr and exit status 2, before any model
+is loaded.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import argparse
 import json
 import sys
 
+from real20m.retrieval import QueryError, Retriever, SearchRules, read_query_lines
 from real20m.utils.entry import add_version_argument
 
 
@@ -29,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--query", action="append", help="a query text (may be given more than once)")
     what.add_argument("--queries", default=None, help="file with one query text a line (results as JSON lines)")
-    parser.add_argument("-k", "--topk", type=int, default=10, help="results per query (default 10)")
+    parser.add_argument("-k", "--topk", type=int, default=10,
+                        help=f"results per query, 1 to {SearchRules.max_k} (default 10)")
     parser.add_argument("--json", action="store_true", help="JSON output for --query")
     parser.add_argument("--out", default=None, help="write the results here instead of stdout")
     parser.add_argument("--data_root", default=None, help="dataset root in the standard layout (image/text roots)")
@@ -60,18 +65,26 @@ def format_hits(query: str, hits) -> str:
     return "\n".join(lines)
 
 
+def checked_queries(args, rules: SearchRules) -> list[str]:
+    """The queries of ``--query`` / ``--queries``, each passed through ``rules`` (QueryError)."""
+    rules.k(args.topk)
+    if args.queries:
+        return read_query_lines(args.queries, rules)
+    return [rules.query(query) for query in args.query]
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.topk < 1:
-        print("error: -k must be at least 1", file=sys.stderr)
+    try:
+        queries = checked_queries(args, SearchRules())
+    except (OSError, QueryError) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    from real20m.retrieval import Retriever, read_query_lines
     overrides = {name: getattr(args, name) for name in ("config", "data_root", "dataset_name", "compat",
                                                        "release_config", "tokenizer")}
     roots = {f"{source}_{kind}_root": getattr(args, f"{source}_{kind}_root")
              for source in ("goods", "photo") for kind in ("img", "text")}
     try:
-        queries = read_query_lines(args.queries) if args.queries else args.query
         retriever = Retriever.from_checkpoint(args.checkpoint, args.device, **overrides, **roots)
         retriever.load_gallery(args.gallery, args.items, nprobe=args.nprobe, search_params=args.search_params,
                                **roots)

@@ -20,8 +20,10 @@ unless ``--host`` says otherwise:
                             real path (symlinks resolved) must lie under one of them, else 403.
 
 An empty, blank or over-long query, or a bad ``k``, is HTTP 400 with ``{"message": ...}`` (the page
-shows the message); it never reaches the model. Every string on the page goes through Jinja2's
-autoescaping, and the page is sent with a Content-Security-Policy that allows no script at all.
+shows the message); it never reaches the model. The rules are ``real20m.retrieval.SearchRules``,
+the ones ``real20m-search`` and ``Retriever.search`` apply, with the page's own limit on ``k``.
+Every string on the page goes through Jinja2's autoescaping, and the page is sent with a
+Content-Security-Policy that allows no script at all.
 """
 from __future__ import annotations
 
@@ -41,12 +43,14 @@ import jinja2
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from real20m.utils.entry import add_version_argument
+from real20m.retrieval import MAX_QUERY_CHARS, QueryError, Retriever, SearchRules
+from real20m.utils.entry import INPUT_ERROR_STATUS, add_version_argument
 
 LOGGER = logging.getLogger("real20m.serve")
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
-DEFAULT_K, DEFAULT_MAX_QUERY_CHARS, DEFAULT_MAX_K = 20, 200, 100
+DEFAULT_K = 20
+DEFAULT_MAX_K = 100   # a page of thumbnails, not the deeper lists real20m-search may print
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 PAGE_HEADERS = {
     "Content-Security-Policy": ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
@@ -110,10 +114,6 @@ button { font-size: 1.1rem; padding: .4rem 1rem; }
 """
 
 
-class BadRequest(ValueError):
-    """A query or parameter the server refuses (HTTP 400, with this message)."""
-
-
 class ImageRoots:
     """The folders images may be served from, as real (symlink-free) absolute paths."""
 
@@ -162,25 +162,15 @@ class ImageRoots:
         return "/image?" + urlencode({"path": path}, quote_via=quote) if status == 200 else None
 
 
-def _parse_query(raw: str | None, max_query_chars: int) -> str:
-    query = (raw or "").strip()
-    if not query:
-        raise BadRequest("empty query: type a few words to search for")
-    if len(query) > max_query_chars:
-        raise BadRequest(f"query too long: {len(query)} characters, at most {max_query_chars} allowed")
-    return query
-
-
-def _parse_k(raw: str | None, default: int, max_k: int) -> int:
+def _parse_k(raw: str | None, default: int, rules: SearchRules) -> int:
+    """The ``k`` parameter (``default`` when absent), checked by ``rules``."""
     if raw is None or raw.strip() == "":
         return default
     try:
         k = int(raw)
     except ValueError:
-        raise BadRequest(f"k must be a whole number from 1 to {max_k}, got {raw[:20]!r}") from None
-    if not 1 <= k <= max_k:
-        raise BadRequest(f"k must be from 1 to {max_k}, got {k}")
-    return k
+        raise QueryError(f"k must be a whole number from 1 to {rules.max_k}, got {raw[:20]!r}") from None
+    return rules.k(k)
 
 
 def _finite(value: Any) -> float | None:
@@ -195,7 +185,7 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def create_app(retriever, image_roots: list[str], max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
+def create_app(retriever, image_roots: list[str], max_query_chars: int = MAX_QUERY_CHARS,
                k: int = DEFAULT_K, max_k: int | None = None) -> FastAPI:
     """The search app around any object with ``search(list[str], k) -> list[list[Hit]]``.
 
@@ -204,7 +194,7 @@ def create_app(retriever, image_roots: list[str], max_query_chars: int = DEFAULT
     """
     if k < 1 or max_query_chars < 1:
         raise ValueError("k and max_query_chars must be at least 1")
-    max_k = max(k, DEFAULT_MAX_K) if max_k is None else max_k
+    rules = SearchRules(max_query_chars, max(k, DEFAULT_MAX_K) if max_k is None else max_k)
     roots = ImageRoots(image_roots)
     lock = threading.Lock()   # models and fast tokenizers are not safe to call from several threads at once
     page = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(_PAGE)
@@ -231,9 +221,9 @@ def create_app(retriever, image_roots: list[str], max_query_chars: int = DEFAULT
             return render(200)
         shown = raw_query[:max_query_chars]
         try:
-            query = _parse_query(raw_query, max_query_chars)
-            depth = _parse_k(params.get("k"), k, max_k)
-        except BadRequest as error:
+            query = rules.query(raw_query)
+            depth = _parse_k(params.get("k"), k, rules)
+        except QueryError as error:
             return render(400, shown, message=str(error))
         try:
             results = run_search(query, depth)
@@ -248,9 +238,9 @@ def create_app(retriever, image_roots: list[str], max_query_chars: int = DEFAULT
     def api_search(request: Request):
         params = request.query_params
         try:
-            query = _parse_query(params.get("q"), max_query_chars)
-            depth = _parse_k(params.get("k"), k, max_k)
-        except BadRequest as error:
+            query = rules.query(params.get("q"))
+            depth = _parse_k(params.get("k"), k, rules)
+        except QueryError as error:
             return JSONResponse({"error": "bad_request", "message": str(error)}, status_code=400)
         try:
             results = run_search(query, depth)
@@ -353,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0: any free)")
     parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"results per query (default: {DEFAULT_K})")
-    parser.add_argument("--max_query_chars", type=int, default=DEFAULT_MAX_QUERY_CHARS,
-                        help=f"longest query accepted, in characters (default: {DEFAULT_MAX_QUERY_CHARS})")
+    parser.add_argument("--max_query_chars", type=int, default=MAX_QUERY_CHARS,
+                        help=f"longest query accepted, in characters (default: {MAX_QUERY_CHARS})")
     add_version_argument(parser)
     return parser
 
@@ -370,9 +360,8 @@ def _setup_logging() -> None:
 
 
 def load_retriever(args, config_args=()):
-    """The Retriever of ``args`` with its gallery loaded, logging each step."""
-    from real20m.retrieval import Retriever   # imports torch: only once the flags are known to be good
-
+    """The Retriever of ``args`` with its gallery loaded, logging each step (torch is imported here,
+    once the flags are known to be good)."""
     started = time.perf_counter()
     overrides = {name: getattr(args, name) for name in ("config", "data_root", "goods_img_root", "photo_img_root",
                                                         "goods_text_root", "photo_text_root")}
@@ -406,7 +395,8 @@ def main(argv=None) -> None:
     for flag in ("checkpoint", "gallery", "items"):   # --config may be a packaged name (tiny, paper)
         value = getattr(args, flag)
         if value is not None and not (flag == "checkpoint" and value == "init") and not os.path.exists(value):
-            parser.error(f"--{flag} {value}: no such file or folder")
+            print(f"error: --{flag} {value}: no such file or folder", file=sys.stderr)
+            sys.exit(INPUT_ERROR_STATUS)
     _setup_logging()
     if not _is_loopback(args.host):
         LOGGER.warning("listening on %s: the search page and its images are reachable from other machines",

@@ -14,6 +14,9 @@ MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
 NPROC_GIVEN=${NPROC_PER_NODE:+yes}
 if [ "$GPUS" -gt 0 ]; then NPROC_PER_NODE=${NPROC_PER_NODE:-$GPUS}; else NPROC_PER_NODE=${NPROC_PER_NODE:-1}; fi
+# How often torchrun restarts every rank after one fails; a script that resumes sets RESTARTS (train.sh).
+if [ "$GPUS" -gt 0 ]; then MAX_RESTARTS=${MAX_RESTARTS:-3}; else MAX_RESTARTS=${MAX_RESTARTS:-0}; fi
+RESTARTS=0
 
 # --help / -h among the arguments: print the entry point's help and stop, before anything is written.
 show_help_if_asked() {
@@ -28,13 +31,26 @@ show_help_if_asked() {
     done
 }
 
-# For the evaluation scripts (TASK set): CKPT (default: the run's newest checkpoint, or init),
-# EVAL_DIR and LEGACY_FLAG.
+# An input the script was given (its variable, its path, what to do) must exist: one line, exit 2.
+require_input() {
+    if [ ! -e "$2" ]; then
+        echo "error: $2: no such file or folder ($1); $3" >&2
+        exit 2
+    fi
+}
+
+# For the evaluation scripts (TASK set): the inputs checked, CKPT (default: the run's newest
+# checkpoint, or init), EVAL_DIR and LEGACY_FLAG.
 prepare_evaluation() {
+    require_input DATA_ROOT "$DATA_ROOT" "set DATA_ROOT to a dataset in the Real400K layout (sh train.sh writes the synthetic one there)"
+    for variable in QUERY_FILE GALLERY_FILE GT_FILE; do
+        eval "path=\$$variable"
+        require_input "$variable" "$path" "set $variable, or DATA_ROOT to a dataset that has it"
+    done
     CKPT=${CKPT:-$OUTPUT_DIR/checkpoints/last.pth.tar}
     if [ "$CKPT" != init ] && [ ! -f "$CKPT" ]; then
-        echo "no checkpoint at $CKPT: train first (sh train.sh), set CKPT=path, or CKPT=init for the untrained baseline" >&2
-        exit 1
+        echo "error: no checkpoint at $CKPT: train first (sh train.sh), set CKPT=path, or CKPT=init for the untrained baseline" >&2
+        exit 2
     fi
     EVAL_DIR="$OUTPUT_DIR/eval/$TASK"
     LEGACY_FLAG=""
@@ -58,17 +74,23 @@ cap_processes_to_data() {
     fi
 }
 
-# One process without torchrun when there is nothing to distribute; one node: torchrun
-# --standalone (a free port, so a second run on the node does not collide); several nodes:
-# the rendezvous at MASTER_ADDR:MASTER_PORT.
+# One process without torchrun when there is nothing to distribute or restart; one node: torchrun
+# --standalone (a free port, so a second run on the node does not collide); several nodes: the
+# c10d rendezvous at RDZV_ENDPOINT (every node's agent restarts its ranks together after a
+# failure), else the static one at MASTER_ADDR:MASTER_PORT. RESTARTS: torchrun's --max-restarts.
 launch() {
-    if [ "$NNODES" -eq 1 ] && [ "$NPROC_PER_NODE" -eq 1 ]; then
+    if [ "$NNODES" -eq 1 ] && [ "$NPROC_PER_NODE" -eq 1 ] && [ "$RESTARTS" -eq 0 ]; then
         "$PYTHON" "$@"
     elif [ "$NNODES" -eq 1 ]; then
-        "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC_PER_NODE" "$@"
+        "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC_PER_NODE" \
+            --max-restarts "$RESTARTS" "$@"
+    elif [ -n "${RDZV_ENDPOINT:-}" ]; then
+        "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --rdzv_backend c10d \
+            --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "${RDZV_ID:-real20m}" \
+            --nproc_per_node "$NPROC_PER_NODE" --max-restarts "$RESTARTS" "$@"
     else
         "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" \
             --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-            --nproc_per_node "$NPROC_PER_NODE" "$@"
+            --nproc_per_node "$NPROC_PER_NODE" --max-restarts "$RESTARTS" "$@"
     fi
 }

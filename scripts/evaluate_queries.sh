@@ -1,6 +1,5 @@
 # Shared body of query2goods_evaluate.sh and query2video_evaluate.sh (sourced, POSIX sh).
-# Expects ROOT, TASK, QUERY_FILE (qid<TAB>query text), GALLERY_FILE, GT_FILE and QUERY_SOURCE (the
-# source the report files the queries under: the one the gallery is not); writes $OUTPUT_DIR/eval/$TASK/.
+# Expects ROOT, TASK, QUERY_FILE (qid<TAB>query text), GALLERY_FILE and GT_FILE; writes $OUTPUT_DIR/eval/$TASK/.
 show_help_if_asked "$@"
 prepare_evaluation
 
@@ -11,15 +10,13 @@ launch "$ROOT/main_cross_domain_emb.py" --evaluate --config "$CONFIG" --data_roo
     --resume "$CKPT" --test_file "$GALLERY_FILE" --output_dir "$EVAL_DIR/gallery" $LEGACY_FLAG "$@"
 # shellcheck disable=SC2086
 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m real20m.retrieval --embed_queries "$QUERY_FILE" \
-    --checkpoint "$CKPT" --out "$EVAL_DIR/query" --report_items "$EVAL_DIR/query_items.txt" \
-    --report_text_root "$EVAL_DIR/query_text" --report_source "$QUERY_SOURCE" \
+    --checkpoint "$CKPT" --out "$EVAL_DIR/query" \
     --config "$CONFIG" --data_root "$DATA_ROOT" --dataset_name "$DATASET_NAME" $LEGACY_FLAG "$@"
 
 set -- --query_features "$EVAL_DIR/query" --gallery_features "$EVAL_DIR/gallery" --gt_file "$GT_FILE" \
-    --output_dir "$EVAL_DIR" --task "$TASK" --report --query_file "$EVAL_DIR/query_items.txt" \
+    --output_dir "$EVAL_DIR" --task "$TASK" --report --query_texts "$QUERY_FILE" \
     --gallery_file "$GALLERY_FILE" --goods_img_root "$DATA_ROOT/$DATASET_NAME/goods/images" \
-    --photo_img_root "$DATA_ROOT/$DATASET_NAME/video/images" \
-    "--${QUERY_SOURCE}_text_root" "$EVAL_DIR/query_text"
+    --photo_img_root "$DATA_ROOT/$DATASET_NAME/video/images"
 [ -n "${INDEX:-}" ] && set -- "$@" --index "$INDEX"
 [ -n "${NPROBE:-}" ] && set -- "$@" --nprobe "$NPROBE"
 [ -n "${SHARDS:-}" ] && set -- "$@" --shards "$SHARDS"

@@ -238,7 +238,9 @@ def test_the_paper_config_is_the_original_training():
     assert cfg.loss.weights["consistency"] == 10.0 and cfg.loss.weights["itc"] == 0.0 and cfg.loss.log_terms == ("itc",)
     assert cfg.loss.xbm_mode == "original" and cfg.loss.xbm_size == 800  # 10 x batch size
     assert dict(cfg.model.caption) == {"n_layer": 4, "n_head": 8, "n_embd": 512, "n_positions": 32,
-                                       "ignore_padding": False, "token_type_ids": True, "visual_projection": False}
+                                       "ignore_padding": False, "token_type_ids": True, "visual_projection": False,
+                                       "attn_implementation": "eager"}
+    assert not cfg.loss.normalize_query and parse_config([]).loss.normalize_query
     assert cfg.model.frame_init == "original" and cfg.model.frame_fp16 and cfg.model.embed_dim == 512
     assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.lr_schedule, cfg.optim.decay_epochs, cfg.optim.epochs) == \
         ("adam", 0.01, "step", 3, 10)

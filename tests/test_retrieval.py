@@ -12,8 +12,8 @@ from real20m.engine.inference import write_features
 from real20m.engine.trainer import Trainer
 from real20m.evaluate import cli as evaluation
 from real20m.evaluate.feature_io import load_features, write_legacy_features
-from real20m.retrieval import Hit, QueryFileError, Retriever, embed_query_file, main as retrieval_main, \
-    read_queries
+from real20m.retrieval import Hit, QueryError, QueryFileError, Retriever, SearchRules, embed_query_file, \
+    main as retrieval_main, read_queries
 from tests.engine.test_inference import FIXTURE, eval_cfg
 from tests.engine.test_trainer import SINGLE_CPU, tiny_cfg
 from tests.test_shell_entry_points import run_script
@@ -77,6 +77,27 @@ def test_search_scores_are_dot_products_with_the_evaluate_features(retriever, tr
         assert hits[0].pid == best
     # Features instead of texts give the same hits.
     assert retriever.search(query_feats, k=5) == results
+
+
+@pytest.mark.parametrize("texts, k, message", [
+    ([""], 5, "empty query"), (["红色", " \n "], 5, "empty query"), (["长" * 201], 5, "query too long: 201"),
+    (["红色"], 0, "from 1 to 1000, got 0"), (["红色"], 1001, "got 1001"), (["红色"], 2.5, "got 2.5"),
+])
+def test_search_refuses_what_the_search_rules_refuse(retriever, trained, tiny_data_root, texts, k, message):
+    retriever.load_gallery(trained[1], items=gallery_file(tiny_data_root))
+    with pytest.raises(QueryError, match=message):
+        retriever.search(texts, k=k)
+
+
+def test_search_drops_surrounding_white_space_and_takes_other_rules(retriever, trained, tiny_data_root):
+    retriever.load_gallery(trained[1], items=gallery_file(tiny_data_root))
+    assert retriever.search(["  红色条纹棉质T恤\t"], k=3) == retriever.search(["红色条纹棉质T恤"], k=3)
+    retriever.rules = SearchRules(max_query_chars=4)
+    try:
+        with pytest.raises(QueryError, match="at most 4 allowed"):
+            retriever.search(["红色条纹棉质T恤"], k=3)
+    finally:
+        del retriever.rules   # back to the class's rules for the other tests
 
 
 def test_legacy_feature_file_and_saved_index_give_the_same_results(retriever, trained, tiny_data_root, tmp_path):
@@ -145,12 +166,11 @@ def test_query_file_errors_name_the_line(tmp_path):
         read_queries(path)
 
 
-def test_embed_queries_then_evaluation_report_with_and_without_query_titles(trained, tiny_data_root, tmp_path):
+def test_embed_queries_then_evaluation_report_with_and_without_query_texts(trained, tiny_data_root, tmp_path):
     query_file = os.path.join(tiny_data_root, "test_file", "queries.txt")
     out = tmp_path / "query"
     code = retrieval_main(["--embed_queries", query_file, "--checkpoint", trained[0], "--out", str(out),
-                           "--device", "cpu", "--report_items", str(tmp_path / "query_items.txt"),
-                           "--config", TINY, "--data_root", tiny_data_root, "--workers", "0",
+                           "--device", "cpu", "--config", TINY, "--data_root", tiny_data_root, "--workers", "0",
                            "--legacy_text_features"])
     assert code == 0
     features = load_features(str(out))
@@ -161,11 +181,11 @@ def test_embed_queries_then_evaluation_report_with_and_without_query_titles(trai
     common = ["--query_features", str(out), "--gallery_features", trained[1], "--gt_file", gt, "--quiet",
               "--task", "query2goods", "--report", "--gallery_file", gallery_file(tiny_data_root),
               "--goods_img_root", os.path.join(tiny_data_root, "Real400K", "goods", "images")]
-    # The queries' item file: the report shows each query text as the query's title.
-    evaluation.main(common + ["--output_dir", str(tmp_path / "titled"), "--query_file",
-                              str(tmp_path / "query_items.txt"), "--photo_text_root", str(tmp_path / "query_text")])
+    # The query file as --query_texts: each query is shown as its text, with no image slot.
+    evaluation.main(common + ["--output_dir", str(tmp_path / "titled"), "--query_texts", query_file])
     report = (tmp_path / "titled" / "report.html").read_text(encoding="utf-8")
-    assert all(text in report for text in texts)
+    assert all(f"text query {qid}: {text}</h3>" in report for qid, text in zip(qids.tolist(), texts))
+    assert "query frames" not in report
     metrics = json.loads((tmp_path / "titled" / "metrics.json").read_text())
     assert metrics["num_queries"] == len(qids) and metrics["gt_docs_missing_from_gallery"] == 0
     # No item file knows the qids: the report says so and does not fail.
@@ -194,6 +214,13 @@ def test_query2goods_script_end_to_end(trained, tiny_data_root, tmp_path):
     assert 0.0 <= metrics["recall@1"] <= 1.0
     assert (results / "report.html").is_file() and (results / "recall.png").is_file()
     assert (results / "query" / "meta.json").is_file() and (results / "gallery" / "meta.json").is_file()
+    # Each query shown as its text, with no (missing) image of its own; the gallery's thumbnails are there.
+    report = (results / "report.html").read_text(encoding="utf-8")
+    qids, texts = read_queries(os.path.join(tiny_data_root, "test_file", "queries.txt"))
+    assert all(f"text query {qid}: {text}</h3>" in report for qid, text in zip(qids.tolist(), texts))
+    assert "query frames" not in report and 'class="noimg"' not in report
+    assert report.count("data:image/jpeg;base64,") > 0
+    assert not (results / "query_items.txt").exists() and not (results / "query_text").exists()
     # The script's gallery features are those of the API.
     np.testing.assert_allclose(np.asarray(load_features(str(results / "gallery")).feats),
                                np.asarray(load_features(trained[1]).feats), atol=1e-6)

@@ -1,6 +1,8 @@
 """real20m-search: table, JSON and JSON-lines output over a gallery written by --evaluate."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -55,3 +57,32 @@ def test_missing_gallery_is_an_error_message(trained, tiny_data_root, tmp_path, 
     args[args.index("--gallery") + 1] = str(tmp_path / "nowhere")
     assert main(args + ["--query", "红色"]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def run_search_cli(tmp_path, *flags):
+    """``real20m-search`` in a fresh process, with a checkpoint and a gallery that do not exist."""
+    command = [sys.executable, "-m", "real20m.search_cli", "--checkpoint", str(tmp_path / "no.pth.tar"),
+               "--gallery", str(tmp_path / "no_gallery"), *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--query", ""], "error: empty query: type a few words to search for"),
+    (["--query", " \t "], "error: empty query: type a few words to search for"),
+    (["--query", "红色", "--query", "长" * 201], "error: query too long: 201 characters, at most 200 allowed"),
+    (["--query", "红色", "-k", "0"], "error: k must be a whole number from 1 to 1000, got 0"),
+    (["--query", "红色", "-k", "1001"], "error: k must be a whole number from 1 to 1000, got 1001"),
+])
+def test_a_bad_query_is_one_line_and_exit_2_before_any_model_is_loaded(tmp_path, flags, message):
+    result = run_search_cli(tmp_path, *flags)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [message]      # the rule, not the missing checkpoint
+    assert result.stdout == ""
+
+
+def test_a_bad_line_of_a_queries_file_is_named(tmp_path):
+    queries = tmp_path / "queries.txt"
+    queries.write_text("红色条纹棉质T恤\n\n" + "长" * 201 + "\n", encoding="utf-8")
+    result = run_search_cli(tmp_path, "--queries", str(queries))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {queries}:3: query too long: 201 characters, at most 200 allowed"]

@@ -11,6 +11,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from real20m.retrieval import QueryError, SearchRules  # noqa: E402
 from real20m.serve import build_parser, create_app, gallery_size  # noqa: E402
 
 HOSTILE = "<script>alert(1)</script>"
@@ -127,6 +128,34 @@ def test_bad_queries_are_400_with_a_message(setup, query):
     assert 'id="message"' in page.text
     assert ("empty query" if query.strip() == "" else "query too long") in page.text
     assert retriever.calls == []                                      # never reached the model
+
+
+def refusal(check, value) -> str:
+    with pytest.raises(QueryError) as refused:
+        check(value)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("query", ["", " \t ", "长" * 201])
+def test_page_and_api_refuse_a_query_with_the_search_rules_message(query):
+    """The defaults are real20m-search's and Retriever.search's: the same rule, the same message."""
+    retriever = FakeRetriever([(1, "goods", "a", None)])
+    client = TestClient(create_app(retriever, []))
+    message = refusal(SearchRules().query, query)
+    response = client.get("/api/search", params={"q": query})
+    assert response.status_code == 400 and response.json()["message"] == message
+    page = client.get("/", params={"q": query})
+    assert page.status_code == 400 and message in page.text
+    assert retriever.calls == []
+
+
+def test_page_k_follows_the_search_rules_with_the_page_limit():
+    client = TestClient(create_app(FakeRetriever([]), [], k=5, max_k=40))
+    for k in (0, 41):
+        response = client.get("/api/search", params={"q": "dress", "k": str(k)})
+        assert response.status_code == 400
+        assert response.json()["message"] == refusal(SearchRules(max_k=40).k, k)
+    assert client.get("/api/search", params={"q": "dress", "k": "40"}).status_code == 200
 
 
 def test_missing_query_and_bad_k(setup):

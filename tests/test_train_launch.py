@@ -94,6 +94,7 @@ def test_without_gpus_train_sh_runs_the_tiny_config_in_one_process(tiny_data_roo
     argv, _ = launch_train_sh(tmp_path, tiny_data_root, 0, "--batch_size", "4")
     assert argv[0] == str(REPO / "main_cross_domain_emb.py")
     assert flag_value(argv, "--config") == TINY
+    assert flag_value(argv, "--resume") == "latest"  # a rerun continues the run in OUTPUT_DIR
 
 
 def test_with_eight_gpus_train_sh_runs_the_same_config_on_as_many_gpus_as_the_data_fills(tiny_data_root, tmp_path):
@@ -101,7 +102,7 @@ def test_with_eight_gpus_train_sh_runs_the_same_config_on_as_many_gpus_as_the_da
     expected, _ = supported_processes(tiny_config(tiny_data_root), 8)
     assert argv[:4] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     assert int(argv[4]) == expected
-    assert argv[5] == str(REPO / "main_cross_domain_emb.py")
+    assert argv[5:8] == ["--max-restarts", "3", str(REPO / "main_cross_domain_emb.py")]
     assert flag_value(argv, "--config") == TINY and flag_value(argv, "--batch_size") == "4"
     assert f"launching {expected} of 8 processes" in result.stderr
 
@@ -110,6 +111,15 @@ def test_a_process_count_set_by_hand_is_kept(tiny_data_root, tmp_path):
     argv, result = launch_train_sh(tmp_path, tiny_data_root, 8, "--batch_size", "4", nproc=8)
     assert flag_value(argv, "--nproc_per_node") == "8" and flag_value(argv, "--config") == TINY
     assert "launching" not in result.stderr
+
+
+def test_max_restarts_makes_even_one_process_restartable_and_the_last_resume_flag_wins(tiny_data_root, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("MAX_RESTARTS", "2")
+    checkpoint = str(tmp_path / "some.pth.tar")
+    argv, _ = launch_train_sh(tmp_path, tiny_data_root, 0, "--batch_size", "4", "--resume", checkpoint)
+    assert argv[:2] == ["-m", "torch.distributed.run"] and flag_value(argv, "--max-restarts") == "2"
+    assert argv[argv.index("--resume", argv.index("--resume") + 1) + 1] == checkpoint
 
 
 def test_version_comes_from_the_installed_metadata(monkeypatch):

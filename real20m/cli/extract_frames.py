@@ -14,6 +14,7 @@ on. The exit code is non-zero only when videos were given and none of them could
 """
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from real20m.datasets.layout import shard_folder
-from real20m.utils.entry import add_version_argument
+from real20m.utils.entry import add_version_argument, exit_on_input_error
 
 JPEG_QUALITY = 90
 
@@ -169,15 +170,19 @@ def parse_args(argv=None):
     parser.add_argument("--backend", choices=("auto", "av", "decord"), default="auto")
     add_version_argument(parser)
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.videos):  # a mistyped folder would otherwise "succeed" with 0 videos
-        parser.error(f"--videos {args.videos}: no such folder")
     if args.num_frames is None and args.fps is None:
         args.fps = 1.0
     return args
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     args = parse_args(argv)
+    return exit_on_input_error(lambda: extract_all(args))
+
+
+def extract_all(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.videos):  # a mistyped folder would otherwise "succeed" with 0 videos
+        raise FileNotFoundError(errno.ENOENT, "no such folder", args.videos)
     videos = sorted(Path(args.videos).glob("*.mp4"))
     decoded = failed = skipped = frames = 0
     for path in tqdm(videos, desc="extract frames", unit="video"):

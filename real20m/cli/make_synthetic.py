@@ -4,11 +4,12 @@
     real20m-make-synthetic --out Dataset --seed 0
 """
 from real20m.datasets import synthetic
+from real20m.utils.entry import exit_on_input_error
 
 
 def main(argv=None) -> int:
     # synthetic.main returns its summary dict, which a console script would take for an exit status.
-    synthetic.main(argv)
+    exit_on_input_error(lambda: synthetic.main(argv))
     return 0
 
 

@@ -17,11 +17,12 @@ from real20m.engine.checkpoint import CheckpointError
 from real20m.evaluate.extract import EmbeddingInputError
 from real20m.evaluate.feature_io import FeatureFileError
 from real20m.models.release_layout import ReleaseLayoutError, WeightMismatchError
-from real20m.models.towers import PretrainedNotAvailableError
+from real20m.models.towers import PretrainedInputError, PretrainedNotAvailableError
 from real20m.utils.entry import exit_on_input_error
 
 INPUT_ERRORS = (AnnotationError, UnsafePathError, CheckpointError, FeatureFileError, ConfigError,
-                ReleaseLayoutError, WeightMismatchError, EmbeddingInputError, PretrainedNotAvailableError)
+                ReleaseLayoutError, WeightMismatchError, EmbeddingInputError, PretrainedNotAvailableError,
+                PretrainedInputError)
 
 
 def run(argv=None) -> None:

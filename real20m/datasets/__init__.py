@@ -7,9 +7,9 @@ take ~0.9 GB of resident memory.
 from real20m.utils.lazy import lazy_exports
 
 _EXPORTS = {
-    "annotations": ["SOURCES", "AnnotationError", "UnsafePathError", "ClusterTable", "ItemTable", "QueryGroups",
-                    "detect_format", "load_clusters", "load_ground_truth", "load_items", "load_query_groups",
-                    "parse_doc_id", "parse_query_id", "safe_join"],
+    "annotations": ["SOURCES", "AnnotationError", "QueryFileError", "UnsafePathError", "ClusterTable", "ItemTable",
+                    "QueryGroups", "detect_format", "load_clusters", "load_ground_truth", "load_items",
+                    "load_query_groups", "parse_doc_id", "parse_query_id", "read_queries", "safe_join"],
     "collate": ["Collator", "decode_batch_pixels"],
     "dataset": ["EvalDataset", "TrainDataset", "build_eval_dataset", "build_train_dataset"],
     "items": ["ItemLoader", "ItemRoots", "segment_frame_indices", "video_frame_paths"],

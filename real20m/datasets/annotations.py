@@ -22,6 +22,23 @@ import numpy as np
 SOURCES = ("goods", "photo")
 GOODS, PHOTO = 0, 1
 
+
+@dataclass(frozen=True)
+class QueryLanguage:
+    """Where the release keeps one language's texts: the query-grouped train file's column that
+    holds the query, and the ending of each item's text file."""
+
+    query_column: int
+    text_ending: str
+
+
+# data.query_language -> its files. The release's English variant adds the English query as a 4th
+# column of the train file and keeps <pid>_eng.txt (same line layout) beside each <pid>.txt.
+QUERY_LANGUAGES = {"zh": QueryLanguage(query_column=0, text_ending=".txt"),
+                   "en": QueryLanguage(query_column=3, text_ending="_eng.txt")}
+# Fields of a line -> annotation format: query-grouped (with or without the English query) or one item a line.
+FORMATS = {3: "query_groups", 4: "query_groups", 5: "items"}
+
 _CHUNK_BYTES = 16 << 20
 _NEWLINE, _TAB, _CR, _COMMA, _ZERO, _NINE = 10, 9, 13, 44, 48, 57
 _NONE = np.frombuffer(b"None", dtype=np.uint8)
@@ -31,6 +48,10 @@ _POW10 = 10 ** np.arange(_MAX_DIGITS, dtype=np.int64)
 
 class AnnotationError(ValueError):
     """A malformed annotation line; the message is ``<path>:<lineno>: <reason>: <line text>``."""
+
+
+class QueryFileError(AnnotationError):
+    """A text-query file (``qid \\t query text``) that cannot be read; the message names the line."""
 
 
 class UnsafePathError(ValueError):
@@ -89,6 +110,27 @@ def load_ground_truth(path) -> dict[int, list[int]]:
         merged = truth.setdefault(query, [])
         merged.extend(doc for doc in dict.fromkeys(docs) if doc not in merged)
     return truth
+
+
+def read_queries(path) -> tuple[np.ndarray, list[str]]:
+    """``qid \\t query text`` one a line (``test_file/queries.txt``) -> (qids int64, texts).
+
+    The qid is an integer, unique in the file; the text is everything after the first tab."""
+    qids, texts, seen = [], [], {}
+    for lineno, line in _text_lines(path):
+        qid, tab, text = line.partition("\t")
+        if not tab or not qid.strip().lstrip("-").isdigit():
+            raise QueryFileError(f"{path}:{lineno}: expected 'qid<TAB>query text' with an integer qid, "
+                                 f"got {line[:120]!r}")
+        if not text.strip():
+            raise QueryFileError(f"{path}:{lineno}: empty query text")
+        qid = int(qid)
+        if qid in seen:
+            raise QueryFileError(f"{path}:{lineno}: qid {qid} already on line {seen[qid]}")
+        seen[qid] = lineno
+        qids.append(qid)
+        texts.append(text)
+    return np.asarray(qids, dtype=np.int64), texts
 
 
 @dataclass
@@ -200,23 +242,29 @@ class ItemTable:
         return self.fields(row)[0]
 
 
-def load_query_groups(path) -> QueryGroups:
-    """Parse ``query \\t goods_ids \\t video_ids`` (id lists comma-separated or ``None``)."""
+def load_query_groups(path, language: str = "zh") -> QueryGroups:
+    """Parse ``query \\t goods_ids \\t video_ids [\\t English query]`` (id lists comma-separated or
+    ``None``); the rows' query is the one of ``language`` (a key of QUERY_LANGUAGES)."""
     path = os.fspath(path)
+    n_fields = _field_count(path)
+    column = QUERY_LANGUAGES[language].query_column
+    if column >= n_fields:
+        raise AnnotationError(f"{path}: query language {language!r} reads the query from field {column + 1}, "
+                              f"but the lines have {n_fields} fields")
     newlines, commas = _count_bytes(path)
     queries = _Buffer(np.uint8, os.path.getsize(path))
     query_offsets = _Offsets(newlines + 1)
     indptr = [_Offsets(newlines + 1) for _ in SOURCES]
     ids = [_Buffer(np.int64, commas + newlines + 1) for _ in SOURCES]
     for chunk, first_lineno in _line_chunks(path):
-        starts, ends, linenos = _fields(chunk, 3, path, first_lineno)
-        _require_nonempty(chunk, starts[:, 0], ends[:, 0], linenos, path, "empty query")
+        starts, ends, linenos = _fields(chunk, n_fields, path, first_lineno)
+        _require_nonempty(chunk, starts[:, column], ends[:, column], linenos, path, "empty query")
         parsed = [_parse_id_lists(chunk, starts[:, col], ends[:, col], linenos, path) for col in (1, 2)]
         both_none = (parsed[0][0] == 0) & (parsed[1][0] == 0)
         if both_none.any():
             row = int(np.argmax(both_none))
             _raise(path, linenos[row], "both id lists are None", _line_around(chunk, starts[row, 0]))
-        query_bytes, query_lengths = _gather(chunk, starts[:, 0], ends[:, 0])
+        query_bytes, query_lengths = _gather(chunk, starts[:, column], ends[:, column])
         queries.extend(query_bytes)
         query_offsets.extend(query_lengths)
         for source, (source_counts, source_ids) in enumerate(parsed):
@@ -255,17 +303,20 @@ def load_items(path) -> ItemTable:
 
 
 def detect_format(path) -> str:
-    """``"query_groups"`` (3 fields a line) or ``"items"`` (5 fields), from the first non-blank line."""
+    """``"query_groups"`` (3 fields a line, 4 with the English query) or ``"items"`` (5 fields)."""
+    return FORMATS[_field_count(path)]
+
+
+def _field_count(path) -> int:
+    """Fields of the first non-blank line, one of the FORMATS."""
     with open(path, "rb") as handle:
         for lineno, line in enumerate(handle, start=1):
             line = line.rstrip(b"\r\n")
             if line.strip():
                 n_fields = line.count(b"\t") + 1
-                if n_fields == 3:
-                    return "query_groups"
-                if n_fields == 5:
-                    return "items"
-                _raise(path, lineno, f"expected 3 (query-grouped) or 5 (item) fields, got {n_fields}", line)
+                if n_fields not in FORMATS:
+                    _raise(path, lineno, f"expected 3 or 4 (query-grouped) or 5 (item) fields, got {n_fields}", line)
+                return n_fields
     raise AnnotationError(f"{path}: no annotation lines")
 
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .annotations import GOODS, PHOTO, SOURCES, AnnotationError, ItemTable, QueryGroups, detect_format, \
-    load_items, load_query_groups
+from .annotations import GOODS, PHOTO, QUERY_LANGUAGES, SOURCES, AnnotationError, ItemTable, QueryGroups, \
+    detect_format, load_items, load_query_groups
 from .items import ItemLoader, ItemRoots, item_text, shard_path
 from .transforms import build_eval_transform, build_train_transform
 
@@ -25,7 +25,7 @@ NO_SAMPLE = -1
 
 def item_roots(data) -> ItemRoots:
     return ItemRoots(data.goods_img_root, data.goods_text_root, data.photo_img_root, data.photo_text_root,
-                     data.frameid_root)
+                     data.frameid_root, QUERY_LANGUAGES[data.query_language].text_ending)
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -172,10 +172,10 @@ class EvalDataset(torch.utils.data.Dataset):
 
 
 def build_train_dataset(data) -> TrainDataset:
-    """Train dataset of ``data.train_file`` (the data config section): query-grouped (3 fields)
-    or item file (5 fields)."""
-    table = load_query_groups(data.train_file) if detect_format(data.train_file) == "query_groups" else \
-        load_items(data.train_file)
+    """Train dataset of ``data.train_file`` (the data config section): query-grouped (3 fields, 4
+    with the English query; the query of ``data.query_language``) or item file (5 fields)."""
+    table = load_query_groups(data.train_file, data.query_language) \
+        if detect_format(data.train_file) == "query_groups" else load_items(data.train_file)
     loader = ItemLoader(item_roots(data), build_train_transform(data.image_size, data.train_transform),
                         data.clip_length, text_aug=data.text_aug, reduced_decode=data.reduced_decode,
                         jpeg_bytes=data.gpu_decode, train_text=data.train_text)

@@ -51,6 +51,13 @@ def shard_path(root: str, pid: int, ext: str) -> str:
 # --------------------------------------------------------------------------- text
 
 
+def in_language(path: str, text_ending: str) -> str:
+    """The file of text ``path`` (``<name>.txt``) in the language whose files end in ``text_ending``
+    (``<name>_eng.txt``); a path with another ending is kept as given, since only ``.txt`` files have
+    translations beside them."""
+    return path.removesuffix(".txt") + text_ending if path.endswith(".txt") else path
+
+
 def read_text(path: str, issues: list) -> str:
     """Content of a text file; a missing file gives '' and a non-UTF-8 one is decoded with replacement."""
     try:
@@ -284,6 +291,7 @@ class ItemRoots:
     photo_img_root: str
     photo_text_root: str
     frameid_root: str | None = None
+    text_ending: str = ".txt"   # the language's text files: "_eng.txt" reads <pid>_eng.txt for <pid>.txt
 
     def image_root(self, source: int) -> str:
         return self.goods_img_root if source == GOODS else self.photo_img_root
@@ -365,10 +373,11 @@ class ItemLoader:
         return sample
 
     def text_file(self, pid: int, source: int, text_path: str | None = None) -> str:
-        """Explicit text path (relative to the source's text root) or ``<text_root>/<pid%50000>/<pid>.txt``."""
-        if text_path:
-            return safe_join(self.roots.text_root(source), text_path)
-        return shard_path(self.roots.text_root(source), pid, "txt")
+        """Explicit text path (relative to the source's text root) or ``<text_root>/<pid%50000>/<pid>.txt``,
+        in the language of ``roots.text_ending``."""
+        root = self.roots.text_root(source)
+        path = safe_join(root, text_path) if text_path else shard_path(root, pid, "txt")
+        return in_language(path, self.roots.text_ending)
 
     def clip_frames(self, pid: int, source: int, rng: np.random.Generator | None = None,
                     frame_paths: list[str] | None = None,

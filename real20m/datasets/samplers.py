@@ -14,6 +14,13 @@ One epoch, for a given (seed, epoch):
   4. the step order is shuffled, and rank r takes batch r of every step.
 With one rank a step is one batch, so the plan is that of a plain shuffled batch list.
 
+The plan is a list of global batches (batch ``g`` is rank ``g % W``'s batch of step ``g // W``), so
+the rest of an epoch started on W ranks can be dealt to W' ranks (a resume on another number of
+processes): ``reshard`` walks the remaining batches in order, pools each bucket's samples and cuts
+steps of W' batches of the resumed run's batch size from the pools. Every remaining sample comes
+once, with the seed it had in the original plan; of a bucket's last samples, those that cannot be
+split evenly over W' ranks (the gathered batch needs equal shapes) are skipped and counted.
+
 The yielded dataset keys are ``SampleKey(row, source, member, seed)``: the annotation row, the
 source index (0 goods, 1 photo), the member of that row's id list (0 for item files) and a
 per-sample seed that makes frame choice, text augmentation and crops reproducible whatever the
@@ -21,6 +28,8 @@ worker count.
 """
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -33,6 +42,73 @@ class SampleKey(NamedTuple):
     source: int
     member: int
     seed: int
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch's batches for ``world_size`` ranks, step-major: ``order[batch_starts[g]:batch_ends[g]]``
+    are the rows of global batch g. ``seeds`` holds each position's sample seed; None: drawn per
+    batch from (seed, epoch, g) when it is read (an epoch of a large dataset is never materialised)."""
+    world_size: int
+    sources: np.ndarray
+    members: np.ndarray
+    labels: np.ndarray
+    order: np.ndarray
+    batch_starts: np.ndarray
+    batch_ends: np.ndarray
+    seed_key: tuple[int, int]
+    seeds: np.ndarray | None = None
+    skipped: int = 0  # samples of a re-dealt rest that could not be split evenly over the ranks
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.batch_starts) // self.world_size
+
+    def rows_and_seeds(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        begin, end = self.batch_starts[index], self.batch_ends[index]
+        if self.seeds is not None:
+            return self.order[begin:end], self.seeds[begin:end]
+        seeds = np.random.default_rng([*self.seed_key, int(index)]).integers(0, 2**62, size=end - begin)
+        return self.order[begin:end], seeds
+
+    def batch(self, index: int) -> list[SampleKey]:
+        rows, seeds = self.rows_and_seeds(index)
+        return [SampleKey(int(row), int(self.sources[row]), int(self.members[row]), int(seed))
+                for row, seed in zip(rows, seeds)]
+
+
+def reshard(plan: EpochPlan, done_steps: int, world_size: int, batch_size: int) -> EpochPlan:
+    """The batches of ``plan`` after its first ``done_steps`` steps, dealt to ``world_size`` ranks in
+    steps of ``batch_size`` per rank, each step of one bucket (see the module notes)."""
+    pools: dict[int, list] = defaultdict(lambda: [[], []])
+    steps: list[tuple[np.ndarray, np.ndarray, int]] = []
+    for index in range(done_steps * plan.world_size, len(plan.batch_starts)):
+        rows, seeds = plan.rows_and_seeds(index)
+        pool = pools[int(plan.labels[rows[0]])]
+        pool[0].extend(rows.tolist())
+        pool[1].extend(seeds.tolist())
+        while len(pool[0]) >= world_size * batch_size:
+            cut = world_size * batch_size
+            steps.append((np.array(pool[0][:cut]), np.array(pool[1][:cut]), batch_size))
+            del pool[0][:cut], pool[1][:cut]
+    skipped = 0
+    for rows, seeds in pools.values():  # each bucket's last, smaller step, in order of appearance
+        per_rank = len(rows) // world_size
+        skipped += len(rows) - per_rank * world_size
+        if per_rank:
+            cut = per_rank * world_size
+            steps.append((np.array(rows[:cut]), np.array(seeds[:cut]), per_rank))
+    return _plan_of_steps(plan, steps, world_size, skipped)
+
+
+def _plan_of_steps(plan: EpochPlan, steps: list, world_size: int, skipped: int) -> EpochPlan:
+    sizes = np.repeat([size for _, _, size in steps], world_size).astype(np.int64)
+    ends = np.cumsum(sizes)
+    empty = np.zeros(0, dtype=np.int64)
+    order = np.concatenate([rows for rows, _, _ in steps]) if steps else empty
+    seeds = np.concatenate([seeds for _, seeds, _ in steps]) if steps else empty
+    return replace(plan, world_size=world_size, order=order, batch_starts=ends - sizes, batch_ends=ends,
+                   seeds=seeds, skipped=plan.skipped + skipped)
 
 
 class SourceBatchSampler:
@@ -50,7 +126,8 @@ class SourceBatchSampler:
         self.drop_last = drop_last
         self.epoch = 0
         self.start_batch = 0
-        self._plan_epoch = None
+        self.reshards: tuple[tuple[int, int], ...] = ()
+        self._plan_key = None
         self._plan = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -62,47 +139,55 @@ class SourceBatchSampler:
             raise ValueError(f"start batch must be >= 0, got {index}")
         self.start_batch = index
 
+    def set_reshards(self, reshards) -> None:
+        """How the current epoch got here: ``(world size, steps taken)`` of each earlier part of it
+        that ran on another number of ranks (oldest first; empty when it ran on this one throughout).
+        The epoch's plan is then the rest of those parts' plan, re-dealt to this sampler's ranks."""
+        self.reshards = tuple((int(world), int(steps)) for world, steps in reshards)
+
     def __len__(self) -> int:
-        """Batches per rank in the whole epoch (a resumed iteration yields ``len - start_batch``)."""
-        return len(self._epoch_plan()["rank_batches"])
+        """Batches per rank in the current plan: the whole epoch, or the re-dealt rest of it
+        (a resumed iteration yields ``len - start_batch``)."""
+        return self._epoch_plan().num_steps
+
+    @property
+    def skipped_samples(self) -> int:
+        """Samples of the current epoch that re-dealing its rest to this many ranks left out."""
+        return self._epoch_plan().skipped
 
     def __iter__(self):
         plan = self._epoch_plan()
         start, self.start_batch = self.start_batch, 0
-        for global_index in plan["rank_batches"][start:]:
-            begin, end = plan["batch_starts"][global_index], plan["batch_ends"][global_index]
-            samples = plan["order"][begin:end]
-            seeds = np.random.default_rng([self.seed, self.epoch, int(global_index)]).integers(
-                0, 2**62, size=len(samples))
-            yield [SampleKey(int(row), int(plan["sources"][row]), int(plan["members"][row]), int(seed))
-                   for row, seed in zip(samples, seeds)]
+        for step in range(start, plan.num_steps):
+            yield plan.batch(step * self.world_size + self.rank)
 
     def group_labels(self, sources: np.ndarray) -> np.ndarray:
         """Bucket of each sample (sample i is annotation row i); a batch never mixes buckets."""
         return sources.astype(np.int64)
 
-    def _epoch_plan(self) -> dict:
-        if self._plan_epoch != self.epoch:
-            self._plan = self._make_plan()
-            self._plan_epoch = self.epoch
+    def _epoch_plan(self) -> EpochPlan:
+        key = (self.epoch, self.reshards)
+        if self._plan_key != key:
+            worlds = [world for world, _ in self.reshards] + [self.world_size]
+            plan = self._make_plan(worlds[0])
+            for (_, done), world in zip(self.reshards, worlds[1:]):
+                plan = reshard(plan, done, world, self.batch_size)
+            self._plan, self._plan_key = plan, key
         return self._plan
 
-    def _make_plan(self) -> dict:
+    def _make_plan(self, world_size: int) -> EpochPlan:
         rng = np.random.default_rng([self.seed, self.epoch])
         sources, members = self.dataset.epoch_samples(rng)
         labels = np.where(sources >= 0, self.group_labels(sources), -1)  # rows without a sample: bucket -1
         order, starts, ends = bucket_batches(labels, self.batch_size, self.drop_last, rng)
         kept = labels[order[starts]] >= 0
         starts, ends = starts[kept], ends[kept]
-        steps = group_into_steps(labels[order[starts]], self.world_size, self.drop_last)
+        steps = group_into_steps(labels[order[starts]], world_size, self.drop_last)
         steps = steps[rng.permutation(len(steps))]
         # A batch is addressed (and seeded) by its position in the shuffled steps, step * W + rank.
         flat = steps.reshape(-1)
-        return {
-            "sources": sources, "members": members, "order": order,
-            "batch_starts": starts[flat], "batch_ends": ends[flat],
-            "rank_batches": np.arange(len(steps), dtype=np.int64) * self.world_size + self.rank,
-        }
+        return EpochPlan(world_size, sources, members, labels, order, starts[flat], ends[flat],
+                         (self.seed, self.epoch))
 
 
 class ClusterBatchSampler(SourceBatchSampler):

@@ -21,7 +21,10 @@ The output is byte-identical for a given seed: every item draws from its own ran
 metadata, and every file is written in a fixed order. Only numpy, PIL and the standard library
 are used so the generator runs anywhere.
 
-    python -m real20m.datasets.synthetic --out Dataset --seed 0 [--style household]
+    python -m real20m.datasets.synthetic --out Dataset --seed 0 [--style household] [--english]
+
+``--english`` adds the release's English variant (``synthetic_english``): a ``<pid>_eng.txt``
+beside every item text and the English query as a 4th column of ``train_file/train.txt``.
 
 Besides the item-to-item tasks (video2goods, goods2video) the test split has text-query tasks:
 ``test_file/queries.txt`` (``qid \t query text``) with ``eval_gt_query2goods.txt`` and
@@ -38,9 +41,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from real20m.datasets import synthetic_household
-from real20m.datasets.synthetic_drawing import paste, pick, to_image
+from real20m.datasets import synthetic_english, synthetic_household
+from real20m.datasets.synthetic_drawing import maybe_null, paste, pick, to_image
 from real20m.datasets.layout import SHARD
+from real20m.utils.entry import exit_on_input_error
 
 COLOURS = {
     "红色": (205, 35, 40),
@@ -65,6 +69,14 @@ CATEGORIES = {
                                                           (0.6, 0.1), (0.4, 0.1), (0.4, 0.3), (0.3, 0.3)])],
     "鞋子": [("polygon", [(0.05, 0.25), (0.42, 0.25), (0.52, 0.52), (0.95, 0.68), (0.95, 0.95), (0.05, 0.95)])],
 }
+# The attribute words in English (--english).
+ENGLISH = {
+    "红色": "red", "橙色": "orange", "黄色": "yellow", "绿色": "green", "蓝色": "blue", "紫色": "purple",
+    "粉色": "pink", "黑色": "black",
+    "纯色": "plain", "条纹": "striped", "波点": "polka-dot", "格子": "checked", "印花": "printed",
+    "棉质": "cotton", "丝绸": "silk", "皮革": "leather", "羊毛": "wool",
+    "连衣裙": "dress", "T恤": "t-shirt", "裤子": "trousers", "帽子": "hat", "背包": "backpack", "鞋子": "shoes",
+}
 BRANDS = ("悦衣坊", "木棉家", "南风", "初见", "青禾", "鹿角", "云朵", "Lumi")
 MARKETING_WORDS = ("新款", "包邮", "爆款", "热卖", "正品", "特价", "百搭", "韩版", "时尚", "清仓",
                    "限时秒杀", "官方旗舰店", "2024春季", "显瘦", "潮流", "高级感")
@@ -73,8 +85,9 @@ CHATTER = ("家人们", "今天给大家分享", "真的绝了", "好看到哭",
 
 GOODS_PID_BASE = 50_000
 VIDEO_PID_BASE = 1_000_000
+# item_rng kinds: 0 and 1 draw a goods item and a video, these their English texts (--english).
+ENGLISH_GOODS, ENGLISH_VIDEO = 2, 3
 JPEG_QUALITY = 90
-NULL = "null"
 
 SIZE_NAMES = ("num_queries", "num_test_queries", "num_val_queries", "goods_per_query", "videos_per_query", "frames_per_video",
               "image_size")
@@ -133,10 +146,6 @@ def split_queries(rng, num_queries, num_test_queries, combos, num_val_queries=0)
 
 
 # ---------------------------------------------------------------- text
-
-
-def maybe_null(rng, text, p_null):
-    return NULL if rng.random() < p_null else text
 
 
 def goods_text_lines(rng, pid, product):
@@ -305,15 +314,18 @@ class Style(NamedTuple):
     video_text_lines: Callable          # (rng, item) -> caption, title, text
     video_frames: Callable              # (rng, item, image_size, frames_per_video) -> PIL images
     default_sizes: dict
+    english: dict                       # attribute word -> English word (--english)
 
 
 STYLES = {
     "products": Style(product_combinations, goods_text_lines, goods_image, video_text_lines, video_frames,
                       dict(num_queries=240, num_test_queries=120, num_val_queries=40, goods_per_query=3, videos_per_query=3,
-                           frames_per_video=5, image_size=64)),
+                           frames_per_video=5, image_size=64),
+                      ENGLISH),
     "household": Style(synthetic_household.all_combinations, synthetic_household.goods_text_lines,
                        synthetic_household.goods_image, synthetic_household.video_text_lines,
-                       synthetic_household.video_frames, synthetic_household.DEFAULT_SIZES),
+                       synthetic_household.video_frames, synthetic_household.DEFAULT_SIZES,
+                       synthetic_household.ENGLISH),
 }
 DEFAULT_STYLE = "products"
 
@@ -385,6 +397,19 @@ def write_items(writer, style, seed, queries, first_index, sizes):
     return groups
 
 
+def write_english_texts(writer, style, seed, queries, groups):
+    """``<pid>_eng.txt`` beside the text of every item of these queries (rows of ``write_items``)."""
+    for product, (goods, videos) in zip(queries, groups):
+        for pid, *_ in goods:
+            rng = item_rng(seed, ENGLISH_GOODS, pid - GOODS_PID_BASE)
+            writer.text(f"Real400K/goods/text/{folder_of(pid)}/{pid}_eng.txt",
+                        synthetic_english.goods_text_lines(rng, pid, product, style.english))
+        for pid, *_ in videos:
+            rng = item_rng(seed, ENGLISH_VIDEO, pid - VIDEO_PID_BASE)
+            writer.text(f"Real400K/video/text/{folder_of(pid)}/{pid}_eng.txt",
+                        synthetic_english.video_text_lines(rng, product, style.english))
+
+
 def tsv(rows):
     return ["\t".join(str(field) for field in row) for row in rows]
 
@@ -415,9 +440,14 @@ def write_item_task_files(writer, folder, groups):
     writer.text(f"{folder}/eval_gt_goods2video.txt", ground_truth(groups, from_videos=False))
 
 
-def write_annotations(writer, train, test, train_groups, test_groups, val_groups):
-    writer.text("train_file/train.txt",
-                [f"{p.query}\t{id_list(g)}\t{id_list(v)}" for p, (g, v) in zip(train, train_groups)])
+def train_line(product, goods, videos, glossary):
+    """``query \\t goods_ids \\t video_ids``; with a glossary (--english) the English query as a 4th field."""
+    line = f"{product.query}\t{id_list(goods)}\t{id_list(videos)}"
+    return f"{line}\t{synthetic_english.query(product, glossary)}" if glossary else line
+
+
+def write_annotations(writer, train, test, train_groups, test_groups, val_groups, glossary=None):
+    writer.text("train_file/train.txt", [train_line(p, g, v, glossary) for p, (g, v) in zip(train, train_groups)])
     writer.text("train_file/train_items.txt", tsv(r for g, v in train_groups for r in g + v))
     writer.text("train_file/cluster.txt",
                 [f"{p.query}\t{p.category}\t{p.colour}{p.category}\t{p.query}" for p in train])
@@ -449,9 +479,9 @@ def directory_bytes(root):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
 
 
-def generate(out_dir, seed=0, style=DEFAULT_STYLE, **sizes):
+def generate(out_dir, seed=0, style=DEFAULT_STYLE, english=False, **sizes):
     """Write the whole synthetic tree of ``style`` under out_dir and return a summary dict.
-    Sizes not given take the style's defaults."""
+    Sizes not given take the style's defaults; ``english`` adds the English variant."""
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose one of {sorted(STYLES)}")
     unknown = set(sizes) - set(SIZE_NAMES)
@@ -482,7 +512,10 @@ def generate(out_dir, seed=0, style=DEFAULT_STYLE, **sizes):
     val_first = {kind: first + len(test) * sizes[f"{name}_per_query"]
                  for (kind, first), name in zip(test_first.items(), ("goods", "videos"))}
     val_groups = write_items(writer, family, seed, val, val_first, sizes)
-    write_annotations(writer, train, test, train_groups, test_groups, val_groups)
+    if english:
+        for queries, groups in ((train, train_groups), (test, test_groups), (val, val_groups)):
+            write_english_texts(writer, family, seed, queries, groups)
+    write_annotations(writer, train, test, train_groups, test_groups, val_groups, family.english if english else None)
     return dict(out_dir=str(out_dir), seed=seed, style=style, train_queries=len(train), test_queries=len(test),
                 val_queries=len(val),
                 goods=num_goods, videos=num_videos, images=writer.images, text_files=writer.texts,
@@ -498,6 +531,9 @@ def parse_args(argv=None):
                         help="dataset family: products (clothing, square images) or household (household "
                              "objects, non-square images, variable frame counts, mostly null video text)")
     defaults = STYLES[DEFAULT_STYLE].default_sizes
+    parser.add_argument("--english", action="store_true",
+                        help="also write the English variant: <pid>_eng.txt beside every item text and the English "
+                             "query as a 4th column of train_file/train.txt (train with --query_language en)")
     parser.add_argument("--num-queries", type=int, help=f"training queries (products: {defaults['num_queries']})")
     parser.add_argument("--num-test-queries", type=int,
                         help="held-out queries (unseen attribute combinations; "
@@ -519,7 +555,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     sizes = {name: getattr(args, name) for name in SIZE_NAMES if getattr(args, name) is not None}
-    summary = generate(args.out, seed=args.seed, style=args.style, **sizes)
+    summary = generate(args.out, seed=args.seed, style=args.style, english=args.english, **sizes)
     print(f"synthetic {summary['style']} dataset in {summary['out_dir']}: {summary['train_queries']} train / "
           f"{summary['test_queries']} test queries, {summary['goods']} goods, {summary['videos']} videos, "
           f"{summary['images']} images, {summary['bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s")
@@ -527,4 +563,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_input_error(main)

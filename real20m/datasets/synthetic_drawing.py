@@ -2,6 +2,12 @@
 import numpy as np
 from PIL import Image
 
+NULL = "null"   # a missing text field, as the release writes it
+
+
+def maybe_null(rng, text, p_null):
+    return NULL if rng.random() < p_null else text
+
 
 def pick(rng, options, k=None):
     """One option, or k distinct ones."""

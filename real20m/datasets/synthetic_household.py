@@ -50,6 +50,16 @@ SURFACES = ("素面", "渐变", "波纹", "斜纹", "大理石纹")
 FINISHES = ("哑光", "亮面", "金属")
 KINDS = ("马克杯", "水瓶", "台灯", "椅子", "挂钟", "花瓶", "雨伞", "水壶", "笔记本", "花盆")
 
+# The attribute words in English (--english).
+ENGLISH = {
+    "藏青": "navy", "墨绿": "forest green", "酒红": "burgundy", "姜黄": "mustard", "雾蓝": "dusty blue",
+    "奶茶": "latte", "薄荷": "mint", "炭灰": "charcoal", "珊瑚": "coral", "香芋紫": "lavender",
+    "素面": "plain", "渐变": "gradient", "波纹": "rippled", "斜纹": "twill", "大理石纹": "marble",
+    "哑光": "matte", "亮面": "glossy", "金属": "metallic",
+    "马克杯": "mug", "水瓶": "water bottle", "台灯": "desk lamp", "椅子": "chair", "挂钟": "wall clock",
+    "花瓶": "vase", "雨伞": "umbrella", "水壶": "kettle", "笔记本": "notebook", "花盆": "plant pot",
+}
+
 SHOPS = ("拾光家居", "北屿", "半亩集", "栖木", "MUJI风小铺", "一隅", "禾物", "暖居")
 SELLING_POINTS = ("ins风", "北欧", "家用", "送礼", "大容量", "简约", "耐用", "现货速发", "高颜值",
                   "宿舍必备", "轻奢", "新品", "加厚", "防摔", "日式")

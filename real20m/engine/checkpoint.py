@@ -64,6 +64,9 @@ def save_checkpoint(state: dict, path) -> None:
             file.flush()
             os.fsync(file.fileno())
         _publish(temp, path)
+    except OSError as error:   # a full disk or a read-only folder: the files already there stay as they were
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({error.strerror or error}); "
+                              "the previous checkpoints are unchanged") from error
     finally:
         temp.unlink(missing_ok=True)
 
@@ -156,6 +159,9 @@ class CheckpointManager:
             except OSError:  # file systems without hard links: copy instead
                 _copy_durably(path, temp)
             _publish(temp, self.last_path)
+        except OSError as error:
+            raise CheckpointError(f"{self.last_path}: cannot point it to {path.name} ({error.strerror or error}); "
+                                  "it still holds the previous checkpoint") from error
         finally:
             temp.unlink(missing_ok=True)
 

@@ -43,14 +43,23 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
         torch.cuda.set_device(device)  # before init, so NCCL binds this rank to its own GPU
     else:
         backend, device = "gloo", torch.device("cpu")
-    dist.init_process_group(
-        backend=backend,
-        init_method="env://",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
+    timeout = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size, timeout), rank=rank,
+                            world_size=world_size, timeout=timeout)
     return DistEnv(rank, world_size, local_rank, device, is_main=rank == 0, backend=backend)
+
+
+def restart_count() -> int:
+    """Which restart of an elastic job (torchrun --max-restarts) this process belongs to (0: the first)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
+    """The env:// store, its keys prefixed by the restart count: torchrun's store outlives a restart
+    and still holds the killed attempt's addresses, which a restarted rank would otherwise read
+    before its peers overwrite them (gloo then fails with "connection refused")."""
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+    return dist.PrefixStore(f"attempt_{restart_count()}", store)
 
 
 def cleanup_distributed() -> None:

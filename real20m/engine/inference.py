@@ -6,31 +6,30 @@ init`` — the untrained model with the run's seed, the baseline that shows what
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import torch
 
 from real20m.assets import CHINESE_BERT_VOCAB_DIR
-from real20m.config import Config, override, write_config
+from real20m.config import Config, log_configuration_notes, override, write_config
 from real20m.datasets import DeviceJpegDecoder, build_tokenizer, build_train_dataset
 from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.distributed import DistEnv, cleanup_distributed, init_distributed
 from real20m.evaluate.extract import extract_features
 from real20m.evaluate.feature_io import load_features, write_legacy_features
 from real20m.factory import build_collator, build_eval_data, build_model, build_tokenizer_for, load_weights, \
-    restore_tokenizer
-from real20m.models.release_layout import is_release_checkpoint, model_config_from_release
+    release_towers, restore_tokenizer
+from real20m.models.release_layout import is_release_checkpoint
 from real20m.utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
 
 UNTRAINED = "init"
 
-# Input shapes the model was trained with; evaluating with other values would feed it inputs it
-# never saw (or cannot take: a from-scratch ViT has a fixed image size).
-TRAINED_INPUT_SETTINGS = ("image_size", "clip_length", "max_query_len", "max_title_len")
+# Input settings the model was trained with; evaluating with other values would feed it inputs it
+# never saw (or cannot take: a from-scratch ViT has a fixed image size; an English model, Chinese titles).
+TRAINED_INPUT_SETTINGS = ("image_size", "clip_length", "max_query_len", "max_title_len", "query_language")
 
 
 def with_trained_inputs(cfg: Config, trained: dict, checkpoint_path: str) -> Config:
@@ -41,13 +40,6 @@ def with_trained_inputs(cfg: Config, trained: dict, checkpoint_path: str) -> Con
         logger.info("using the checkpoint's %s = %s (not %s)", name, value, getattr(cfg.data, name))
     return override(cfg, {f"data.{name}": value for name, value in changes.items()}, checkpoint_path) \
         if changes else cfg
-
-
-def load_release_config(path: str | None) -> dict | None:
-    if path is None:
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def load_model_for_inference(cfg: Config, dist: DistEnv):
@@ -62,7 +54,7 @@ def load_model_for_inference(cfg: Config, dist: DistEnv):
     if is_release_checkpoint(checkpoint):
         # The release tokenises with the Chinese BERT vocabulary, shipped in the package.
         tokenizer = build_tokenizer(cfg.data.tokenizer or CHINESE_BERT_VOCAB_DIR, None, None)
-        architecture = model_config_from_release(load_release_config(cfg.run.release_config))
+        architecture = release_towers(checkpoint, cfg.run.release_config)
     else:
         # "config" since the configuration redesign; older checkpoints kept the flat "args".
         trained = checkpoint.get("config", {}).get("data") or checkpoint.get("args", {})
@@ -77,7 +69,7 @@ def load_model_for_inference(cfg: Config, dist: DistEnv):
     model = build_model({**architecture, "use_title_mask": cfg.model.use_title_mask,
                          "use_query_mask": cfg.model.use_query_mask, "frame_fp16": cfg.model.frame_fp16},
                         tokenizer, cfg.seed)
-    load_weights(model, checkpoint)
+    load_weights(model, checkpoint, cfg.run.resume)
     logger.info("loaded %s", cfg.run.resume)
     return model, tokenizer, cfg
 
@@ -97,6 +89,7 @@ def write_features(cfg: Config) -> int:
         raise ValueError("--evaluate needs --test_file (the items to embed)")
     dist = init_distributed(cfg.run.dist_timeout)
     setup_logging(cfg.run.output_dir, dist.rank)
+    log_configuration_notes(cfg)
     try:
         model, tokenizer, cfg = load_model_for_inference(cfg, dist)
         data = cfg.data

@@ -21,16 +21,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from real20m.config import Config, OptimConfig, write_config
+from real20m.config import Config, OptimConfig, log_configuration_notes, write_config
 from real20m.datasets import DeviceJpegDecoder, build_train_dataset, decode_batch_pixels
 from real20m.engine.accumulation import MicroBatchStep, accumulate_gradients, step_data
-from real20m.engine.checkpoint import BEST_NAME, CheckpointManager, load_checkpoint
-from real20m.engine.distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed
+from real20m.engine.checkpoint import BEST_NAME, CheckpointManager
+from real20m.engine.distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed, \
+    restart_count
+from real20m.engine.faults import planned_fault
 from real20m.engine.optim import build_optimizer, build_scheduler
 from real20m.engine.validation import KS as VAL_KS, LOGGED_KS, Validator, selection_score
+from real20m.engine.watchdog import Heartbeat, Watchdog
+from real20m.assets import CHINESE_BERT_VOCAB_DIR
 from real20m.factory import build_collator, build_model, build_objective, build_tokenizer_for, \
-    build_train_data, load_weights, restore_tokenizer, tokenizer_files, TOKENIZER_DIR
+    build_train_data, load_weights, read_weights, restore_tokenizer, tokenizer_files, training_architecture, \
+    TOKENIZER_DIR
 from real20m.losses import QCDLoss
+from real20m.models.release_layout import is_release_checkpoint
 from real20m.utils.logging import setup_logging
 from real20m.utils.meters import AverageMeter
 from real20m.utils.seeding import rng_state, seed_everything, set_rng_state
@@ -93,16 +99,6 @@ def autocast_context(optim: OptimConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def resumed_architecture(resume_state: dict | None, cfg: Config):
-    """The model to build: a checkpoint of ours resumes with the architecture it stores (so a run
-    started from a hub backbone resumes offline), embedding inputs as this run's compat says;
-    anything else is built from the configuration."""
-    if not resume_state or "model" not in resume_state or not resume_state.get("model_cfg"):
-        return cfg.model
-    return {**resume_state["model_cfg"], "use_title_mask": cfg.model.use_title_mask,
-            "use_query_mask": cfg.model.use_query_mask, "frame_fp16": cfg.model.frame_fp16}
-
-
 class CappedGradScaler(torch.amp.GradScaler):
     """A GradScaler whose scale never grows past ``max_scale`` (the original's fp16 scaler)."""
 
@@ -140,6 +136,47 @@ def clip_gradients(model: nn.Module, optim: OptimConfig) -> dict[str, float]:
     return norms
 
 
+# One training step is compute_gradients then apply_gradients. They are separate so that a check
+# can read the gradients between the two (benchmarks/train_step_fidelity.py).
+
+def compute_gradients(step_module: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler, optim: OptimConfig, micro_batch_size: int,
+                      device: torch.device) -> dict[str, float]:
+    """The parameters' fresh ``.grad``: the objective on ``batch`` (collated, on ``device``)
+    backpropagated through the (scaled) loss, in micro-batches of ``micro_batch_size`` when
+    ``optim.accum_freq`` > 1. ``step_module``: TrainStep or MicroBatchStep, possibly in DDP.
+    Returns the objective's logged terms."""
+    optimizer.zero_grad(set_to_none=True)
+    if optim.accum_freq > 1:
+        return accumulate_gradients(step_module, batch, micro_batch_size, lambda: autocast_context(optim, device),
+                                    lambda loss: scaler.scale(loss).backward(), device)
+    with autocast_context(optim, device):
+        loss, terms = step_module(batch)
+    scaler.scale(loss).backward()
+    return terms
+
+
+def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
+                    optim: OptimConfig) -> dict[str, float]:
+    """Unscale and clip the gradients (``optim.clip_grad``, ``optim.clip_grad_mode``), step the
+    optimizer and the LR schedule. Returns the gradient norms before clipping."""
+    norms = {}
+    if optim.clip_grad > 0:
+        scaler.unscale_(optimizer)
+        norms = clip_gradients(model, optim)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return norms
+
+
+def place_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Move a LambdaLR schedule to ``step`` (as if stepped that often) and set the LRs it gives."""
+    scheduler.last_epoch = step
+    for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(step)
+
+
 def no_buffer_resync() -> dict:
     """DDP option that stops rank 0 resending buffers every step: the only buffers are the XBM
     memory, filled with gathered embeddings and so already identical on every rank, and the
@@ -155,20 +192,23 @@ class Trainer:
         self.dist = dist
         seed_everything(cfg.seed)
         dataset = build_train_dataset(cfg.data)
-        resume_state = load_checkpoint(cfg.run.resume) if cfg.run.resume else None
-        if resume_state and resume_state.get("tokenizer_files"):
+        start_source = cfg.run.resume or cfg.run.init_weights
+        start_state = read_weights(start_source) if start_source else None
+        if start_state and start_state.get("tokenizer_files"):
             # The run continues with the vocabulary it started with, whatever the texts are now.
-            self.tokenizer = restore_tokenizer(resume_state["tokenizer_files"], cfg.run.output_dir)
+            self.tokenizer = restore_tokenizer(start_state["tokenizer_files"], cfg.run.output_dir)
         else:
+            # A release checkpoint's text tower was trained on the Chinese BERT vocabulary.
+            required = CHINESE_BERT_VOCAB_DIR if is_release_checkpoint(start_state) else None
             self.tokenizer = build_tokenizer_for(cfg.data, cfg.model, cfg.run.output_dir,
-                                                 dataset.training_texts, dist.is_main)
+                                                 dataset.training_texts, dist.is_main, required)
         # One loader batch per optimizer step: accum_freq micro-batches of batch_size (accumulation.py).
         self.dataset, self.sampler, self.loader = build_train_data(
             step_data(cfg), build_collator(cfg.data, self.tokenizer), dist, cfg.seed, dataset)
         self.decoder = DeviceJpegDecoder(cfg.data.image_size, train=True, device=dist.device) \
             if cfg.data.gpu_decode else None
 
-        self.model = build_model(resumed_architecture(resume_state, cfg), self.tokenizer, cfg.seed,
+        self.model = build_model(training_architecture(cfg, start_state, start_source), self.tokenizer, cfg.seed,
                                  cfg.optim.train_vision).to(dist.device)
         self.criterion = build_objective(cfg.loss, self.model.embed_dim).to(dist.device)
         self.step_module = TrainStep(self.model, self.criterion) if cfg.optim.accum_freq == 1 else \
@@ -179,7 +219,8 @@ class Trainer:
                                                        **no_buffer_resync())
 
         self.optimizer = build_optimizer(self.model, cfg.optim, extra_params=list(self.criterion.parameters()))
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, len(self.sampler))
+        self.steps_per_epoch = len(self.sampler)  # a whole epoch on this run's ranks
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch)
         self.scaler = build_grad_scaler(cfg.optim, step_data(cfg).batch_size, dist.device)
         if cfg.optim.accum_freq > 1:
             logger.info("gradient accumulation: each optimizer step scores %d micro-batches of %d together",
@@ -187,7 +228,10 @@ class Trainer:
 
         self.epoch = cfg.run.start_epoch
         self.batch_in_epoch = 0
+        # (world size, steps) of earlier parts of this epoch run on other numbers of ranks (samplers.py)
+        self.plan_reshards: tuple[tuple[int, int], ...] = ()
         self.global_step = cfg.run.start_step
+        self.total_steps = 0   # known once fit() draws the first epoch's plan
         self.best_val_score: float | None = None
         self.last_save = time.monotonic()
         self.validator = Validator(cfg.data.val_dir, cfg.data, build_collator(cfg.data, self.tokenizer), dist,
@@ -196,13 +240,17 @@ class Trainer:
         self.checkpoints = CheckpointManager(cfg.run.checkpoints, cfg.run.keep_checkpoints) if dist.is_main else None
         self.writer = SummaryWriter(os.path.join(cfg.run.output_dir, "tensorboard")) if dist.is_main else None
         self.issues = DataIssueLog()
+        self.fault = planned_fault()
+        self.heartbeat = Heartbeat()
+        self.step_module.register_forward_pre_hook(lambda *_: self.heartbeat.enter("forward"))
+        self.step_module.register_forward_hook(lambda *_: self.heartbeat.enter("backward"))
         self._tokenizer_files = tokenizer_files(os.path.join(cfg.run.output_dir, TOKENIZER_DIR)) \
             if dist.is_main else {}
 
         if cfg.run.resume:
-            self.resume(resume_state, cfg.run.resume)
+            self.resume(start_state, cfg.run.resume)
         elif cfg.run.init_weights:
-            logger.info("%s; initialised from %s", load_weights(self.model, cfg.run.init_weights),
+            logger.info("%s; initialised from %s", load_weights(self.model, start_state, cfg.run.init_weights),
                         cfg.run.init_weights)
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -225,6 +273,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
             "world_size": self.dist.world_size,
+            "plan_reshards": [list(part) for part in self.plan_reshards],
             "rng": rng_states,
             "model_cfg": self.model.resolved_config(),
             "tokenizer_files": self._tokenizer_files,
@@ -233,11 +282,14 @@ class Trainer:
         }
 
     def save(self) -> None:
+        self.heartbeat.enter("collective")
         rng_states = self.gather_rng_states()
         if self.dist.is_main:
+            self.heartbeat.enter("save")
             path = self.checkpoints.save(self.state_dict(rng_states), self.epoch, self.global_step)
             logger.info("saved %s", path)
         self.last_save = time.monotonic()
+        self.heartbeat.enter("collective")
         barrier()
 
     def save_best(self, results: dict) -> None:
@@ -253,12 +305,13 @@ class Trainer:
         run = self.cfg.run
         due = (run.save_epoch_freq > 0 and self.epoch % run.save_epoch_freq == 0) or \
             (run.save_interval_s > 0 and time.monotonic() - self.last_save >= run.save_interval_s)
+        self.heartbeat.enter("collective")
         return bool(broadcast_object(due))
 
     def resume(self, state: dict, path: str) -> None:
         if "optimizer" not in state or "model" not in state:
             # A release checkpoint or exported weights: start training from those weights.
-            load_weights(self.model, state)
+            load_weights(self.model, state, path)
             logger.info("loaded weights from %s (no training state in it: starting at step 0)", path)
             return
         self.model.load_state_dict(state["model"])
@@ -269,34 +322,44 @@ class Trainer:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.global_step = state["global_step"]
         self.best_val_score = state.get("best_val_score")
-        if state.get("world_size", 1) == self.dist.world_size:
+        self.plan_reshards = tuple(tuple(part) for part in state.get("plan_reshards", ()))
+        saved_world = state.get("world_size", 1)
+        if saved_world == self.dist.world_size:
             set_rng_state(state["rng"][self.dist.rank])
         else:
-            logger.warning("resuming with %d processes instead of %d: the data order and RNG streams change",
-                           self.dist.world_size, state.get("world_size"))
+            self.continue_on_other_world_size(saved_world, state["rng"])
         logger.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch,
                     self.batch_in_epoch, self.global_step)
+
+    def continue_on_other_world_size(self, saved_world: int, rng_states: list[dict]) -> None:
+        """The rest of the checkpoint's epoch, planned for ``saved_world`` ranks, re-dealt to this
+        run's ranks (every remaining sample once); the LR schedule placed at the same point of the
+        epoch as this run counts its steps; ranks the old run had keep their RNG streams."""
+        if self.batch_in_epoch or self.plan_reshards:
+            self.plan_reshards = (*self.plan_reshards, (saved_world, self.batch_in_epoch))
+        self.batch_in_epoch = 0
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_reshards(self.plan_reshards)
+        remaining = len(self.sampler)
+        place_schedule(self.scheduler, self.epoch * self.steps_per_epoch + max(0, self.steps_per_epoch - remaining))
+        if self.dist.rank < len(rng_states):
+            set_rng_state(rng_states[self.dist.rank])
+        batch = step_data(self.cfg).batch_size
+        logger.warning("resuming on %d processes instead of %d: the rest of epoch %d is re-dealt as %d steps of "
+                       "%d x %d samples (the global batch is now %d); %d sample(s) that do not split evenly over "
+                       "the processes skipped; the LR schedule continues at step %d (%d steps per epoch)",
+                       self.dist.world_size, saved_world, self.epoch, remaining, self.dist.world_size, batch,
+                       self.dist.world_size * batch, self.sampler.skipped_samples, self.scheduler.last_epoch,
+                       self.steps_per_epoch)
 
     # ---- training ----------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
         batch = move_to_device(batch, self.dist.device)
         if self.decoder is not None:
             batch = decode_batch_pixels(batch, self.decoder)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.cfg.optim.accum_freq > 1:
-            terms = accumulate_gradients(self.step_module, batch, self.cfg.data.batch_size,
-                                         lambda: autocast_context(self.cfg.optim, self.dist.device),
-                                         lambda loss: self.scaler.scale(loss).backward(), self.dist.device)
-        else:
-            with autocast_context(self.cfg.optim, self.dist.device):
-                loss, terms = self.step_module(batch)
-            self.scaler.scale(loss).backward()
-        if self.cfg.optim.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            terms.update(clip_gradients(self.model, self.cfg.optim))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        terms = compute_gradients(self.step_module, batch, self.optimizer, self.scaler, self.cfg.optim,
+                                  self.cfg.data.batch_size, self.dist.device)
+        terms.update(apply_gradients(self.model, self.optimizer, self.scheduler, self.scaler, self.cfg.optim))
         return terms
 
     def log_step(self, terms: dict[str, float], meters: dict[str, AverageMeter]) -> None:
@@ -308,18 +371,20 @@ class Trainer:
             self.writer.add_scalar(f"train/{name}", meter.avg, self.global_step)
         for group in self.optimizer.param_groups:
             self.writer.add_scalar(f"lr/{group['name']}", group["lr"], self.global_step)
-        logger.info("epoch %d step %d  %s", self.epoch, self.global_step,
-                    "  ".join(f"{name} {meter.avg:.4f}" for name, meter in meters.items()))
+        logger.info("epoch %d/%d step %d/%d  %s", self.epoch, self.cfg.optim.epochs, self.global_step,
+                    self.total_steps, "  ".join(f"{name} {meter.avg:.4f}" for name, meter in meters.items()))
         meters.clear()
 
     def run_epoch(self) -> None:
         self.sampler.set_epoch(self.epoch)
+        self.sampler.set_reshards(self.plan_reshards)
         self.sampler.set_start_batch(self.batch_in_epoch)
         self.step_module.train()
         meters: dict[str, AverageMeter] = {}
         progress = tqdm(self.loader, total=len(self.sampler), initial=self.batch_in_epoch,
-                        desc=f"epoch {self.epoch}", disable=None if self.dist.is_main else True, dynamic_ncols=True,
-                        leave=False)
+                        desc=f"epoch {self.epoch}/{self.cfg.optim.epochs}",
+                        disable=None if self.dist.is_main else True, dynamic_ncols=True, leave=False)
+        self.heartbeat.enter("data")
         for batch in progress:
             self.issues.add(batch["issues"])
             terms = self.train_step(batch)
@@ -329,12 +394,16 @@ class Trainer:
             self.log_step(terms, meters)
             if self.cfg.run.save_freq and self.global_step % self.cfg.run.save_freq == 0:
                 self.save()
+            self.heartbeat.step_done(self.global_step)
+            if self.fault is not None:
+                self.fault.after_step(self.dist.rank, self.global_step)
             if self.reached_max_steps():
                 self.issues.report(self.epoch)  # a run cut short still tells what data it skipped
                 return
         self.issues.report(self.epoch)
         self.epoch += 1
         self.batch_in_epoch = 0
+        self.plan_reshards = ()
 
     def finished(self) -> bool:
         return self.epoch >= self.cfg.optim.epochs or self.reached_max_steps()
@@ -342,6 +411,7 @@ class Trainer:
     def validate(self) -> None:
         """Recall@K on the validation split: logged, in TensorBoard and val/history.jsonl; a better
         score than any before writes best.pth.tar."""
+        self.heartbeat.enter("validate")
         results = self.validator(self.model)
         improved = False
         if self.dist.is_main:
@@ -370,28 +440,47 @@ class Trainer:
         with open(os.path.join(self.validator.out_dir, "history.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    def planned_steps(self) -> int:
+        """Optimizer steps of the whole run: every epoch (at the first epoch's count of batches;
+        drawing items per query can change it by a batch), or --max_steps when that ends it sooner."""
+        every_epoch = self.cfg.optim.epochs * self.steps_per_epoch
+        return min(every_epoch, self.cfg.optim.max_steps) if self.cfg.optim.max_steps else every_epoch
+
     def reached_max_steps(self) -> bool:
         return bool(self.cfg.optim.max_steps) and self.global_step >= self.cfg.optim.max_steps
 
     def fit(self) -> None:
-        logger.info("training on %s: %d batches of %d per process per epoch, %d process(es), device %s",
-                    self.cfg.data.train_file, len(self.sampler), self.cfg.data.batch_size, self.dist.world_size,
-                    self.dist.device)
+        self.total_steps = self.planned_steps()
+        logger.info("training on %s: %d steps (%d epochs of %d batches of %d per process), %d process(es), "
+                    "device %s", self.cfg.data.train_file, self.total_steps, self.cfg.optim.epochs,
+                    self.steps_per_epoch, self.cfg.data.batch_size, self.dist.world_size, self.dist.device)
         start = time.time()
-        while not self.finished():
-            self.run_epoch()
-            if self.validator is not None and (self.finished() or self.epoch % self.cfg.run.val_freq == 0):
-                self.validate()
-            if self.finished() or self.end_of_epoch_save_due():
-                self.save()
+        self.heartbeat.step_done(self.global_step)
+        with Watchdog(self.heartbeat, self.dist.rank, self.cfg.run.hang_timeout):
+            while not self.finished():
+                self.run_epoch()
+                if self.validator is not None and (self.finished() or self.epoch % self.cfg.run.val_freq == 0):
+                    self.validate()
+                if self.finished() or self.end_of_epoch_save_due():
+                    self.save()
         if self.writer is not None:
             self.writer.close()
         logger.info("training finished after %d steps in %.1f s", self.global_step, time.time() - start)
 
 
+def log_restart(cfg: Config) -> None:
+    """Under torchrun --max-restarts: which restart this is, and where it continues from."""
+    if restart_count():
+        logger.warning("elastic restart %d of at most %s: %s", restart_count(),
+                       os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?"),
+                       f"resuming from {cfg.run.resume}" if cfg.run.resume else "no checkpoint yet, starting fresh")
+
+
 def train(cfg: Config) -> None:
     dist = init_distributed(cfg.run.dist_timeout)
     setup_logging(cfg.run.output_dir, dist.rank)
+    log_configuration_notes(cfg)
+    log_restart(cfg)
     if dist.is_main:
         write_config(cfg, cfg.run.output_dir)
     try:

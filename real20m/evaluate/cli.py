@@ -11,12 +11,13 @@ text function), and only after the search has released the feature matrices.
 
 import argparse
 import json
+import logging
 import os
 import time
 
 import numpy as np
 
-from real20m.datasets.annotations import AnnotationError, UnsafePathError
+from real20m.datasets.annotations import AnnotationError, UnsafePathError, read_queries
 from real20m.datasets.layout import relative_shard_path, shard_path
 from real20m.evaluate.feature_io import FeatureFileError, load_features
 from real20m.evaluate.metrics import DEFAULT_KS, RetrievalMetrics, format_table
@@ -67,6 +68,9 @@ def build_parser():
                              "falls back to the CPU), always (or fail), never")
     parser.add_argument("--report", action="store_true", help="write report.html (needs the item files)")
     parser.add_argument("--query_file", default=None, help="one-item-a-line file of the queries (report)")
+    parser.add_argument("--query_texts", default=None,
+                        help="text queries, qid<TAB>query text (report: each query shown as its text, with no "
+                             "frames; instead of --query_file)")
     parser.add_argument("--gallery_file", default=None, help="one-item-a-line file of the gallery (report)")
     parser.add_argument("--goods_img_root", default=None, help="image root of goods items (report)")
     parser.add_argument("--photo_img_root", default=None, help="image root of videos (report)")
@@ -153,6 +157,7 @@ def _search_and_score(args, index_name, queries, gallery, ground_truth, search_i
         # Copies, not views: a view would keep every chunk's whole (chunk, depth) array alive.
         top_rows.append(retrieved[:, :REPORT_DEPTH].copy())
         top_scores.append(scores[:, :REPORT_DEPTH].copy())
+        del scores, indices, retrieved   # not alive beside the next chunk's search (peak memory)
     if topk_writer is not None:
         topk_writer.finish()
     if not top_rows:
@@ -210,14 +215,25 @@ def run_evaluation(args):
 
 def _write_report(args, query_ids, top_retrieved, top_scores, ground_truth, metrics):
     from real20m.evaluate import report
-    if not (args.query_file and args.gallery_file):
-        raise ValueError("--report needs --query_file and --gallery_file to show titles and images")
+    if not (args.gallery_file and (args.query_file or args.query_texts)):
+        raise ValueError("--report needs --gallery_file and the queries' --query_file (items) or --query_texts "
+                         "(text queries) to show titles and images")
     image_roots = {"goods": args.goods_img_root, "photo": args.photo_img_root}
     text_roots = {"goods": args.goods_text_root or _sibling_text_root(args.goods_img_root),
                   "photo": args.photo_text_root or _sibling_text_root(args.photo_img_root)}
-    resolver = ItemFileResolver([args.query_file, args.gallery_file], image_roots, text_roots)
+    item_files = [path for path in (args.query_file, args.gallery_file) if path]
+    resolver = ItemFileResolver(item_files, image_roots, text_roots)
     report.write_report(args.output_dir, args.task, query_ids, top_retrieved, ground_truth, metrics,
-                        resolver, max_queries=args.report_queries, scores=top_scores)
+                        resolver, max_queries=args.report_queries, scores=top_scores,
+                        query_texts=_query_texts(args.query_texts))
+
+
+def _query_texts(path):
+    """qid -> query text of a text-query file; None without one."""
+    if not path:
+        return None
+    qids, texts = read_queries(path)
+    return dict(zip(qids.tolist(), texts))
 
 
 def _sibling_text_root(image_root):
@@ -287,6 +303,9 @@ class ItemFileResolver:
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The package's notes (a k clamped to the gallery size, the search device) as plain lines.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("real20m").setLevel(logging.INFO)
     if is_exact(args.index) and (args.shards not in (None, 1) or args.save_index) and not args.load_index:
         parser.error("--shards and --save_index need an approximate --index, e.g. --index IVF4096,SQ8 "
                      "(exact search already streams the gallery in chunks of --chunk_size rows)")

@@ -18,8 +18,9 @@ Legacy format: ``pid \\t f1,f2,...,fD`` one item a line, as the original
 release wrote and read them. We write each value as the original did, ``str(float(v))``:
 the shortest decimal that reads back as the same float32, and a JSON number, so the
 original's scripts (``json.loads('[' + values + ']')``) read our files. The reader takes any
-float spelling. Files written by earlier versions of this package use fixed-width ``%+.8e``
-tokens; the reader parses those with a few vectorised byte operations per block.
+decimal spelling (no nan or inf), each value as float32(float(text)). The original's spelling of
+unit-norm features and the fixed-width ``%+.8e`` tokens of earlier versions of this package are
+parsed a block at a time with vectorised byte operations; other spellings line by line.
 The original's files can hold a pid more than once (its DistributedSampler pads the last
 batch with repeated items): identical repeats are dropped with one warning, differing ones refused.
 """
@@ -29,6 +30,7 @@ import json
 import logging
 import mmap
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -40,10 +42,8 @@ PARTITIONED_FORMAT_NAME = "real20m-features-v2"  # bounded partitions per rank
 PROGRESS_FORMAT_NAME = "real20m-extract-progress-v1"
 SUPPORTED_DTYPES = ("float32", "float16")
 
-TOKEN_WIDTH = 16            # "+1.23456789e-02" and its separator (files of earlier versions)
-READ_BLOCK_BYTES = 1 << 20  # small blocks keep parse temporaries in cache and out of the RSS peak
+READ_BLOCK_BYTES = 1 << 20  # long numpy calls, few GIL hand-offs between parse threads; bounded temporaries
 PARSE_THREADS = 2
-PARSE_ROWS = 64              # rows parsed per vectorised pass (~0.3 MB of temporaries at D=512)
 
 
 class FeatureFileError(ValueError):
@@ -560,204 +560,262 @@ def write_legacy_features(path, ids, feats, rows_per_block=1024):
 
 # --------------------------------------------------------------------- legacy text: reading
 
-_POW10 = np.array([10.0 ** e for e in range(-60, 61)])   # index e + 60; float32 needs -45..38
-_ASCII_ZERO = np.uint64(0x3030303030303030)
+# A block of whole lines sits in a bytearray at offset _LEAD with _TRAIL bytes after it, so the
+# fixed-size window read around every value (7 bytes before its dot, 16 after it) stays inside the
+# buffer; whatever it reads outside the value is masked off or ignored.
+_LEAD = 8
+_TRAIL = 24
+_FAST_PID_DIGITS = 18   # longer pids (up to int64) go to the exact line parser
+_POW10_SPAN = 120
+_POW10_TABLE = np.array([float(f"1e{p}") for p in range(-_POW10_SPAN, _POW10_SPAN)])
+# A parsed float64 this close (relative) to its float32 rounds to it from the exact decimal too: it
+# is off by a few 2^-53 at most, and a float32 rounding boundary lies at least 2^-26 away.
+_SURE = 2.0 ** -28
+_DECIMAL_CHARS = b"0123456789+-.eE"
 
 
-def _parse_eight_digits(words):
-    """uint64 words holding 8 ASCII digits (first digit in the low byte) -> their value.
+def _combine_digit_words(words):
+    """In place: uint64 words of 8 digits (low nibbles, first digit in the low byte) -> their value.
 
-    The SWAR trick: combine digit pairs, then pairs of pairs, in three multiplies.
+    simdjson's SWAR parse: digit pairs, then quads, then all eight, one multiply and shift each.
     """
-    v = words - _ASCII_ZERO
-    v = (v * np.uint64(10) + (v >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
-    v = (v * np.uint64(100) + (v >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
-    return (v * np.uint64(10000) + (v >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+    words *= np.uint64(2561)
+    words >>= np.uint64(8)
+    words &= np.uint64(0x00FF00FF00FF00FF)
+    words *= np.uint64(6553601)
+    words >>= np.uint64(16)
+    words &= np.uint64(0x0000FFFF0000FFFF)
+    words *= np.uint64(42949672960001)
+    words >>= np.uint64(32)
 
 
-def _all_digits(words):
-    """True when every byte of every uint64 word is an ASCII digit."""
-    high_nibbles_ok = (words & np.uint64(0xF0F0F0F0F0F0F0F0)) == _ASCII_ZERO
-    below_ten = ((words + np.uint64(0x0606060606060606)) & np.uint64(0xF0F0F0F0F0F0F0F0)) == _ASCII_ZERO
-    return bool(np.all(high_nibbles_ok & below_ten))
+def _windows(data, starts, dtype):
+    """The ``dtype``-sized windows of uint8 ``data`` that start at byte offsets ``starts`` (one gather)."""
+    size = np.dtype(dtype).itemsize
+    return np.ndarray((len(data) - size + 1,), dtype, buffer=data, strides=(1,))[starts]
 
 
-def _parse_fixed_tokens(block, offset, n_rows, row_stride, dim, out):
-    """Parse fixed-width tokens of n_rows lines starting at byte offset into out (n_rows, dim).
-
-    Returns False (leaving out unspecified) when a token is not in the fixed-width layout.
-    """
-    def column(dtype, byte):   # one field of every token, as a strided view into the block
-        return np.ndarray((n_rows, dim), dtype=dtype, buffer=block,
-                          offset=offset + byte, strides=(row_stride, TOKEN_WIDTH))
-    layout = column(np.uint8, 2) == ord(".")
-    layout &= column(np.uint8, 11) == ord("e")
-    separators = column(np.uint8, 15)
-    if not (layout.all() and (separators[:, :-1] == ord(",")).all() and (separators[:, -1] == ord("\n")).all()):
-        return False
-    low_digits = column("<u8", 3)
-    lead = column(np.uint8, 1) - np.uint8(ord("0"))
-    exp_tens = column(np.uint8, 13) - np.uint8(ord("0"))
-    exp_ones = column(np.uint8, 14) - np.uint8(ord("0"))
-    sign = column(np.uint8, 0).astype(np.int8)
-    exp_sign = column(np.uint8, 12).astype(np.int8)
-    signs_ok = (np.abs(sign - 44) == 1).all() and (np.abs(exp_sign - 44) == 1).all()
-    if not (signs_ok and _all_digits(low_digits) and (lead < 10).all()
-            and (exp_tens < 10).all() and (exp_ones < 10).all()):
-        return False
-    mantissa = _parse_eight_digits(low_digits).astype(np.float64)
-    mantissa += lead * 1e8
-    # '+' is 43 and '-' is 45, so 44 - byte is the sign as +1 / -1.
-    exponent = (44 - exp_sign) * (exp_tens * 10 + exp_ones).astype(np.int16) - 8
-    if np.abs(exponent).max() > 60:
-        return False
-    mantissa *= _POW10[exponent + 60]
-    mantissa *= 44 - sign
-    out[...] = mantissa
+def _read_pids(buffer, line_ends, tabs, ids_out):
+    """The pid of every line (digits from the line start to its tab); False if one is not that."""
+    starts = [_LEAD] + (line_ends[:-1] + 1).tolist()
+    for row, (start, tab) in enumerate(zip(starts, tabs.tolist())):
+        pid = buffer[start:tab]
+        if not (0 < len(pid) <= _FAST_PID_DIGITS and pid.isdigit()):
+            return False
+        ids_out[row] = int(pid)
     return True
 
 
-# Tokens as the original (and we) write them: -?I.F with at most 8 integer and 24 fraction digits,
-# optionally e[+-]DD. They are parsed in bulk: per token one word for I and three for F (the SWAR
-# parse above), then value = (I + F * 1e-24) * 10^exponent in float64 (relative error < 2^-49) and
-# rounded to float32. That equals float32(float(token)) unless the value lies next to a float32
-# rounding boundary; a value less than a quarter ulp from a float32 (a shortest repr: 2^-29 ulp
-# away) cannot, and any other is parsed by Python.
-_LOW_BYTES = np.array([(1 << (8 * c)) - 1 for c in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
-_PAD = 8   # bytes before a block, so an 8-byte word ending at its first dot stays inside
+class _BlockParser:
+    """Parses a block of legacy lines without a Python loop per value, when every value is spelled
+    ``[+-]D.DDDD[e+DD]`` with one integer digit: the original's spelling of unit-norm features, and
+    the fixed-width tokens of earlier versions. Anything else makes ``parse`` return False.
 
+    A value is found by its dot (one ``flatnonzero`` per block). A 24-byte window around the dot
+    holds its sign, integer digit and first 16 fraction digits; the window of the value after it
+    holds its exponent. Digits are combined 8 at a time in uint64 words. Instead of testing every
+    byte of every value, the block's digit count must equal what the located values, separators and
+    pids leave: every other byte is then a digit. One parser per thread: its work arrays are reused
+    from block to block, as fresh temporaries of this size would fault in new pages every time.
+    """
 
-def _eight_digit_words(buffer, offsets, n_digits, right_aligned):
-    """uint64 words of 8 bytes at ``offsets``, bytes outside the first (or last) n_digits set to '0';
-    returns (words, all bytes are digits)."""
-    words = np.ndarray((len(buffer) - 8 + 1,), "<u8", buffer=buffer, strides=(1,))[offsets]
-    count = np.clip(n_digits, 0, 8)
-    fill = _LOW_BYTES[8 - count] if right_aligned else ~_LOW_BYTES[count]   # the bytes to set to '0'
-    words &= ~fill
-    words |= fill & _ASCII_ZERO
-    return words, _all_digits(words)
+    def __init__(self):
+        self.words = np.empty((10, 0), np.uint64)
+        self.floats = np.empty((3, 0))
+        self.text_work = np.empty(0, np.uint8)
+        self.text_mask = np.empty(0, bool)
 
+    def parse(self, buffer, end, line_ends, dim, ids_out, feats_out):
+        """Fill ids_out, feats_out from the lines of ``buffer[_LEAD:end]`` (``line_ends``: their newlines).
 
-def _parse_repr_block(block, n_lines, dim):
-    """(ids, float32 feats) of complete lines in the original's spelling, or None for any other text."""
-    text = b"\0" * _PAD + bytes(block) + b"\0" * 32
-    data = np.frombuffer(text, np.uint8)
-    size = _PAD + len(block)
-    separators = np.flatnonzero((data == ord(",")) | (data == ord("\t")) | (data == ord("\n")))
-    if len(separators) != n_lines * (dim + 1):
-        return None
-    grid = separators.reshape(n_lines, dim + 1)
-    kinds = data[grid]
-    if not ((kinds[:, 0] == ord("\t")).all() and (kinds[:, 1:-1] == ord(",")).all()
-            and (kinds[:, -1] == ord("\n")).all() and grid[-1, -1] == size - 1):
-        return None
-    starts = np.empty_like(separators)
-    starts[0] = _PAD
-    starts[1:] = separators[:-1] + 1
-    starts = starts.reshape(n_lines, dim + 1)
-    pid_len = grid[:, 0] - starts[:, 0]
-    if not ((pid_len >= 1) & (pid_len <= 18)).all():
-        return None
-    ids = np.zeros(n_lines, np.int64)
-    for i, (lo, hi) in enumerate(zip(starts[:, 0].tolist(), grid[:, 0].tolist())):
-        pid = text[lo:hi]
-        if not pid.isdigit() or not pid.isascii():
-            return None
-        ids[i] = int(pid)
-    begin = starts[:, 1:].reshape(-1)
-    end = grid[:, 1:].reshape(-1)
-    dots = np.flatnonzero(data[_PAD:size] == ord(".")) + _PAD
-    if len(dots) != len(begin) or not ((dots > begin) & (dots < end)).all():
-        return None
-    negative = data[begin] == ord("-")
-    n_int = dots - begin - negative
-    mantissa_end = end.copy()
-    marks = np.flatnonzero(data[_PAD:size] == ord("e")) + _PAD
-    if len(marks):
-        owner = np.searchsorted(begin, marks, side="right") - 1
-        if not ((marks > dots[owner]) & (marks + 4 == end[owner])).all() or (np.diff(owner) == 0).any():
-            return None
-        signs = data[marks + 1]
-        if not ((signs == ord("+")) | (signs == ord("-"))).all():
-            return None
-        tens, ones = data[marks + 2] - np.uint8(48), data[marks + 3] - np.uint8(48)
-        if not ((tens < 10) & (ones < 10)).all():
-            return None
-        mantissa_end[owner] = marks
-        powers = np.zeros(len(begin), np.int64)
-        powers[owner] = (44 - signs.astype(np.int64)) * (tens * 10 + ones)
-    n_frac = mantissa_end - dots - 1
-    if not (((n_int >= 1) & (n_int <= 8)).all() and ((n_frac >= 1) & (n_frac <= 24)).all()):
-        return None
-    integer, ok = _eight_digit_words(data, dots - 8, n_int, True)
-    if not ok:
-        return None
-    value = _parse_eight_digits(integer).astype(np.float64)
-    fraction = np.zeros(len(begin))
-    for part, scale in ((0, 1e16), (1, 1e8), (2, 1.0)):
-        words, ok = _eight_digit_words(data, dots + 1 + 8 * part, n_frac - 8 * part, False)
-        if not ok:
-            return None
-        fraction += _parse_eight_digits(words).astype(np.float64) * scale
-    value += fraction * 1e-24
-    if len(marks):
-        if (np.abs(powers) > 60).any():
-            return None
-        value *= _F64_POW10[powers + _POW10_OFFSET]
-    value *= 1.0 - 2.0 * negative
-    with np.errstate(over="ignore"):
-        feats = value.astype(np.float32)
-    distance = np.abs(value - feats)
-    with np.errstate(over="ignore"):
-        unsure = np.flatnonzero(~(distance <= np.spacing(np.abs(feats)).astype(np.float64) * 0.25))
-    for i in unsure.tolist():
-        feats[i] = np.float32(float(text[begin[i]:end[i]]))
-    return ids, feats.reshape(n_lines, dim)
+        Returns False, leaving the outputs unspecified, when the block needs the exact line parser.
+        """
+        self.data = np.frombuffer(buffer, np.uint8)
+        self.text = self.data[_LEAD:end]
+        if len(self.text) > len(self.text_work):
+            self.text_work = np.empty(len(self.text), np.uint8)
+            self.text_mask = np.empty(len(self.text), bool)
+        dots = np.flatnonzero(np.equal(self.text, ord("."), out=self.text_mask[:len(self.text)]))
+        if len(dots) != len(line_ends) * dim:
+            return False
+        dots += _LEAD
+        self._gather(dots)
+        self._locate(line_ends, dim)
+        if not self._exponents(line_ends, dim):
+            return False
+        self._magnitudes()
+        return (self._well_formed(line_ends, dim) and _read_pids(buffer, line_ends, self.left[::dim], ids_out)
+                and self._round_to_float32(buffer, feats_out.reshape(-1)))
+
+    def _gather(self, dots):
+        n_values = len(dots)
+        if n_values > self.words.shape[1]:
+            self.words = np.empty((10, n_values), np.uint64)
+            self.floats = np.empty((3, n_values))
+        words = self.words[:, :n_values]
+        self.lead, self.before, self.shift, self.work, self.keep = words[:5]
+        self.left, self.right, self.n_frac = (row.view(np.int64) for row in words[5:8])
+        self.digits = words[8:]
+        self.mantissa, self.value, self.rounded = self.floats[:, :n_values]
+        self.dots = dots
+        self.window = _windows(self.data, dots - 7, "V24").view(np.uint64).reshape(n_values, 3)
+        np.copyto(self.lead, self.window[:, 0])                      # bytes dot-7 .. dot
+
+    def _locate(self, line_ends, dim):
+        """Each value's bounds: the separator before it (after its sign, if any) and the one after it."""
+        np.right_shift(self.lead, np.uint64(40), out=self.before)    # the byte before the integer digit
+        self.before &= np.uint64(0xFF)
+        self.signed = (self.before == ord("-")) | (self.before == ord("+"))
+        # lead >> shift starts 4 bytes before this value's separator: the end of the value ahead of
+        # it, where that one keeps an exponent (read by _exponents).
+        np.copyto(self.shift, self.signed)
+        self.shift <<= np.uint64(3)
+        np.subtract(np.uint64(8), self.shift, out=self.shift)
+        np.subtract(self.dots, 2, out=self.left)
+        self.left -= self.signed
+        right = self.right.reshape(-1, dim)
+        right[:, :-1] = self.left.reshape(-1, dim)[:, 1:]           # a value ends where the next begins
+        right[:, -1] = line_ends
+
+    def _exponents(self, line_ends, dim):
+        """Each value's number of fraction digits and decimal exponent; False for a malformed exponent.
+
+        The 4 bytes before a value's end (``e+DD`` if it has an exponent) lie in the next value's
+        window; the last value of a line reads them before its newline.
+        """
+        ending = self.work
+        np.right_shift(self.lead, self.shift, out=ending)
+        ending = ending.reshape(-1, dim)
+        ending[:, :-1] = ending[:, 1:]
+        ending[:, -1] = _windows(self.data, line_ends - 4, "<u4")
+        ending = ending.reshape(-1)
+        self.exp_rows = np.flatnonzero((ending & np.uint64(0xDF)) == ord("E"))   # 'e' and 'E' alike
+        np.subtract(self.right, self.dots, out=self.n_frac)
+        self.n_frac -= 1
+        self.n_frac[self.exp_rows] -= 4
+        exponent = ending[self.exp_rows].astype(np.int64)            # bytes 'e', sign, tens, ones
+        sign, tens, ones = ((exponent >> shift) & 0xFF for shift in (8, 16, 24))
+        self.powers = (tens * 10 + ones - 11 * ord("0")) * (ord(",") - sign)
+        return bool((np.abs(sign - ord(",")) == 1).all())           # '+' is 43 and '-' is 45
+
+    def _magnitudes(self):
+        """|value| in float64, from the integer digit and the first 16 fraction digits."""
+        np.left_shift(self.n_frac.view(np.uint64), np.uint64(3), out=self.work)   # fraction bits
+        np.left_shift(np.uint64(1), self.work, out=self.keep)       # numpy shifts 64 or more to 0
+        self.keep -= np.uint64(1)
+        self._keep_digits(0)
+        np.minimum(self.work, np.uint64(128), out=self.work)
+        np.subtract(np.uint64(128), self.work, out=self.work)
+        np.right_shift(np.uint64(0xFFFFFFFFFFFFFFFF), self.work, out=self.keep)
+        self._keep_digits(1)
+        _combine_digit_words(self.digits)
+        np.right_shift(self.lead, np.uint64(48), out=self.work)     # the integer digit
+        self.work &= np.uint64(0xF)
+        self.work *= np.uint64(10 ** 8)
+        self.work += self.digits[0]
+        np.copyto(self.mantissa, self.work, casting="unsafe")       # < 10^9: exact
+        self.mantissa *= 1e8
+        self.mantissa += self.digits[1]
+        np.multiply(self.mantissa, 1e-16, out=self.value)
+        self.value[self.exp_rows] *= _POW10_TABLE[np.clip(self.powers, -_POW10_SPAN, _POW10_SPAN - 1) + _POW10_SPAN]
+
+    def _keep_digits(self, word):
+        """Fraction word ``word`` (0: digits 1-8, 1: digits 9-16) with the bytes outside ``self.keep``
+        zeroed, each digit reduced to its low nibble."""
+        self.keep &= np.uint64(0x0F0F0F0F0F0F0F0F)
+        np.bitwise_and(self.window[:, 1 + word], self.keep, out=self.digits[word])
+
+    def _well_formed(self, line_ends, dim):
+        """Separators where the values say, one value per dot, and digits in every other byte."""
+        separator = self.work                                       # the byte at dot - 2 - signed
+        np.add(self.shift, np.uint64(32), out=separator)
+        np.right_shift(self.lead, separator, out=separator)
+        separator &= np.uint64(0xFF)
+        n_lines, n_values = len(line_ends), len(self.dots)
+        expected_digits = (len(self.text) - n_lines * (dim + 1) - n_values - np.count_nonzero(self.signed)
+                           - 2 * len(self.exp_rows))
+        digits = self.text_work[:len(self.text)]
+        np.subtract(self.text, np.uint8(ord("0")), out=digits)
+        return (np.count_nonzero(separator == ord(",")) == n_values - n_lines
+                and (separator[::dim] == ord("\t")).all() and self.n_frac.min() > 0
+                and (self.dots[dim - 1::dim] < line_ends).all()
+                and np.count_nonzero(digits < 10) == expected_digits)
+
+    def _round_to_float32(self, buffer, out):
+        """Round into ``out``; values the float64 cannot settle are parsed by Python. False if one overflows."""
+        with np.errstate(over="ignore"):
+            np.copyto(out, self.value, casting="same_kind")
+        np.copyto(self.rounded, out)
+        np.subtract(self.value, self.rounded, out=self.value)
+        np.abs(self.value, out=self.value)
+        np.abs(self.rounded, out=self.rounded)
+        self.rounded *= _SURE
+        sure = self.value <= self.rounded
+        sure &= (self.n_frac <= 16) | (self.mantissa >= 1e12)     # past 16 digits: a change below 1e-12
+        bits = out.view(np.uint32)
+        bits |= (self.before == ord("-")).astype(np.uint32) << np.uint32(31)
+        for i in np.flatnonzero(~sure).tolist():
+            out[i] = np.float32(float(buffer[self.left[i] + 1:self.right[i]]))
+        return bool(np.isfinite(out).all())
 
 
 def _line_error(path, lineno, reason, line):
-    text = line[:120].decode("utf-8", "replace")
+    text = bytes(line[:120]).decode("utf-8", "replace")
     return FeatureFileError(f"{path}:{lineno}: {reason}: {text!r}")
 
 
-def _parse_general_lines(path, lines, first_lineno, dim, ids_out, feats_out):
-    """Parse lines of any float spelling; on bad input find and name the offending line."""
-    text = b",".join(lines).replace(b"\t", b",")
-    try:
-        values = np.fromstring(text, dtype=np.float64, sep=",")
-    except ValueError:
-        values = None
-    tabs_ok = sum(line.count(b"\t") for line in lines) == len(lines)
-    if values is not None and tabs_ok and values.size == len(lines) * (dim + 1):
-        values = values.reshape(len(lines), dim + 1)
-        ids_out[:] = values[:, 0]
-        if np.array_equal(ids_out, values[:, 0]):   # pids must be integers
-            feats_out[:] = values[:, 1:]
-            return
-    for i, line in enumerate(lines):
-        _check_general_line(path, first_lineno + i, line, dim)
-    raise FeatureFileError(f"{path}:{first_lineno}-{first_lineno + len(lines) - 1}: cannot parse feature lines")
-
-
-def _check_general_line(path, lineno, line, dim):
+def _parse_line(path, lineno, line, dim):
+    """(pid, float32 values) of one line, each value float32(float(text)); a malformed line is named."""
     pid_text, tab, values_text = line.partition(b"\t")
     if not tab:
         raise _line_error(path, lineno, "expected 'pid<TAB>f1,...,fD'", line)
-    if not pid_text.strip().isdigit():
-        raise _line_error(path, lineno, "pid is not a non-negative integer", line)
+    if not (pid_text.isdigit() and int(pid_text) < 2 ** 63):   # bytes.isdigit: ASCII digits only
+        raise _line_error(path, lineno, "pid is not a non-negative 64-bit integer", line)
     fields = values_text.split(b",")
     if len(fields) != dim:
         raise _line_error(path, lineno, f"expected {dim} values, found {len(fields)}", line)
-    for field in fields:
-        try:
-            float(field)
-        except ValueError:
-            raise _line_error(path, lineno, f"value {field[:30].decode('utf-8', 'replace')!r} is not a number",
-                              line) from None
+    values = np.array([_decimal(path, lineno, field, line) for field in fields])
+    with np.errstate(over="ignore"):
+        values = values.astype(np.float32)
+    if not np.isfinite(values).all():
+        field = fields[int(np.flatnonzero(~np.isfinite(values))[0])]
+        raise _line_error(path, lineno, f"value {field[:30].decode()!r} is outside the float32 range", line)
+    return int(pid_text), values
+
+
+def _decimal(path, lineno, field, line):
+    """float(field) for a decimal number only: float() also takes nan, inf, spaces and underscores."""
+    try:
+        if field and not field.translate(None, _DECIMAL_CHARS):
+            return float(field)
+    except ValueError:
+        pass
+    raise _line_error(path, lineno, f"value {field[:30].decode('utf-8', 'replace')!r} is not a decimal number",
+                      line)
+
+
+def _parse_lines(path, lines, first_lineno, dim, ids_out, feats_out):
+    for row, line in enumerate(lines):
+        ids_out[row], feats_out[row] = _parse_line(path, first_lineno + row, line, dim)
+
+
+def _line_ends(buffer, end):
+    """Offsets of the newlines in ``buffer[_LEAD:end]``."""
+    ends = []
+    newline = buffer.find(b"\n", _LEAD, end)
+    while newline >= 0:
+        ends.append(newline)
+        newline = buffer.find(b"\n", newline + 1, end)
+    return np.array(ends, np.int64)
 
 
 class _LegacyReader:
-    """Reads a legacy text feature file block by block into preallocated arrays."""
+    """Reads a legacy text feature file block by block into preallocated arrays.
+
+    The main thread reads blocks of whole lines into a few reused buffers; PARSE_THREADS threads parse
+    them (numpy releases the GIL), each block into its own rows, with the vectorised ``_BlockParser``
+    or, for a block it cannot take, the exact line parser, which also names a malformed line.
+    """
 
     def __init__(self, path):
         self.path = path
@@ -770,76 +828,73 @@ class _LegacyReader:
             raise _line_error(path, 1, "line is truncated (no newline at the end of the file)", first_line)
         _, _, values_text = first_line.partition(b"\t")
         self.dim = values_text.count(b",") + 1
+        self.block_bytes = max(READ_BLOCK_BYTES, 2 * len(first_line))
         # Every line holds at least a 1-digit pid, a tab and dim 2-byte values.
         capacity = self.size // (2 * self.dim + 2) + 1
         # np.empty pages that are never written cost no resident memory.
         self.ids = np.empty(capacity, np.int64)
         self.feats = np.empty((capacity, self.dim), np.float32)
         self.count = 0
-        self.lineno = 0
+        self.parsers = threading.local()
 
     def read(self, progress=None):
-        """Parse blocks on PARSE_THREADS threads (numpy releases the GIL); each block owns its rows."""
-        leftover = b""
-        with open(self.path, "rb") as f, ThreadPoolExecutor(PARSE_THREADS) as pool:
+        """Parse every block; at most PARSE_THREADS + 1 buffers of text are held at a time."""
+        carry = b""
+        with open(self.path, "rb", buffering=0) as f, ThreadPoolExecutor(PARSE_THREADS) as pool:
             jobs = collections.deque()
-            for chunk in iter(lambda: f.read(READ_BLOCK_BYTES), b""):
-                block = leftover + chunk
-                cut = block.rfind(b"\n") + 1
-                leftover = block[cut:]
-                if cut:
-                    n_lines = block.count(b"\n", 0, cut)
-                    if self.count + n_lines > len(self.ids):   # only a malformed file can get here
-                        raise FeatureFileError(f"{self.path}:{self.lineno + 1}: more lines than the file size allows")
-                    jobs.append(pool.submit(self._parse_block, memoryview(block)[:cut], self.count,
-                                            self.lineno + 1, n_lines))
-                    self.count += n_lines
-                    self.lineno += n_lines
-                while len(jobs) > PARSE_THREADS:   # bounds the blocks held in memory
-                    jobs.popleft().result()
+            spare = [bytearray(_LEAD + self.block_bytes + _TRAIL) for _ in range(PARSE_THREADS + 1)]
+            while True:
+                buffer = spare.pop() if spare else jobs.popleft().result()
+                buffer, end, got = self._fill(f, buffer, carry)
                 if progress is not None:
-                    progress.update(len(chunk))
+                    progress.update(got)
+                cut = buffer.rfind(b"\n", _LEAD, end) + 1
+                carry = bytes(buffer[max(cut, _LEAD):end])
+                if cut:
+                    jobs.append(self._submit(pool, buffer, cut))
+                else:
+                    spare.append(buffer)
+                if not got:
+                    break
             for job in jobs:
                 job.result()
-        if leftover.strip():
-            raise _line_error(self.path, self.lineno + 1, "line is truncated (no newline at the end of the file)",
-                              leftover)
+        if carry.strip():
+            raise _line_error(self.path, self.count + 1, "line is truncated (no newline at the end of the file)",
+                              carry)
         if self.count == 0:
             raise FeatureFileError(f"{self.path}: empty feature file (no feature lines)")
         return FeatureSet(ids=self.ids[:self.count], feats=self.feats[:self.count], source=self.path)
 
-    def _parse_block(self, block, first_row, first_lineno, n_lines):
-        rows = slice(first_row, first_row + n_lines)
-        first_end = bytes(block[:TOKEN_WIDTH * self.dim + 64]).find(b"\n") + 1
-        if first_end and first_end * n_lines == len(block) and self._parse_uniform_block(block, rows, first_end):
-            return
-        parsed = _parse_repr_block(block, n_lines, self.dim)
-        if parsed is not None:
-            self.ids[rows], self.feats[rows] = parsed
-            return
-        lines = bytes(block).split(b"\n")[:-1]
-        _parse_general_lines(self.path, lines, first_lineno, self.dim, self.ids[rows], self.feats[rows])
+    def _fill(self, f, buffer, carry):
+        """(buffer, end, bytes read): ``carry`` then the next bytes of the file from offset _LEAD.
 
-    def _parse_uniform_block(self, block, rows, line_len):
-        """Lines of equal length (same pid width, fixed-width tokens): parse without a Python loop."""
-        n_rows = rows.stop - rows.start
-        pid_width = line_len - 1 - TOKEN_WIDTH * self.dim
-        if not 1 <= pid_width <= 18:
-            return False
-        lines = np.frombuffer(block, np.uint8).reshape(n_rows, line_len)
-        if not (lines[:, pid_width] == ord("\t")).all():
-            return False
-        pid_digits = lines[:, :pid_width] - np.uint8(ord("0"))
-        if not (pid_digits < 10).all():
-            return False
-        feats = self.feats[rows]
-        for lo in range(0, n_rows, PARSE_ROWS):   # row groups keep the float64 temporaries in cache
-            group = min(PARSE_ROWS, n_rows - lo)
-            if not _parse_fixed_tokens(block, lo * line_len + pid_width + 1, group, line_len, self.dim,
-                                       feats[lo:lo + group]):
-                return False
-        self.ids[rows] = pid_digits.astype(np.int64) @ (10 ** np.arange(pid_width - 1, -1, -1, dtype=np.int64))
-        return True
+        A buffer with no newline in it (a line longer than the block) is replaced by one twice as big.
+        """
+        if len(carry) > len(buffer) // 2:
+            buffer = bytearray(2 * len(buffer))
+        buffer[_LEAD:_LEAD + len(carry)] = carry
+        start = _LEAD + len(carry)
+        got = f.readinto(memoryview(buffer)[start:len(buffer) - _TRAIL])
+        return buffer, start + got, got
+
+    def _submit(self, pool, buffer, cut):
+        line_ends = _line_ends(buffer, cut)   # memchr per line: faster than bytearray.count
+        if self.count + len(line_ends) > len(self.ids):   # only a malformed file can get here
+            raise FeatureFileError(f"{self.path}:{self.count + 1}: more lines than the file size allows")
+        job = pool.submit(self._parse_block, buffer, line_ends, self.count)
+        self.count += len(line_ends)
+        return job
+
+    def _parse_block(self, buffer, line_ends, first_row):
+        """Parse the block's lines into rows first_row..; returns the buffer for reuse."""
+        rows = slice(first_row, first_row + len(line_ends))
+        end = int(line_ends[-1]) + 1
+        parser = getattr(self.parsers, "parser", None) or _BlockParser()
+        self.parsers.parser = parser
+        if not parser.parse(buffer, end, line_ends, self.dim, self.ids[rows], self.feats[rows]):
+            lines = bytes(buffer[_LEAD:end - 1]).split(b"\n")
+            _parse_lines(self.path, lines, first_row + 1, self.dim, self.ids[rows], self.feats[rows])
+        return buffer
 
 
 def read_legacy_features(path, show_progress=False):

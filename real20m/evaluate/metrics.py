@@ -18,13 +18,13 @@ a uniformly random ranking of the gallery, so a figure can be read against its g
 a query with g of its GT docs in a gallery of N distinct items has expected Recall@K
 (g / |GT|) * min(K, N) / N and hit@K 1 - C(N - g, K) / C(N, K).
 """
+import itertools
 import math
 
 import numpy as np
 
 DEFAULT_KS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
 GT_BROADCAST_LIMIT = 64   # queries with more GT docs are matched with np.isin
-BROADCAST_ELEMENTS = 1 << 20
 
 
 def _drop_repeated_ids(retrieved):
@@ -43,21 +43,13 @@ def _hit_positions(retrieved, gt_lists):
     """(row, rank) of every retrieved id that is a GT doc of its query, sorted by row then rank."""
     sizes = np.array([len(g) for g in gt_lists])
     hit_rows, hit_ranks = [], []
-    # Group queries by GT size so a padded (q, k, g) comparison wastes at most half its work.
+    # Group queries by GT size so a padded GT table wastes at most half its columns.
     for upper in (1, 2, 4, 8, 16, 32, GT_BROADCAST_LIMIT):
         group = np.flatnonzero((sizes <= upper) & (sizes > upper // 2))
         if len(group):
-            padded = np.full((len(group), upper), -2, np.int64)   # -2 never matches (-1 = no result)
-            for i, row in enumerate(group):
-                padded[i, :sizes[row]] = gt_lists[row]
-            # Slices of queries bound the (q, k, g) temporary to a few MB.
-            step = max(1, BROADCAST_ELEMENTS // (retrieved.shape[1] * upper))
-            for lo in range(0, len(group), step):
-                rows_slice = group[lo:lo + step]
-                matches = (retrieved[rows_slice][:, :, None] == padded[lo:lo + step, None, :]).any(axis=2)
-                rows, ranks = np.nonzero(matches)
-                hit_rows.append(rows_slice[rows])
-                hit_ranks.append(ranks)
+            rows, ranks = np.nonzero(_gt_matches(retrieved[group], [gt_lists[row] for row in group], upper))
+            hit_rows.append(group[rows])
+            hit_ranks.append(ranks)
     for row in np.flatnonzero(sizes > GT_BROADCAST_LIMIT):
         ranks = np.flatnonzero(np.isin(retrieved[row], gt_lists[row]))
         hit_rows.append(np.full(len(ranks), row))
@@ -66,6 +58,21 @@ def _hit_positions(retrieved, gt_lists):
     ranks = np.concatenate(hit_ranks) if hit_ranks else np.empty(0, np.int64)
     order = np.lexsort((ranks, rows))
     return rows[order], ranks[order]
+
+
+def _gt_matches(retrieved, gt_lists, width):
+    """(q, depth) bools: retrieved id among its query's GT docs (at most ``width`` each).
+
+    One whole-matrix comparison per GT column: a (q, depth, width) broadcast reduced over its short
+    last axis costs several times more.
+    """
+    padded = np.full((len(gt_lists), width), -2, np.int64)   # -2 never matches (-1 = no result)
+    for i, docs in enumerate(gt_lists):
+        padded[i, :len(docs)] = docs
+    matches = retrieved == padded[:, :1]
+    for column in range(1, width):
+        matches |= retrieved == padded[:, column:column + 1]
+    return matches
 
 
 class RetrievalMetrics:
@@ -91,11 +98,8 @@ class RetrievalMetrics:
 
     @staticmethod
     def _count_missing_docs(ground_truth, unique_gallery):
-        docs = [d for docs in ground_truth.values() for d in docs]
-        if not docs:
-            return 0
-        docs = np.asarray(docs, dtype=np.int64)
-        return int(np.count_nonzero(~np.isin(docs, unique_gallery)))
+        docs = np.fromiter(itertools.chain.from_iterable(ground_truth.values()), np.int64)
+        return int(np.count_nonzero(~_in_sorted(unique_gallery, docs)))
 
     def update(self, query_ids, retrieved_ids):
         """Score one chunk: query_ids (q,), retrieved_ids (q, depth) gallery pids (-1 = none)."""
@@ -115,7 +119,7 @@ class RetrievalMetrics:
         self.seen_gt_queries.update(query_ids.tolist())
         if self.has_duplicates:
             retrieved = _drop_repeated_ids(retrieved)
-        gt_lists = [np.unique(np.asarray(self.ground_truth[q], dtype=np.int64)) for q in query_ids.tolist()]
+        gt_lists = [sorted(set(self.ground_truth[q])) for q in query_ids.tolist()]   # np.unique: 10x slower
         self._accumulate(retrieved, gt_lists)
 
     def _accumulate(self, retrieved, gt_lists):
@@ -125,7 +129,7 @@ class RetrievalMetrics:
         row_starts = np.searchsorted(rows, rows, side="left")
         hits_so_far = np.arange(1, len(rows) + 1) - row_starts
         precision_at_hit = hits_so_far / (ranks + 1)
-        present = np.array([self._count_in_gallery(g) for g in gt_lists], dtype=np.float64)
+        present = self._count_in_gallery(gt_lists)
         n_gallery = len(self.unique_gallery)
         for k in self.reported_ks:
             within = ranks < k
@@ -136,12 +140,13 @@ class RetrievalMetrics:
             self._add(f"map@{k}", (precision_sum / np.maximum(np.minimum(gt_sizes, k), 1)).sum())
             if n_gallery:
                 self._add(f"chance_recall@{k}", (present / np.maximum(gt_sizes, 1)).sum() * min(k, n_gallery) / n_gallery)
-                self._add(f"chance_hit@{k}", sum(_chance_hit(n_gallery, int(g), k) for g in present))
+                self._add(f"chance_hit@{k}", _sum_chance_hit(n_gallery, present, k))
 
-    def _count_in_gallery(self, gt_docs):
-        """How many of a query's (unique) GT docs the gallery holds (binary search: no per-chunk sort)."""
-        positions = np.minimum(np.searchsorted(self.unique_gallery, gt_docs), len(self.unique_gallery) - 1)
-        return int(np.count_nonzero(self.unique_gallery[positions] == gt_docs)) if len(self.unique_gallery) else 0
+    def _count_in_gallery(self, gt_lists):
+        """How many of each query's (unique) GT docs the gallery holds, all queries in one binary search."""
+        docs = np.fromiter(itertools.chain.from_iterable(gt_lists), np.int64)
+        owners = np.repeat(np.arange(len(gt_lists)), [len(query_docs) for query_docs in gt_lists])
+        return np.bincount(owners, weights=_in_sorted(self.unique_gallery, docs), minlength=len(gt_lists))
 
     def _add(self, key, value):
         self.sums[key] = self.sums.get(key, 0.0) + float(value)
@@ -158,6 +163,20 @@ class RetrievalMetrics:
         out["gt_queries_missing_from_query_set"] = len(missing)
         out["retrieved_depth"] = int(self.depth or 0)
         return out
+
+
+def _in_sorted(sorted_values, values):
+    """Which of ``values`` occur in the sorted array ``sorted_values`` (binary search, no sort of ``values``)."""
+    if not len(sorted_values):
+        return np.zeros(len(values), bool)
+    positions = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return sorted_values[positions] == values
+
+
+def _sum_chance_hit(n, present, k):
+    """Sum of ``_chance_hit(n, g, k)`` over the queries' GT counts ``present``: one call per distinct count."""
+    counts, queries = np.unique(present.astype(np.int64), return_counts=True)
+    return sum(int(m) * _chance_hit(n, int(g), k) for g, m in zip(counts, queries))
 
 
 def _chance_hit(n, g, k):

@@ -7,8 +7,8 @@ Jinja2 template with autoescaping on, so every string that comes from the data
 (``resolver(pid) -> (title, [image paths])``) so this module knows nothing
 about the dataset layout.
 
-Each shown query has its own title and frames, a panel of its ground-truth items,
-and its top results with their scores, ground-truth hits marked. Up to
+Each shown query has its own title and frames (a text query: its text alone), a panel of
+its ground-truth items, and its top results with their scores, ground-truth hits marked. Up to
 QUERIES_PER_PAGE queries go in ``report.html`` itself; more are split over
 ``report_001.html``, ``report_002.html``, ... that ``report.html`` links to.
 """
@@ -62,9 +62,9 @@ among the results, the number after the rank is the similarity score.</p>
 {% if pages %}<ul class="pages">{% for page in pages %}<li><a href="{{ page.file }}">queries {{ page.first }} to
 {{ page.last }}</a></li>{% endfor %}</ul>{% endif %}
 {% if index_file %}<p><a href="{{ index_file }}">back to the summary</a></p>{% endif %}
-{% for query in queries %}<div class="query"><h3>query {{ query.pid }}: {{ query.title }}</h3>
-<div class="label">query frames</div><div class="items">{% for picture in query.pictures %}{{ image(picture) }}
-{%- endfor %}</div>
+{% for query in queries %}<div class="query"><h3>{{ query.kind }} {{ query.pid }}: {{ query.title }}</h3>
+{% if query.pictures %}<div class="label">query frames</div><div class="items">{% for picture in query.pictures %}
+{{- image(picture) }}{% endfor %}</div>{% endif %}
 <div class="label">ground truth: {{ query.gt_count }} items{% if query.gt_count > query.gt|length %}
 (first {{ query.gt|length }} shown){% endif %}</div><div class="items">{% for entry in query.gt %}{{ item(entry, 'gt') }}
 {%- endfor %}</div>
@@ -117,11 +117,19 @@ def _sample_queries(query_ids, ground_truth, max_queries, seed):
     return rows
 
 
-def _query_view(query_pid, retrieved_row, score_row, relevant, resolver):
+def _query_side(query_pid, resolver, query_texts):
+    """How a query is shown: a text query by its text alone (it has no image), an item query by
+    its title and frames."""
+    if query_pid in query_texts:
+        return {"kind": "text query", "title": str(query_texts[query_pid]), "pictures": []}
     title, paths = resolver(query_pid)
+    return {"kind": "query", "title": str(title), "pictures": _pictures(paths, QUERY_FRAMES_SHOWN)}
+
+
+def _query_view(query_pid, retrieved_row, score_row, relevant, resolver, query_texts):
     results = [_item(pid, resolver, rank + 1, None if score_row is None else float(score_row[rank]), pid in relevant)
                for rank, pid in enumerate(retrieved_row[:RESULTS_SHOWN].tolist()) if pid >= 0]
-    return {"pid": query_pid, "title": str(title), "pictures": _pictures(paths, QUERY_FRAMES_SHOWN),
+    return {"pid": query_pid, **_query_side(query_pid, resolver, query_texts),
             "gt": [_item(pid, resolver) for pid in relevant[:GT_SHOWN]], "gt_count": len(relevant),
             "results": results, "found": sum(entry["hit"] for entry in results)}
 
@@ -133,21 +141,23 @@ def _write_page(path, **view):
 
 
 def write_report(out_dir, task, query_items, retrieved, gt, metrics, image_resolver, max_queries=20, seed=0,
-                 scores=None):
+                 scores=None, query_texts=None):
     """Write ``out_dir/report.html`` (and its pages): metrics, then the shown queries and their results.
 
     query_items: (Q,) query pids; retrieved: (Q, depth) retrieved gallery pids (-1 = none); scores:
     their (Q, depth) similarity scores, or None; gt: query pid -> GT doc pids; image_resolver:
     pid -> (title, [image paths]); max_queries: how many queries with ground truth to show
-    (a reproducible sample), None for all of them. Returns the path of report.html.
+    (a reproducible sample), None for all of them; query_texts: qid -> text of the text queries
+    (each shown as its text, with no frames). Returns the path of report.html.
     """
+    query_texts = query_texts or {}
     query_items = np.asarray(query_items, dtype=np.int64)
     rows = _sample_queries(query_items, gt, max_queries, seed)
     legend = f"{len(rows)} {'sampled ' if max_queries is not None else ''}queries with ground truth"
 
     def views(chunk):
         return [_query_view(int(query_items[row]), retrieved[row], None if scores is None else scores[row],
-                            list(gt[int(query_items[row])]), image_resolver) for row in chunk]
+                            list(gt[int(query_items[row])]), image_resolver, query_texts) for row in chunk]
 
     index_path = os.path.join(out_dir, "report.html")
     page_view = {"task": str(task), "legend": legend}

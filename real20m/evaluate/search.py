@@ -22,7 +22,7 @@ differ from the CPU's by float rounding only (another GEMM order).
 """
 
 import contextlib
-import warnings
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -32,25 +32,31 @@ from real20m.evaluate.faiss_backend import faiss_description, import_faiss, reso
 from real20m.evaluate.feature_io import read_rows
 from real20m.evaluate.index import DEFAULT_TRAIN_SIZE, ShardedIndex, read_index_meta
 
+logger = logging.getLogger(__name__)
+
 faiss = import_faiss()
 
 DEFAULT_QUERY_CHUNK = 512
 DEFAULT_GALLERY_CHUNK = 1 << 20
 MAX_GPU_K = 2048   # Faiss GPU top-k limit
 # Gallery rows per BLAS call inside faiss.knn: Faiss's default (1024) leaves the GEMM ~10% slower
-# than one big GEMM at k=1000; 4096 rows x 512 queries is an 8 MB score block.
+# than one big GEMM at k=1000. Queries per BLAS call: Faiss keeps a top-k reservoir of 2k entries
+# for each query of the call, 6 MB at 256 queries and k=1000, beside a 4 MB score block.
 BLAS_DATABASE_ROWS = 4096
+BLAS_QUERY_ROWS = 256
+TIE_DEPTH = 16   # extra results per query that exact search asks for, to settle ties at the cut-off
 
 
 @contextlib.contextmanager
-def _blas_block_rows(rows):
-    """Set Faiss's BLAS gallery block size for the duration of a search, then restore it."""
-    previous = faiss.cvar.distance_compute_blas_database_bs
-    faiss.cvar.distance_compute_blas_database_bs = rows
+def _blas_blocks(query_rows, database_rows):
+    """Set Faiss's BLAS block sizes for the duration of a search, then restore them."""
+    previous = faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs
+    faiss.cvar.distance_compute_blas_query_bs = query_rows
+    faiss.cvar.distance_compute_blas_database_bs = database_rows
     try:
         yield
     finally:
-        faiss.cvar.distance_compute_blas_database_bs = previous
+        faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs = previous
 
 
 def is_exact(index_factory):
@@ -58,27 +64,30 @@ def is_exact(index_factory):
 
 
 def _faiss_cpu_knn(queries, rows, depth):
-    with _blas_block_rows(BLAS_DATABASE_ROWS):
+    with _blas_blocks(BLAS_QUERY_ROWS, BLAS_DATABASE_ROWS):
         return faiss.knn(queries, rows, depth, metric=faiss.METRIC_INNER_PRODUCT)
 
 
 def exact_knn(queries, rows, k, knn=_faiss_cpu_knn, max_depth=None):
     """``knn`` (default faiss.knn: one fused GEMM + heap pass), made deterministic at the k-th place too.
 
-    Faiss's heap keeps an arbitrary one of several items tied at the cut-off; one extra
-    result per query reveals such rows, which are then ranked exactly (rare: it takes
-    identical scores, e.g. duplicate gallery vectors). ``knn(queries, rows, depth)`` returns
-    (scores, indices) of the ``depth`` best rows; ``max_depth`` caps what it can return (the
-    GPU's k limit: at k = max_depth the cut-off keeps Faiss's choice).
+    Faiss's heap keeps an arbitrary one of several items tied at the cut-off; TIE_DEPTH extra results
+    per query reveal such rows, and hold the whole tie unless it runs past them (then the row is
+    scored again in full). Rare: it takes identical scores, e.g. duplicate gallery vectors.
+    ``knn(queries, rows, depth)`` returns (scores, indices) of the ``depth`` best rows; ``max_depth``
+    caps what it can return (the GPU's k limit: at k = max_depth the cut-off keeps Faiss's choice).
     """
-    depth = min(k + 1, len(rows), max_depth or len(rows))
+    depth = min(k + TIE_DEPTH, len(rows), max_depth or len(rows))
     scores, indices = knn(queries, rows, depth)
     if depth <= k:
         return scores, indices
-    for row in np.flatnonzero(scores[:, k] == scores[:, k - 1]):
+    tied = np.flatnonzero(scores[:, k] == scores[:, k - 1])
+    beyond = tied[scores[tied, -1] == scores[tied, k - 1]] if depth < len(rows) else tied[:0]
+    for row in beyond:
         row_scores = rows @ queries[row]
         order = np.lexsort((np.arange(len(rows)), -row_scores))[:depth]
         scores[row], indices[row] = row_scores[order], order
+    sort_results(scores, indices, tied)
     return scores[:, :k], indices[:, :k]
 
 
@@ -138,20 +147,30 @@ def stream_topk(queries, gallery, k, chunk_size, block_knn=cpu_block_knn, worker
 
 def gallery_ids_at(gallery_ids, rows):
     """Gallery ids of search result rows; -1 (no result: past the gallery's end) stays -1."""
-    return np.where(rows >= 0, gallery_ids[np.maximum(rows, 0)], -1)
+    ids = gallery_ids[rows]   # row -1 reads the last id, replaced below
+    ids[rows < 0] = -1
+    return ids
 
 
-def sort_results(scores, indices):
-    """Order every row by score descending, then index ascending (deterministic ties).
+def sort_results(scores, indices, rows=None):
+    """Order every row (or only ``rows``) by score descending, then index ascending (deterministic ties).
 
-    Only rows that actually contain a tie are re-sorted; the rest are already ordered.
+    Only rows that actually contain a tie are re-sorted, all in one lexsort; the rest are already ordered.
     """
-    ties = np.any(scores[:, 1:] == scores[:, :-1], axis=1)
-    for row in np.flatnonzero(ties):
-        order = np.lexsort((indices[row], -scores[row]))
-        scores[row] = scores[row][order]
-        indices[row] = indices[row][order]
+    part = scores if rows is None else scores[rows]
+    ties = np.flatnonzero(np.any(part[:, 1:] == part[:, :-1], axis=1))
+    if rows is not None:
+        ties = rows[ties]
+    if len(ties):
+        order = np.lexsort((indices[ties], -scores[ties]), axis=1)
+        scores[ties] = np.take_along_axis(scores[ties], order, 1)
+        indices[ties] = np.take_along_axis(indices[ties], order, 1)
     return scores, indices
+
+
+def _sorted(scores, indices):
+    """A searcher's (scores, indices), indices as int64, in ``sort_results`` order."""
+    return sort_results(scores, indices.astype(np.int64, copy=False))
 
 
 def merge_topk(scores_a, indices_a, scores_b, indices_b, k):
@@ -206,7 +225,7 @@ def approximate_index(gallery_feats, index_factory, nprobe=None, params=None, tr
 
 def _clamp_k(k, gallery_size, n_gpus):
     if k > gallery_size:
-        warnings.warn(f"k={k} is larger than the gallery ({gallery_size} items); using k={gallery_size}")
+        logger.info("k=%d is larger than the gallery (%d items); using k=%d", k, gallery_size, gallery_size)
         k = gallery_size
     if n_gpus and k > MAX_GPU_K:
         raise ValueError(f"Faiss on GPU supports k <= {MAX_GPU_K}, got k={k}")
@@ -255,8 +274,9 @@ def iter_search(query_feats, gallery_feats, k, index_factory=None, query_chunk=D
     with tqdm(total=n_queries, desc="search", unit="query", disable=not show_progress) as progress:
         for start in range(0, n_queries, query_chunk):
             queries = read_rows(query_feats, start, start + query_chunk)
-            scores, indices = searcher.search(queries, k)
-            yield start, *sort_results(scores, indices.astype(np.int64, copy=False))
+            # No local holds the results while suspended: the next chunk's search must not run
+            # beside this chunk's (chunk, k) arrays once the caller has dropped them.
+            yield start, *_sorted(*searcher.search(queries, k))
             progress.update(len(queries))
 
 

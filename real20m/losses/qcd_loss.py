@@ -1,8 +1,9 @@
 """The query-driven cross-domain (QCD) objective: the weighted sum of the terms in terms.py.
 
 Options the original release's training needs: in-batch (per-rank) negatives instead of gathered
-ones (``local_negatives``), its own cross-batch memory (``xbm_mode="original"``), and terms that
-are computed and logged but left out of the total (``log_terms``).
+ones (``local_negatives``), its own cross-batch memory (``xbm_mode="original"``), terms that are
+computed and logged but left out of the total (``log_terms``), and queries scored by their
+projection as it is rather than its unit vector (``normalize_query=False``).
 
 total = sum over terms of weight[name] * term(name), in the table's order; with the defaults
   fused + title + visual (query-guided InfoNCE) + delta * mean((fused - visual)^2) + caption.
@@ -57,6 +58,7 @@ class QCDLoss(nn.Module):
         local_negatives: bool = False,
         xbm_mode: str = "ours",
         log_terms: tuple[str, ...] = (),
+        normalize_query: bool = True,
     ):
         super().__init__()
         if not 0 < logit_scale <= MAX_LOGIT_SCALE:
@@ -70,6 +72,7 @@ class QCDLoss(nn.Module):
         self.logged_only = [name for name in TERMS if name in log_terms and name not in self.enabled]
         self.local_negatives = local_negatives
         self.xbm_mode = xbm_mode
+        self.normalize_query = normalize_query
         # Stored as log(scale) under one name whether learnable or not, so checkpoints load either way.
         log_scale = torch.tensor(math.log(logit_scale))
         if learnable_scale:
@@ -98,7 +101,8 @@ class QCDLoss(nn.Module):
 
     def forward(self, out: dict, write_memory: bool = True) -> tuple[Tensor, dict[str, float]]:
         """out: the model's outputs, L2-normalised local (B, D) "query", "title", "visual", "fused"
-        and whatever else a term reads (the caption logits and targets).
+        (with ``normalize_query`` off, "query_raw" in place of "query") and whatever else a term
+        reads (the caption logits and targets).
 
         Returns the weighted total and every term's unweighted value as floats (0.0 when disabled).
         While training, the gathered (query, fused) pairs then enter the memory bank, unless
@@ -109,6 +113,10 @@ class QCDLoss(nn.Module):
             raise KeyError(f"QCDLoss needs model outputs {list(EMBEDDING_KEYS)}, missing {missing}")
         # Contrastive logits in fp32 even under autocast: softmax over thousands of columns.
         local = {key: out[key].float() for key in EMBEDDING_KEYS + OPTIONAL_EMBEDDING_KEYS if key in out}
+        if not self.normalize_query:
+            # The original scores the query projection itself: its norm (about 23 on the
+            # train-step fixture) multiplies the logit scale of every query-guided term.
+            local["query"] = out["query_raw"].float()
         gathered = local if self.local_negatives else \
             {key: gather_with_grad(local[key]) for key in self.keys_to_gather() if key in local}
         write = self.training and write_memory and self.memory is not None

@@ -19,12 +19,17 @@ class CaptionDecoder(nn.Module):
 
     Options the original release's decoder needs: ``ignore_padding=False`` (its labels are the
     query ids, padding included), ``token_type_ids=True`` (it passes the tokenizer's all-zero
-    token types, which GPT-2 embeds with its word embeddings) and ``visual_projection=False`` (the
-    visual embedding enters as it is; needs n_embd == embed_dim)."""
+    token types, which GPT-2 embeds with its word embeddings), ``visual_projection=False`` (the
+    visual embedding enters as it is; needs n_embd == embed_dim) and ``attn_implementation="eager"``
+    (its attention as explicit softmax weights). With one encoder position the cross-attention's
+    softmax is constant, so its query projection, its LayerNorm and its key projection have no
+    gradient; the explicit softmax gives them exactly 0, transformers' default kernel (sdpa, None)
+    rounding noise, which Adam turns into steps of the full learning rate."""
 
     def __init__(self, embed_dim: int, vocab_size: int, n_layer: int, n_head: int, n_embd: int,
                  n_positions: int = 128, dropout: float = 0.1, ignore_padding: bool = True,
-                 token_type_ids: bool = False, visual_projection: bool = True):
+                 token_type_ids: bool = False, visual_projection: bool = True,
+                 attn_implementation: str | None = None):
         super().__init__()
         if not visual_projection and n_embd != embed_dim:
             raise ValueError(f"caption decoder without a visual projection needs n_embd ({n_embd}) == "
@@ -36,7 +41,7 @@ class CaptionDecoder(nn.Module):
             n_embd=n_embd, add_cross_attention=True, resid_pdrop=dropout, embd_pdrop=dropout,
             attn_pdrop=dropout, use_cache=False,
             # ids of GPT-2's own vocabulary do not apply to the text tokenizer's vocabulary
-            bos_token_id=None, eos_token_id=None,
+            bos_token_id=None, eos_token_id=None, attn_implementation=attn_implementation,
         )
         self.visual_to_decoder = nn.Linear(embed_dim, n_embd) if visual_projection else nn.Identity()
         self.decoder = GPT2LMHeadModel(config)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from real20m.engine.checkpoint import load_checkpoint
+from real20m.utils.entry import exit_on_input_error
 
 from .qcd import QCDModel, build_model
 from .release_layout import (
@@ -53,24 +54,41 @@ __all__ = [
 
 def check_state_dict(model: torch.nn.Module, state: dict, sources: dict | None = None,
                      allowed_missing: tuple[str, ...] = ()) -> None:
-    """Raise WeightMismatchError naming every missing / unexpected / wrongly shaped key."""
+    """Raise WeightMismatchError: the first differing tensor with both shapes, then how many keys
+    are missing / unexpected / wrongly shaped (a few of each named)."""
     sources = sources or {}
     expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in state and not k.startswith(allowed_missing))
+    missing = [k for k in expected if k not in state and not k.startswith(allowed_missing)]
     unexpected = sorted(f"{sources[k]} (as {k})" if k in sources else k for k in state if k not in expected)
     shapes = [
         f"{sources.get(k, k)} -> {k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
         for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)
     ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {missing}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {unexpected}")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches: {shapes}")
+    problems = [f"{len(keys)} {kind}: {_first_few(keys)}" for kind, keys in (
+        ("missing keys", sorted(missing)), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
     if problems:
-        raise WeightMismatchError("checkpoint does not fit the model: " + "; ".join(problems))
+        first = _first_difference(expected, state, allowed_missing)
+        raise WeightMismatchError(f"checkpoint does not fit the model: first difference {first}; "
+                                  + "; ".join(problems))
+
+
+def _first_few(keys: list[str], shown: int = 3) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"{keys[:shown]}{more}"
+
+
+def _first_difference(expected: dict, state: dict, allowed_missing: tuple[str, ...]) -> str:
+    """The first model tensor (in the model's order) the checkpoint lacks or shapes differently."""
+    for key, tensor in expected.items():
+        if key.startswith(allowed_missing) and key not in state:
+            continue
+        model_shape = tuple(tensor.shape)
+        if key not in state:
+            return f"{key}: model {model_shape}, not in the checkpoint"
+        if tuple(state[key].shape) != model_shape:
+            return f"{key}: checkpoint {tuple(state[key].shape)} vs model {model_shape}"
+    extra = next(key for key in state if key not in expected)
+    return f"{extra}: checkpoint {tuple(state[extra].shape)}, not in the model"
 
 
 def _strip_ddp_prefixes(state: dict) -> dict:
@@ -213,7 +231,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    diffs = check_fixture(args.check, args.checkpoint, args.out)
+    diffs = exit_on_input_error(lambda: check_fixture(args.check, args.checkpoint, args.out),
+                                (ReleaseLayoutError, WeightMismatchError))
     print(json.dumps(diffs))
     failed = {name: diff for name, diff in diffs.items() if not diff <= args.tolerance}
     if failed:

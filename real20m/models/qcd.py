@@ -15,7 +15,7 @@ model_cfg keys (YAML section `model:`):
                   (eos for clip, else cls)
     fusion        attention (default) | title_only | visual_only
     caption       {n_layer, n_head, n_embd[, n_positions, dropout, ignore_padding, token_type_ids,
-                  visual_projection]} or null (no caption decoder)
+                  visual_projection, attn_implementation]} or null (no caption decoder)
     gradient_checkpointing (bool), use_title_mask / use_query_mask (bool, default true; false =
                   the original's unmasked titles and queries), frame_fp16 (bool, default false;
                   true = the original's frame transformer under fp16 autocast on CUDA)
@@ -131,9 +131,13 @@ class QCDModel(nn.Module):
         return int(self.text.encoder.config.max_position_embeddings)
 
     # ----------------------------------------------------------------------------- embeddings
-    def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def query_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) query token ids -> (B, D) projection, not normalised (unmasked under compat)."""
         mask = attention_mask if self.use_query_mask else None
-        return F.normalize(self.text_features(input_ids, mask), dim=-1)
+        return self.text_features(input_ids, mask)
+
+    def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.query_features(input_ids, attention_mask), dim=-1)
 
     def encode_items(self, title_ids: torch.Tensor, title_mask: torch.Tensor | None,
                      pixels: torch.Tensor) -> ItemEmbeddings:
@@ -153,12 +157,14 @@ class QCDModel(nn.Module):
         return ItemEmbeddings(title=title, visual=visual, fused=fused, pool_weights=weights)
 
     def forward(self, batch: dict) -> dict:
-        """Training step outputs: {"query", "title", "visual", "fused"}, each (B, D) unit-norm, and
-        with a caption decoder its next-token "caption_logits" and "caption_targets"; for a batch
-        of item pairs (``batch["pair"]``) the paired items' "pair_fused"."""
+        """Training step outputs: {"query", "title", "visual", "fused"}, each (B, D) unit-norm, the
+        query's projection before normalisation "query_raw" (what the original's objective scores),
+        and with a caption decoder its next-token "caption_logits" and "caption_targets"; for a
+        batch of item pairs (``batch["pair"]``) the paired items' "pair_fused"."""
         items = self.encode_items(batch["title_ids"], batch.get("title_mask"), batch["pixels"])
-        query = self.encode_query(batch["query_ids"], batch["query_mask"])
-        out = {"query": query, "title": items.title, "visual": items.visual, "fused": items.fused}
+        query_raw = self.query_features(batch["query_ids"], batch["query_mask"])
+        out = {"query": F.normalize(query_raw, dim=-1), "query_raw": query_raw, "title": items.title,
+               "visual": items.visual, "fused": items.fused}
         if "pair" in batch:  # item pairs (no query guidance): the video of each goods item's query
             pair = batch["pair"]
             out["pair_fused"] = self.encode_items(pair["title_ids"], pair.get("title_mask"), pair["pixels"]).fused

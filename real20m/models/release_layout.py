@@ -272,3 +272,75 @@ def map_release_checkpoint(checkpoint: dict) -> tuple[dict[str, torch.Tensor], M
     if unexpected:
         raise ReleaseLayoutError(f"{len(unexpected)} unexpected checkpoint keys: {sorted(unexpected)}")
     return out, report
+
+
+# ------------------------------------------------------------------------ architecture by shape
+# A release checkpoint stores tensors, not its constructor arguments. Every size can be read off
+# a shape; the number of attention heads cannot, so it follows the paper's 64-wide heads.
+ASSUMED_HEAD_WIDTH = 64
+
+
+def _shape(section: dict, key: str) -> tuple[int, ...] | None:
+    tensor = section.get("module." + key, section.get(key))
+    return None if tensor is None else tuple(tensor.shape)
+
+
+def _count_layers(section: dict, pattern: str) -> int:
+    found = {int(match.group(1)) for key in section
+             if (match := re.search(pattern, strip_ddp_prefix(key))) is not None}
+    return max(found) + 1 if found else 0
+
+
+def _text_prefix(text: dict) -> str:
+    has_primary = _shape(text, "text_model.embeddings.word_embeddings.weight") is not None
+    return "text_model." if has_primary else "clip_model.bert."
+
+
+def release_config_from_shapes(checkpoint: dict) -> dict | None:
+    """The cn_clip-style configuration a release checkpoint's tensor shapes describe (heads
+    assumed ``ASSUMED_HEAD_WIDTH`` wide), or None when a tensor it needs is missing."""
+    vision, text, fusion = (checkpoint[name] for name in WEIGHT_SECTIONS)
+    bert = _text_prefix(text)
+    shapes = {
+        "conv": _shape(vision, "visual_model.conv1.weight"),
+        "positions": _shape(vision, "visual_model.positional_embedding"),
+        "proj": _shape(vision, "visual_model.proj"),
+        "words": _shape(text, bert + "embeddings.word_embeddings.weight"),
+        "text_positions": _shape(text, bert + "embeddings.position_embeddings.weight"),
+        "token_types": _shape(text, bert + "embeddings.token_type_embeddings.weight"),
+        "intermediate": _shape(text, bert + "encoder.layer.0.intermediate.dense.weight"),
+        "frames": _shape(fusion, "video_attention_pooling.positional_embedding"),
+    }
+    if any(shape is None for shape in shapes.values()):
+        return None
+    width, patch = shapes["conv"][0], shapes["conv"][-1]
+    grid = round((shapes["positions"][0] - 1) ** 0.5)
+    hidden = shapes["words"][1]
+    clip = {
+        "embed_dim": shapes["proj"][1], "image_resolution": grid * patch,
+        "vision_layers": _count_layers(vision, r"visual_model\.transformer\.resblocks\.(\d+)\."),
+        "vision_width": width, "vision_patch_size": patch, "vision_head_width": ASSUMED_HEAD_WIDTH,
+        "vocab_size": shapes["words"][0], "text_hidden_size": hidden,
+        "text_num_hidden_layers": _count_layers(text, re.escape(bert) + r"encoder\.layer\.(\d+)\."),
+        "text_num_attention_heads": max(1, hidden // ASSUMED_HEAD_WIDTH),
+        "text_intermediate_size": shapes["intermediate"][0],
+        "text_max_position_embeddings": shapes["text_positions"][0], "text_type_vocab_size": shapes["token_types"][0],
+    }
+    frames = shapes["frames"]
+    return {"clip_constructor_kwargs": clip,
+            "fusion": {"frame_transformer": {"T": frames[1], "embed_dim": frames[2]}}}
+
+
+def release_architecture(checkpoint: dict, release_cfg: dict | None, config_name: str | None) -> tuple[dict, str]:
+    """(model_cfg, how it was chosen) of a release checkpoint: ``release_cfg`` (read from the file
+    ``config_name``) when given, else the checkpoint's shapes, else the paper's ViT-B/16."""
+    if release_cfg is not None:
+        return model_config_from_release(release_cfg), f"the release config {config_name}"
+    from_shapes = release_config_from_shapes(checkpoint)
+    if from_shapes is not None:
+        clip = from_shapes["clip_constructor_kwargs"]
+        return model_config_from_release(from_shapes), (
+            f"the checkpoint's tensor shapes (ViT {clip['vision_layers']} x {clip['vision_width']}, text "
+            f"{clip['text_num_hidden_layers']} x {clip['text_hidden_size']}, embed {clip['embed_dim']}; "
+            f"attention heads are not stored: {ASSUMED_HEAD_WIDTH}-wide assumed, --release_config sets them)")
+    return model_config_from_release(None), "the paper's ViT-B/16 (no --release_config, shapes incomplete)"

@@ -142,6 +142,10 @@ class PretrainedNotAvailableError(OSError):
     """A hub name that is neither a local folder nor cached, with downloads switched off."""
 
 
+class PretrainedInputError(ValueError):
+    """Pretrained weights that cannot take this run's inputs; the message says what to set."""
+
+
 def describe_pretrained_source(pretrained: str, option: str = "model.pretrained") -> str:
     """Where ``from_pretrained(pretrained)`` will read from: a local folder, the local Hugging Face
     cache, or the network (a download). Offline (HF_HUB_OFFLINE=1) and not cached is an error
@@ -168,6 +172,15 @@ def _load_pretrained_pair(backbone: str, pretrained: str):
     return model_class.from_pretrained(pretrained)
 
 
+def _check_input_size(vision_config, image_size: int | None, pretrained: str) -> None:
+    """A pretrained ViT takes the image size it was trained at (its position embeddings are that
+    grid); the run's --image_size must be that size."""
+    if image_size is not None and vision_config.image_size != image_size:
+        raise PretrainedInputError(
+            f"model.pretrained {pretrained}: its vision tower takes {vision_config.image_size}-pixel images and "
+            f"this run's --image_size is {image_size}: set --image_size {vision_config.image_size}")
+
+
 def _match_vocab(encoder: nn.Module, vocab_size: int | None) -> None:
     current = encoder.get_input_embeddings().num_embeddings
     if vocab_size is not None and vocab_size != current:
@@ -188,6 +201,7 @@ def _build_hf_towers(backbone: str, model_cfg: dict, vocab_size: int | None,
                 f"model.embed_dim={embed_dim} but pretrained {pretrained!r} projects to "
                 f"{pair.text_projection.out_features}"
             )
+        _check_input_size(pair.vision_model.config, model_cfg.get("image_size"), pretrained)
         _match_vocab(pair.text_model, vocab_size)
         text = TextTower(pair.text_model, pair.text_projection, pooling)
         vision = VisionTower(pair.vision_model, pair.visual_projection, "hf")

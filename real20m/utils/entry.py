@@ -6,21 +6,47 @@ traceback adds nothing but noise; exit status 2 tells scripts "fix the input", n
 import argparse
 import os
 import sys
-from typing import Callable
+from typing import Callable, TypeVar
 
 from real20m import __version__
 
 INPUT_ERROR_STATUS = 2
+Result = TypeVar("Result")
 
 
-def exit_on_input_error(main: Callable[[], None], input_errors: tuple[type[Exception], ...]) -> None:
-    """Run ``main``; one of ``input_errors`` becomes one line on stderr and exit status 2."""
+# A path the user gave that cannot be read: what went wrong, and what to do about it.
+PATH_ERRORS = {
+    FileNotFoundError: "no such file or folder",
+    NotADirectoryError: "not a folder",
+    IsADirectoryError: "a folder, where a file is expected",
+    PermissionError: "permission denied",
+}
+PATH_ADVICE = "check the path (DATA_ROOT / --data_root, or the option or variable that names it)"
+
+
+def path_error_line(error: OSError) -> str:
+    """``<path>: <what is wrong>; <what to do>`` for an OSError that names its file."""
+    reason = next((text for kind, text in PATH_ERRORS.items() if isinstance(error, kind)), error.strerror)
+    return f"{error.filename}: {reason}; {PATH_ADVICE}"
+
+
+def exit_on_input_error(main: Callable[[], Result], input_errors: tuple[type[Exception], ...] = ()) -> Result:
+    """Run ``main`` and return its result; one of ``input_errors``, or a missing or unreadable
+    file or folder, becomes one line on stderr and exit status 2."""
     try:
-        main()
+        return main()
     except input_errors as error:
-        rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
-        print(f"{rank}error: {error}", file=sys.stderr)
-        sys.exit(INPUT_ERROR_STATUS)
+        _exit_with_line(str(error))
+    except tuple(PATH_ERRORS) as error:
+        if error.filename is None:
+            raise
+        _exit_with_line(path_error_line(error))
+
+
+def _exit_with_line(message: str) -> None:
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+    print(f"{rank}error: {message}", file=sys.stderr)
+    sys.exit(INPUT_ERROR_STATUS)
 
 
 def add_version_argument(parser: argparse.ArgumentParser) -> None:

@@ -56,6 +56,35 @@ def test_query_groups_chunk_boundaries_match_reference(tmp_path, monkeypatch):
     assert groups_as_lists(load_query_groups(path)) == expected
 
 
+BILINGUAL = "红色连衣裙\t1,2\tNone\tred dress\n\n背包\tNone\t7\tbackpack\r\n"
+
+
+def test_four_field_train_file_gives_the_query_of_the_language(tmp_path):
+    path = write(tmp_path, "train.txt", BILINGUAL)
+    assert detect_format(path) == "query_groups"
+    assert groups_as_lists(load_query_groups(path)) == [("红色连衣裙", [1, 2], []), ("背包", [], [7])]
+    assert groups_as_lists(load_query_groups(path, "zh")) == groups_as_lists(load_query_groups(path))
+    assert groups_as_lists(load_query_groups(path, "en")) == [("red dress", [1, 2], []), ("backpack", [], [7])]
+
+
+def test_english_needs_the_fourth_field(tmp_path):
+    path = write(tmp_path, "train.txt", "红色\t1\tNone\n")
+    with pytest.raises(AnnotationError, match=f"{path}: query language 'en' reads the query from field 4, "
+                                              "but the lines have 3 fields"):
+        load_query_groups(path, "en")
+
+
+@pytest.mark.parametrize("line, reason", [
+    ("红色\t1\tNone", "expected 4 tab-separated fields, got 3"),
+    ("红色\t1\tNone\t", "empty query"),
+])
+def test_four_field_bad_line_names_file_and_line(tmp_path, line, reason):
+    path = write(tmp_path, "train.txt", BILINGUAL + line + "\n")
+    with pytest.raises(AnnotationError, match=reason) as error:
+        load_query_groups(path, "en")
+    assert str(error.value).startswith(f"{path}:4: ")
+
+
 @pytest.mark.parametrize("line, reason", [
     ("only two\tfields", "expected 3 tab-separated fields, got 2"),
     ("q\t1,x2\tNone", "invalid id list"),

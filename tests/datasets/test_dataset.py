@@ -13,7 +13,7 @@ from real20m.datasets.collate import Collator, stack_frames
 from real20m.datasets.dataset import build_eval_dataset, build_train_dataset
 from real20m.datasets.samplers import SampleKey, SourceBatchSampler
 
-from .conftest import CharTokenizer, shard
+from .conftest import CharTokenizer, shard, write_text
 
 
 def test_train_sample_from_query_groups(layout):
@@ -76,6 +76,33 @@ def test_eval_dataset_file_order_and_blank_frames(layout, tmp_path):
     assert [kind for kind, _ in broken["issues"]] == ["corrupt_image", "blank_frames"]
     with pytest.raises(AnnotationError, match="one-item-a-line"):
         build_eval_dataset(layout, layout.train_file)
+
+
+def english_layout(layout):
+    """The layout with the release's English variant: a 4th train column and <pid>_eng.txt texts."""
+    with open(layout.train_file, "w", encoding="utf-8") as handle:
+        handle.write("红色连衣裙\t50001,50002\t1000001\tred dress\n手机壳\t50003\tNone\tphone case\n")
+    write_text(shard(layout.goods_text_root, 50001, "50001_eng.txt"), ["50001", "c", "b", "e", "English red", "d"])
+    write_text(shard(layout.photo_text_root, 1000001, "1000001_eng.txt"), ["a caption", "a title", "a body"])
+    return dataclasses.replace(layout, query_language="en")
+
+
+def test_english_query_column_and_texts(layout, tmp_path):
+    english = build_train_dataset(english_layout(layout))
+    goods = english[SampleKey(0, 0, 0, 11)]
+    assert (goods["query"], goods["title"], goods["issues"]) == ("red dress", "English red", [])
+    assert english[SampleKey(0, 1, 0, 11)]["title"] == "a title|a body|a caption"
+    # 50002 has no English text: an empty title, counted as a missing text file.
+    missing = english[SampleKey(0, 0, 1, 11)]
+    assert missing["title"] == "" and missing["issues"] == [("missing_text", shard(layout.goods_text_root, 50002,
+                                                                                      "50002_eng.txt"))]
+    assert next(english.training_texts()) == "red dress"
+    evaluated = build_eval_dataset(dataclasses.replace(layout, query_language="en"), write_eval_file(tmp_path))
+    assert evaluated[1]["title"] == "English red"
+    # zh reads the same 4-field file as before the English column existed: Chinese query, <pid>.txt.
+    chinese = build_train_dataset(dataclasses.replace(layout, query_language="zh"))
+    assert chinese[SampleKey(0, 0, 0, 11)]["query"] == "红色连衣裙"
+    assert chinese[SampleKey(0, 0, 0, 11)]["title"] == "red dress"
 
 
 def test_collate_train_batch_shapes_and_padding(layout):

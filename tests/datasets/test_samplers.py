@@ -134,3 +134,50 @@ def test_item_file_every_line_is_one_sample(tmp_path):
     assert sorted(key.row for batch in batches for key in batch) == list(range(20))
     for batch in batches:
         assert {key.row % 2 for key in batch} in ({0}, {1}) and {key.member for key in batch} == {0}
+
+
+def rank_batches(dataset, world_size, epoch, reshards=(), start=0, batch_size=4):
+    """Every rank's batches of one epoch (as SampleKeys), step by step: [step][rank]."""
+    shards = []
+    for rank in range(world_size):
+        sampler = SourceBatchSampler(dataset, batch_size, rank, world_size, seed=6)
+        sampler.set_epoch(epoch)
+        sampler.set_reshards(reshards)
+        sampler.set_start_batch(start)
+        shards.append(list(sampler))
+    return [list(step) for step in zip(*shards)]
+
+
+def samples_of(steps):
+    return [key for step in steps for batch in step for key in batch]
+
+
+@pytest.mark.parametrize("old, new", [(2, 1), (1, 2), (4, 2), (2, 4), (2, 3)])
+def test_the_rest_of_an_epoch_resumed_on_another_world_size_has_every_sample_once(dataset, old, new):
+    done = 3
+    planned = samples_of(rank_batches(dataset, old, epoch=1))
+    before = samples_of(rank_batches(dataset, old, epoch=1)[:done])
+    after_steps = rank_batches(dataset, new, epoch=1, reshards=[(old, done)])
+    after = samples_of(after_steps)
+    seen = before + after  # (row, source, member, seed): the same sample, drawn the same way
+    assert len(seen) == len(set(seen)) and set(seen) <= set(planned)
+    sampler = SourceBatchSampler(dataset, 4, 0, new, seed=6)
+    sampler.set_epoch(1)
+    sampler.set_reshards([(old, done)])
+    assert len(planned) - len(seen) == sampler.skipped_samples
+    if new <= 2 or new % old == 0:  # batches of 4 split evenly over 1, 2 or 4 ranks
+        assert sampler.skipped_samples == 0
+    for step in after_steps:  # the gathered batch: one source, equal shapes
+        assert len({key.source for batch in step for key in batch}) == 1
+        assert len({len(batch) for batch in step}) == 1
+
+
+def test_a_resharded_epoch_resumes_mid_way_and_chains(dataset):
+    """2 ranks for 2 steps, 1 rank for 5 more, then 2 ranks again: still every sample once."""
+    planned = samples_of(rank_batches(dataset, 2, epoch=0))
+    first = rank_batches(dataset, 2, epoch=0)[:2]
+    middle = rank_batches(dataset, 1, epoch=0, reshards=[(2, 2)])
+    assert rank_batches(dataset, 1, epoch=0, reshards=[(2, 2)], start=5) == middle[5:]
+    last = rank_batches(dataset, 2, epoch=0, reshards=[(2, 2), (1, 5)])
+    seen = samples_of(first) + samples_of(middle[:5]) + samples_of(last)
+    assert sorted(seen) == sorted(planned)

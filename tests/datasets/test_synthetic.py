@@ -184,3 +184,30 @@ def test_query_tasks_parse_with_the_project_readers_and_point_into_the_galleries
             assert docs == [pid for pid, query in query_of.items() if query == text_of[qid]]
         for _, refs in read_rows(root / f"test_file/eval_gt_{task}.txt"):
             assert all((root / "Real400K" / ref).exists() for ref in refs.split(","))
+
+
+@pytest.mark.parametrize("style", ["products", "household"])
+def test_english_variant_adds_files_and_a_column_and_changes_nothing_else(tmp_path, style):
+    from real20m.datasets.annotations import load_query_groups
+    default = generate(tmp_path / "default", seed=3, style=style, **SMALL)["out_dir"]
+    english = main(["--out", str(tmp_path / "english"), "--seed", "3", "--style", style, "--english",
+                    *[f"--{name.replace('_', '-')}={value}" for name, value in SMALL.items()]])["out_dir"]
+    plain, added = tree_digest(default), tree_digest(english)
+    assert {name: added[name] for name in plain if name != "train_file/train.txt"} == \
+        {name: digest for name, digest in plain.items() if name != "train_file/train.txt"}
+    rows, english_rows = read_rows(os.path.join(default, "train_file/train.txt")), \
+        read_rows(os.path.join(english, "train_file/train.txt"))
+    assert [row[:3] for row in english_rows] == rows and all(len(row) == 4 for row in english_rows)
+    # An English text beside every item text, with its line layout, in English words only.
+    texts = [name for name in plain if "/text/" in name]
+    assert sorted(set(added) - set(plain)) == sorted(name.replace(".txt", "_eng.txt") for name in texts)
+    for name in texts:
+        lines = read_rows(os.path.join(english, name.replace(".txt", "_eng.txt")))
+        assert len(lines) == len(read_rows(os.path.join(default, name))) and all(
+            line[0].isascii() for line in lines)
+    queries = [row[3] for row in english_rows]
+    assert all(query.isascii() and " " in query for query in queries) and len(set(queries)) == len(queries)
+    groups = load_query_groups(os.path.join(english, "train_file/train.txt"), "en")
+    assert [groups.query(row) for row in range(len(groups))] == queries
+    # Deterministic from the seed.
+    assert tree_digest(generate(tmp_path / "again", seed=3, style=style, english=True, **SMALL)["out_dir"]) == added

@@ -8,6 +8,7 @@
 """
 import json
 import pickle
+import re
 import signal
 import struct
 import subprocess
@@ -162,3 +163,48 @@ def test_exported_weights_are_safetensors(trained, tmp_path):
         name = next(iter(weights.keys()))
         assert torch.equal(weights.get_tensor(name), expected[name])
     assert isinstance(json.loads((out / "config.json").read_text(encoding="utf-8")), dict)
+
+
+def test_a_full_disk_while_saving_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    manager = CheckpointManager(tmp_path)
+    manager.save({"global_step": 10}, epoch=0, step=10)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(CheckpointError, match=r"checkpoint_0_20.pth.tar: cannot write the checkpoint "
+                                              r"\(No space left on device\); the previous checkpoints are unchanged"):
+        manager.save({"global_step": 20}, epoch=0, step=20)
+    assert load_checkpoint(manager.last_path)["global_step"] == 10
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint_0_10.pth.tar", "last.pth.tar"]
+
+
+def test_a_full_disk_during_training_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from real20m.cli.train import main
+
+    data = tmp_path / "data"
+    generate(str(data), seed=0, num_queries=8, num_test_queries=2, num_val_queries=2, goods_per_query=2,
+             videos_per_query=2, frames_per_video=5, image_size=32)
+    real_save, calls = torch.save, []
+
+    def full_after_the_first(obj, file, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, file, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", full_after_the_first)
+    with pytest.raises(SystemExit) as stopped:
+        main(["--config", "tiny", "--data_root", str(data), "--output_dir", str(tmp_path / "run"), "--workers", "0",
+              "--batch_size", "4", "--image_size", "32", "--vocab_size", "300", "--max_steps", "2",
+              "--save_freq", "1"])
+    assert stopped.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: .*/checkpoint_\d+_2\.pth\.tar: cannot write the checkpoint \(No space left on "
+                        r"device\); the previous checkpoints are unchanged", line), line
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth.tar")["global_step"] == 1

@@ -166,3 +166,25 @@ def test_training_from_an_uncached_hub_name_offline_stops_with_one_line(tiny_dat
     assert done.stderr.strip().splitlines() == [
         "error: model.pretrained 'someone/not-cached-model' is not a folder and not in the local Hugging Face "
         "cache, and HF_HUB_OFFLINE=1: download it once with network access, or give a local folder"]
+
+
+def test_train_sh_with_a_chinese_clip_folder_and_the_default_config_then_both_tasks_offline(tiny_data_root,
+                                                                                            tmp_path):
+    from tests.test_shell_entry_points import run_script
+
+    folder = tmp_path / "tiny_chinese_clip"
+    save_tiny_chinese_clip(folder)
+    env = {"DATA_ROOT": tiny_data_root, "OUTPUT_DIR": str(tmp_path / "out")}
+    # No --backbone: the folder's config.json selects it over the default (tiny, timm) config.
+    trained = run_script("train.sh", env, "--pretrained", str(folder), "--image_size", "32", "--max_steps", "2",
+                         "--workers", "0", "--batch_size", "4", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert f"configuration: backbone chinese_clip, read from {folder}/config.json" in log
+    shutil.rmtree(folder)
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-hub-cache")}
+    for task in ("video2goods", "goods2video"):
+        evaluated = run_script(f"{task}_evaluate.sh", offline, "--workers", "0", "--batch_size", "4", cwd=tmp_path)
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        metrics = json.loads((tmp_path / "out" / "eval" / task / "metrics.json").read_text())
+        assert metrics["num_queries"] > 0 and 0.0 <= metrics["recall@1"] <= 1.0

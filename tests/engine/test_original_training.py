@@ -41,7 +41,8 @@ def test_the_original_training_options_train_together(tiny_data_root, tmp_path):
     trainer, before = trained(tiny_data_root, tmp_path, "--local_negatives", "--delta_factor", "10",
                               "--loss.log_terms", "[itc]", "--is_xbm", "--xbm_mode", "original",
                               "--frame_init", "original", "--clip_grad_mode", "per_tower",
-                              "--model.caption", "{ignore_padding: false, token_type_ids: true}",
+                              "--model.caption", "{ignore_padding: false, token_type_ids: true, "
+                                                 "attn_implementation: eager}", "--normalize_query", "false",
                               "--train_text", "original", "--train_transform", "original", "--compat", "original",
                               steps=3)
     assert changed(trainer, before, "frame.") and changed(trainer, before, "caption.")

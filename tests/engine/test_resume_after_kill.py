@@ -7,6 +7,7 @@ position, the per-sample seeds, the global RNG states and the XBM buffers.
 """
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -55,7 +56,8 @@ def kill_after_step(command, log_file: Path, step: int) -> int:
                                start_new_session=True)  # its own process group: the loader workers die too
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
-        while not (log_file.exists() and f" step {step} " in log_file.read_text(encoding="utf-8")):
+        # "epoch 0/1 step 4/7 ..." or "... step 4 ...": the step number as a whole word
+        while not (log_file.exists() and re.search(rf" step {step}\b", log_file.read_text(encoding="utf-8"))):
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, f"step {step} not reached in time"
             time.sleep(0.02)

@@ -1,4 +1,5 @@
 """The training loop on a tiny synthetic dataset: it learns, it checkpoints, it resumes exactly."""
+import logging
 import os
 import subprocess
 import sys
@@ -115,3 +116,17 @@ def test_loader_workers_run_at_the_lowest_cpu_priority():
                                 SINGLE_CPU, seed=0)
     assert [niceness for batch in loader for niceness in batch] == [19, 19]
     assert os.nice(0) == own  # the training process keeps its priority
+
+
+def test_the_log_states_the_runs_length_and_each_progress_line_its_totals(data_root, tmp_path, caplog):
+    real20m_logger = logging.getLogger("real20m")
+    real20m_logger.addHandler(caplog.handler)   # the package logger may not propagate (setup_logging)
+    caplog.set_level(logging.INFO, logger="real20m")
+    try:
+        trainer = Trainer(tiny_cfg(data_root, tmp_path, "--epochs", "3", "--max_steps", "4"), SINGLE_CPU)
+        per_epoch = len(trainer.sampler)
+        trainer.fit()
+    finally:
+        real20m_logger.removeHandler(caplog.handler)
+    assert f"4 steps (3 epochs of {per_epoch} batches of 4 per process)" in caplog.text
+    assert "epoch 0/3 step 2/4  " in caplog.text

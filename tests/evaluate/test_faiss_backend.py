@@ -77,3 +77,24 @@ def test_evaluation_entry_point_without_faiss_fails_with_one_line():
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("error: Faiss is not installed") and result.stderr.count("\n") == 1
     assert "real20m[cpu] or real20m[gpu]" in result.stderr
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx2", "fma", "avx512f", "avx512cd", "avx512bw", "avx512dq",
+                                                "avx512vl"}, "SkylakeX"), ({"avx2", "fma", "avx512f"}, "Haswell"),
+                                              ({"sse4_2"}, None)])
+def test_faiss_loads_with_the_openblas_kernels_the_cpu_runs_and_the_variable_is_gone_after(monkeypatch, flags,
+                                                                                          expected):
+    from real20m.evaluate import faiss_backend
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    monkeypatch.setattr(faiss_backend, "_cpu_flags", lambda: flags)
+    with faiss_backend._openblas_coretype():
+        assert os.environ.get("OPENBLAS_CORETYPE") == expected
+    assert "OPENBLAS_CORETYPE" not in os.environ
+
+
+def test_a_coretype_the_user_set_is_kept(monkeypatch):
+    from real20m.evaluate import faiss_backend
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    with faiss_backend._openblas_coretype():
+        assert os.environ["OPENBLAS_CORETYPE"] == "Haswell"
+    assert os.environ["OPENBLAS_CORETYPE"] == "Haswell"

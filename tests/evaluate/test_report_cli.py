@@ -32,6 +32,28 @@ def test_report_escapes_titles_and_embeds_thumbnails(tmp_path):
     assert str(tmp_path) not in text                      # nothing links outside the report
 
 
+def test_text_queries_are_shown_as_their_escaped_text_without_frames(tmp_path):
+    image = tmp_path / "img.jpg"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(image)
+    asked = []
+
+    def resolver(pid):
+        asked.append(pid)
+        return f"item #{pid}", [str(image)]
+
+    metrics = {"recall@1": 0.5, "hit@1": 0.5, "map@1": 0.5, "num_queries": 2}
+    retrieved = np.array([[5, 6, 7], [6, 5, -1]])
+    path = write_report(str(tmp_path), "query2goods", [1, 2], retrieved, {1: [6], 2: [9]}, metrics, resolver,
+                        query_texts={1: NASTY, 2: "蓝色连衣裙"})
+    text = open(path, encoding="utf-8").read()
+    assert "<script>" not in text
+    assert "text query 1: Tom &amp; &#34;Jerry&#34; &lt;script&gt;alert(1)&lt;/script&gt;</h3>" in text
+    assert "text query 2: 蓝色连衣裙</h3>" in text
+    assert "query frames" not in text
+    assert text.count("data:image/jpeg;base64,") == 2 + 5   # GT panels + 5 results: no query image
+    assert 1 not in asked and 2 not in asked                # a text query is never looked up as an item
+
+
 def test_plot_recall_writes_png(tmp_path):
     metrics = {f"{name}@{k}": k / 100 for name in ("recall", "hit", "map") for k in (1, 10, 100)}
     path = plot_recall(metrics, str(tmp_path / "recall.png"))

@@ -1,3 +1,4 @@
+import logging
 import threading
 import time
 
@@ -70,11 +71,13 @@ def test_hnsw_runs_and_finds_itself():
     assert (indices[:, 0] == np.arange(20)).mean() >= 0.95
 
 
-def test_k_larger_than_gallery_is_clamped_with_warning():
+def test_k_larger_than_gallery_is_clamped_with_one_info_line(caplog):
     rng = np.random.default_rng(4)
     gallery, queries = _normalised(10, 4, rng), _normalised(3, 4, rng)
-    with pytest.warns(UserWarning, match="k=50 is larger than the gallery"):
+    with caplog.at_level(logging.INFO, logger="real20m.evaluate.search"):
         scores, indices = search(queries, gallery, 50, show_progress=False)
+    assert [record.getMessage() for record in caplog.records if record.name == "real20m.evaluate.search"] == [
+        "k=50 is larger than the gallery (10 items); using k=10"]
     assert indices.shape == (3, 10) and sorted(indices[0].tolist()) == list(range(10))
 
 

@@ -86,3 +86,13 @@ def test_a_logged_term_is_reported_but_not_added():
     assert plain["itc"] == 0.0 and terms["itc"] > 0.1
     with pytest.raises(ValueError, match="unknown QCD loss term"):
         QCDLoss({}, log_terms=("nope",))
+
+
+def test_without_query_normalisation_the_raw_query_projection_is_scored():
+    values = embeddings(3)
+    raw = values["query"] * np.array([[2.0], [3.0], [0.5], [1.0], [4.0], [1.5]])  # norms the original keeps
+    out = {**as_tensors(values), "query_raw": torch.tensor(raw, dtype=torch.float32)}
+    _, terms = QCDLoss(ONLY_FUSED, logit_scale=SCALE, embed_dim=4, normalize_query=False)(out)
+    _, unit = QCDLoss(ONLY_FUSED, logit_scale=SCALE, embed_dim=4)(out)
+    assert terms["fused"] == pytest.approx(numpy_symmetric_info_nce(raw, values["fused"], SCALE), rel=1e-5)
+    assert unit["fused"] == pytest.approx(numpy_symmetric_info_nce(values["query"], values["fused"], SCALE), rel=1e-5)

@@ -17,6 +17,14 @@ TINY_VIT = ["--model.backbone", "chinese_clip", "--model.timm_name", "null", "--
             "--model.vision", "{hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
                               "intermediate_size: 256, patch_size: 16}"]
 
+# The tiny config with the CLIP backbone (the one for English data): small random CLIP text and
+# vision towers; the vision tower takes the data's image size.
+TINY_CLIP = ["--model.backbone", "clip", "--model.timm_name", "null", "--model.timm_args", "{}",
+             "--model.text", "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+                             "intermediate_size: 64, max_position_embeddings: 64}",
+             "--model.vision", "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+                               "intermediate_size: 64, patch_size: 16}"]
+
 
 def deterministic_tiny_config(**overrides) -> dict:
     """The tiny config with a small ViT vision tower and every dropout off, so two runs can be

@@ -13,11 +13,12 @@ from .conftest import VOCAB, deterministic_tiny_config, make_batch
 
 def test_forward_embeddings_are_unit_norm(tiny_model):
     out = tiny_model(make_batch())
-    assert set(out) == {"query", "title", "visual", "fused", "caption_logits", "caption_targets"}
+    assert set(out) == {"query", "query_raw", "title", "visual", "fused", "caption_logits", "caption_targets"}
     for name in ("query", "title", "visual", "fused"):
         emb = out[name]
         assert emb.shape == (4, 512), name
         torch.testing.assert_close(emb.norm(dim=-1), torch.ones(4), msg=name)
+    torch.testing.assert_close(torch.nn.functional.normalize(out["query_raw"], dim=-1), out["query"])
 
 
 def random_frames(count, size=64, seed=0) -> np.ndarray:
@@ -122,6 +123,23 @@ def test_caption_loss_decreases_and_ignores_padding(tiny_model):
         a = caption_loss(tiny_model, visual, batch["query_ids"], batch["query_mask"])
         b = caption_loss(tiny_model, visual, other_padding, batch["query_mask"])
     torch.testing.assert_close(a, b)
+
+
+def cross_attention_gradients(attn_implementation):
+    caption = {**deterministic_tiny_config()["caption"], "attn_implementation": attn_implementation}
+    model = build_model(deterministic_tiny_config(caption=caption), vocab_size=VOCAB)
+    batch = make_batch()
+    visual = torch.nn.functional.normalize(torch.randn(4, 512, generator=torch.Generator().manual_seed(0)), dim=-1)
+    caption_loss(model, visual, batch["query_ids"], batch["query_mask"]).backward()
+    return {name: param.grad for name, param in model.caption.named_parameters()
+            if ".crossattention.q_attn." in name or ".ln_cross_attn." in name}
+
+
+def test_eager_attention_gives_the_constant_cross_attention_exactly_zero_gradient():
+    """One encoder position: the cross-attention softmax is 1 whatever its query and key."""
+    eager = cross_attention_gradients("eager")
+    assert eager and all(torch.count_nonzero(grad) == 0 for grad in eager.values())
+    assert any(torch.count_nonzero(grad) for grad in cross_attention_gradients(None).values())  # rounding noise
 
 
 def _loss_and_grads(model, batch):

@@ -140,3 +140,35 @@ def test_full_size_layout_maps_onto_the_paper_configuration(release_fixture):
 def test_not_a_checkpoint_is_rejected(tiny_model):
     with pytest.raises(WeightMismatchError, match="neither a Real20M release"):
         load_weights_into(tiny_model, {"epoch": 1, "weights": {}})
+
+
+def test_the_shapes_of_the_tiny_checkpoint_give_its_sizes(release_fixture):
+    from real20m.models.release_layout import release_config_from_shapes
+
+    config = json.loads((release_fixture / "config.json").read_text())["clip_constructor_kwargs"]
+    inferred = release_config_from_shapes(load_checkpoint(release_fixture / "checkpoint.pth.tar"))
+    sizes = ("embed_dim", "image_resolution", "vision_layers", "vision_width", "vision_patch_size", "vocab_size",
+             "text_hidden_size", "text_num_hidden_layers", "text_intermediate_size", "text_max_position_embeddings",
+             "text_type_vocab_size")
+    assert {name: inferred["clip_constructor_kwargs"][name] for name in sizes} == {name: config[name] for name in sizes}
+    assert inferred["fusion"]["frame_transformer"] == {"T": 5, "embed_dim": 512}
+
+
+def test_the_shapes_of_the_full_size_release_give_the_papers_architecture(release_fixture):
+    from real20m.models.release_layout import model_config_from_release, release_architecture
+
+    listed = json.loads((release_fixture / "full_size_keys.json").read_text())["sections"]
+    checkpoint = {section: {key: torch.empty(shape, device="meta") for key, shape in keys.items()}
+                  for section, keys in listed.items()}
+    architecture, how = release_architecture(checkpoint, None, None)
+    assert architecture == model_config_from_release(None)   # ViT-B/16 + RoBERTa-base, 12 heads each
+    assert how.startswith("the checkpoint's tensor shapes (ViT 12 x 768, text 12 x 768, embed 512")
+
+
+def test_a_first_difference_leads_the_mismatch_message(release_fixture):
+    checkpoint = load_checkpoint(release_fixture / "checkpoint.pth.tar")
+    del checkpoint["state_dict"]["module.visual_model.transformer.resblocks.1.mlp.c_fc.bias"]
+    with pytest.raises(WeightMismatchError, match=r"^checkpoint does not fit the model: first difference "
+                                                  r"vision.encoder.encoder.layers.1.mlp.fc1.bias: model \(256,\), "
+                                                  r"not in the checkpoint; 1 missing keys"):
+        load_weights_into(_release_model(release_fixture), checkpoint)

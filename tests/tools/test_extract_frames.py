@@ -109,5 +109,7 @@ def test_missing_video_folder_is_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["--videos", str(tmp_path / "nope"), "--out", str(tmp_path / "images")])
     assert stopped.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"--videos {tmp_path / 'nope'}: no such folder")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'nope'}: no such file or folder; check the path (DATA_ROOT / --data_root, or the option "
+        "or variable that names it)"]
     assert not (tmp_path / "images").exists()
