@@ -26,6 +26,7 @@ batch with repeated items): identical repeats are dropped with one warning, diff
 """
 
 import collections
+import contextlib
 import json
 import logging
 import mmap
@@ -152,8 +153,22 @@ def _shard_paths(out_dir, rank):
 
 def _save_npy_atomic(path, array):
     tmp = path + ".tmp.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with _write_failure_named(path, tmp):
+        np.save(tmp, array)
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _write_failure_named(path, tmp):
+    """A write that fails (a full disk, a read-only folder) is one FeatureFileError naming ``path``;
+    the half-written temporary goes, and every file already complete stays as it was."""
+    try:
+        yield
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise FeatureFileError(f"{path}: cannot write ({error.strerror or error}); the files already "
+                               "written are unchanged, and a rerun continues after the last complete one") from None
 
 
 def write_feature_shard(out_dir, rank, ids, feats, dtype="float32"):
@@ -267,9 +282,10 @@ def write_partitioned_meta(out_dir, world_size):
 
 def write_json_atomic(path, value):
     """Write ``value`` as JSON to a temporary file, then rename it: readers see all of it or nothing."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
+    with _write_failure_named(path, path + ".tmp"):
+        with open(path + ".tmp", "w") as f:
+            json.dump(value, f, indent=1)
+        os.replace(path + ".tmp", path)
 
 
 def read_json(path, error_class, what):

@@ -30,7 +30,7 @@ def test_crash_while_writing_keeps_the_previous_last_checkpoint(tmp_path, monkey
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash_half_way)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="cannot write the checkpoint \(disk full\)"):
         manager.save(state(2.0), epoch=0, step=20)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_0_10.pth.tar", "last.pth.tar"]

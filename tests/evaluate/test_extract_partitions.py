@@ -11,8 +11,9 @@ import torch
 
 from real20m.evaluate import extract as extract_module
 from real20m.evaluate.extract import extract_features, verify_shards
-from real20m.evaluate.feature_io import (ShardedArray, load_features, partition_paths, progress_path, read_rows,
-                                         read_sample, write_feature_meta, write_feature_shard)
+from real20m.evaluate.feature_io import (FeatureFileError, ShardedArray, load_features, partition_paths,
+                                         progress_path, read_rows, read_sample, write_feature_meta,
+                                         write_feature_shard)
 from real20m.evaluate.search import search
 from tests.evaluate.test_extract import FakeDataset, FakeModel, _env, collate
 
@@ -301,3 +302,28 @@ def test_rank_without_items(tmp_path):
 def test_bad_partition_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match="partition_size"):
         _extract(tmp_path, partition_size=0)
+
+
+def test_a_full_disk_is_one_error_and_the_complete_partitions_stay_readable(tmp_path, monkeypatch):
+    import errno
+
+    from real20m.evaluate import feature_io
+
+    reference = _one_shot(tmp_path / "reference")
+    folder = tmp_path / "run"
+    real_save, saved = np.save, []
+
+    def full_at_the_third_partition(path, array, *args, **kwargs):
+        saved.append(path)
+        if len(saved) > 4:   # two complete partitions: feats + ids each
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(path, array, *args, **kwargs)
+    monkeypatch.setattr(feature_io.np, "save", full_at_the_third_partition)
+    with pytest.raises(FeatureFileError, match=r"feats_rank0_part00002.npy: cannot write \(No space left on device\)"):
+        _extract(folder)
+    monkeypatch.undo()
+    assert not [name for name in os.listdir(folder) if ".tmp" in name]
+    assert _partition_files(folder) == [f"{kind}_rank0_part{p:05d}.npy" for kind in ("feats", "ids") for p in (0, 1)]
+    model = _model()
+    assert _extract(folder, model) == N_ITEMS and model.calls == 2   # the rerun continues at partition 2
+    _same_features(reference, folder)
