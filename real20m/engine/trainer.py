@@ -231,7 +231,7 @@ class Trainer:
         # (world size, steps) of earlier parts of this epoch run on other numbers of ranks (samplers.py)
         self.plan_reshards: tuple[tuple[int, int], ...] = ()
         self.global_step = cfg.run.start_step
-        self.total_steps = 0   # known once fit() draws the first epoch's plan
+        self.total_steps = 0   # planned_steps(), refined as each epoch draws its plan
         self.best_val_score: float | None = None
         self.last_save = time.monotonic()
         self.validator = Validator(cfg.data.val_dir, cfg.data, build_collator(cfg.data, self.tokenizer), dist,
@@ -379,6 +379,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_reshards(self.plan_reshards)
         self.sampler.set_start_batch(self.batch_in_epoch)
+        self.total_steps = self.planned_steps()
         self.step_module.train()
         meters: dict[str, AverageMeter] = {}
         progress = tqdm(self.loader, total=len(self.sampler), initial=self.batch_in_epoch,
@@ -441,18 +442,22 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def planned_steps(self) -> int:
-        """Optimizer steps of the whole run: every epoch (at the first epoch's count of batches;
-        drawing items per query can change it by a batch), or --max_steps when that ends it sooner."""
-        every_epoch = self.cfg.optim.epochs * self.steps_per_epoch
-        return min(every_epoch, self.cfg.optim.max_steps) if self.cfg.optim.max_steps else every_epoch
+        """Optimizer steps of the whole run, or --max_steps when that ends it sooner: the steps done,
+        the rest of this epoch, and the first epoch's count for each epoch after it. Drawing items per
+        query can change an epoch by a batch or two, so run_epoch refines the figure at each epoch
+        and it is exact in the last."""
+        later_epochs = max(0, self.cfg.optim.epochs - self.epoch - 1)
+        planned = self.global_step + max(0, len(self.sampler) - self.batch_in_epoch) + \
+            later_epochs * self.steps_per_epoch
+        return min(planned, self.cfg.optim.max_steps) if self.cfg.optim.max_steps else planned
 
     def reached_max_steps(self) -> bool:
         return bool(self.cfg.optim.max_steps) and self.global_step >= self.cfg.optim.max_steps
 
     def fit(self) -> None:
         self.total_steps = self.planned_steps()
-        logger.info("training on %s: %d steps (%d epochs of %d batches of %d per process), %d process(es), "
-                    "device %s", self.cfg.data.train_file, self.total_steps, self.cfg.optim.epochs,
+        logger.info("training on %s: about %d steps (%d epochs of about %d batches of %d per process), "
+                    "%d process(es), device %s", self.cfg.data.train_file, self.total_steps, self.cfg.optim.epochs,
                     self.steps_per_epoch, self.cfg.data.batch_size, self.dist.world_size, self.dist.device)
         start = time.time()
         self.heartbeat.step_done(self.global_step)
