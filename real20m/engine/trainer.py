@@ -24,7 +24,7 @@ from tqdm import tqdm
 from real20m.config import Config, OptimConfig, log_configuration_notes, write_config
 from real20m.datasets import DeviceJpegDecoder, build_train_dataset, decode_batch_pixels
 from real20m.engine.accumulation import MicroBatchStep, accumulate_gradients, step_data
-from real20m.engine.checkpoint import BEST_NAME, CheckpointManager
+from real20m.engine.checkpoint import BEST_NAME, CheckpointError, CheckpointManager
 from real20m.engine.distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed, \
     restart_count
 from real20m.engine.faults import planned_fault
@@ -42,6 +42,10 @@ from real20m.utils.meters import AverageMeter
 from real20m.utils.seeding import rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
+
+# What resuming a run reads from its checkpoint (the rest is optional).
+RESUME_KEYS = ("model", "criterion", "optimizer", "scheduler", "scaler", "epoch", "batch_in_epoch", "global_step",
+               "rng")
 
 # Issue kinds reported at the end of each epoch, with the first few paths of each.
 MAX_LOGGED_PATHS = 5
@@ -314,6 +318,10 @@ class Trainer:
             load_weights(self.model, state, path)
             logger.info("loaded weights from %s (no training state in it: starting at step 0)", path)
             return
+        missing = [key for key in RESUME_KEYS if key not in state]
+        if missing:
+            raise CheckpointError(f"{path}: a training checkpoint without {', '.join(missing)}: it cannot be "
+                                  "resumed (--init_weights starts from its weights instead)")
         self.model.load_state_dict(state["model"])
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -208,3 +208,13 @@ def test_a_full_disk_during_training_stops_with_one_line(tmp_path, monkeypatch, 
     assert re.fullmatch(r"error: .*/checkpoint_\d+_2\.pth\.tar: cannot write the checkpoint \(No space left on "
                         r"device\); the previous checkpoints are unchanged", line), line
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth.tar")["global_step"] == 1
+
+
+def test_a_training_checkpoint_missing_part_of_its_state_is_one_line(trained, tmp_path):
+    data_root, checkpoint = trained
+    state = load_checkpoint(checkpoint)
+    del state["criterion"]
+    broken = tmp_path / "partial.pth.tar"
+    torch.save(state, broken)
+    result = run_main(*tiny_args(data_root, tmp_path / "run", "--resume", str(broken)), cwd=tmp_path)
+    assert_one_clear_line(result, f"{broken}: a training checkpoint without criterion: it cannot be resumed")
