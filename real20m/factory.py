@@ -114,6 +114,13 @@ def build_model(model: ModelConfig | dict, tokenizer, seed: int, train_vision: b
     return qcd
 
 
+def with_embedding_inputs(architecture: dict, model: ModelConfig) -> dict:
+    """A stored architecture with how inputs are embedded (title/query masks, fp16 frame
+    transformer) taken from this run's model section, which follows its compat mode."""
+    return {**architecture, "use_title_mask": model.use_title_mask, "use_query_mask": model.use_query_mask,
+            "frame_fp16": model.frame_fp16}
+
+
 def read_weights(source: str) -> dict:
     """The checkpoint dict at ``source``: a checkpoint of ours, one in the release layout, or an
     exported folder / ``.safetensors`` file (``python -m real20m.models.convert``)."""
@@ -179,8 +186,7 @@ def training_architecture(cfg: Config, start: dict | None, source: str | None) -
         return {**cfg.model.architecture(), **{name: towers[name] for name in RELEASE_TOWER_FIELDS},
                 "timm_args": {}, "image_size": size}
     if source == cfg.run.resume and "model" in start and start.get("model_cfg"):
-        return {**start["model_cfg"], "use_title_mask": cfg.model.use_title_mask,
-                "use_query_mask": cfg.model.use_query_mask, "frame_fp16": cfg.model.frame_fp16}
+        return with_embedding_inputs(start["model_cfg"], cfg.model)
     return cfg.model
 
 

@@ -173,7 +173,7 @@ def _exported_tokenizer(cfg, tokenizer_dir, weights):
 def _load_exported(cfg, path: str):
     """(model, tokenizer, cfg) of an exported model, built as ``load_model_for_inference`` builds ours."""
     from real20m.engine.inference import with_trained_inputs
-    from real20m.factory import build_model, load_weights
+    from real20m.factory import build_model, load_weights, with_embedding_inputs
     architecture, weights, tokenizer_dir = _exported_parts(path)
     tokenizer = _exported_tokenizer(cfg, tokenizer_dir, weights)
     # The exported config names the frame count; the image size is the vision tower's.
@@ -181,9 +181,7 @@ def _load_exported(cfg, path: str):
     trained = {"clip_length": architecture.get("clip_length"),
                "image_size": architecture.get("image_size") or vision.get("image_size")}
     cfg = with_trained_inputs(cfg, {name: value for name, value in trained.items() if value}, path)
-    model = build_model({**architecture, "use_title_mask": cfg.model.use_title_mask,
-                         "use_query_mask": cfg.model.use_query_mask, "frame_fp16": cfg.model.frame_fp16},
-                        tokenizer, cfg.seed)
+    model = build_model(with_embedding_inputs(architecture, cfg.model), tokenizer, cfg.seed)
     load_weights(model, weights)
     return model, tokenizer, cfg
 

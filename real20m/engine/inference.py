@@ -19,7 +19,7 @@ from real20m.engine.distributed import DistEnv, cleanup_distributed, init_distri
 from real20m.evaluate.extract import extract_features
 from real20m.evaluate.feature_io import load_features, write_legacy_features
 from real20m.factory import build_collator, build_eval_data, build_model, build_tokenizer_for, load_weights, \
-    release_towers, restore_tokenizer
+    release_towers, restore_tokenizer, with_embedding_inputs
 from real20m.models.release_layout import is_release_checkpoint
 from real20m.utils.logging import setup_logging
 
@@ -65,10 +65,7 @@ def load_model_for_inference(cfg: Config, dist: DistEnv):
         else:
             tokenizer = build_tokenizer(cfg.data.tokenizer or cfg.model.pretrained, None, None)
         architecture = checkpoint.get("model_cfg") or cfg.model.architecture()
-    # How inputs are embedded (masks, fp16 frame transformer) follows this evaluation's compat mode.
-    model = build_model({**architecture, "use_title_mask": cfg.model.use_title_mask,
-                         "use_query_mask": cfg.model.use_query_mask, "frame_fp16": cfg.model.frame_fp16},
-                        tokenizer, cfg.seed)
+    model = build_model(with_embedding_inputs(architecture, cfg.model), tokenizer, cfg.seed)
     load_weights(model, checkpoint, cfg.run.resume)
     logger.info("loaded %s", cfg.run.resume)
     return model, tokenizer, cfg
