@@ -6,7 +6,7 @@
         --test_file Dataset/test_file/goods_gallery.txt --output_dir outputs/eval/video2goods/gallery
 
 The original release's flag names (--train_file, --goods_img_root, --clip_length, --is_xbm, ...)
-are accepted; see `--help` or real20m/config.py. The code is real20m/cli/train.py (the installed
+are accepted; see `--help` or real20m/config/. The code is real20m/cli/train.py (the installed
 command `real20m-train`); this script keeps the original command lines working from a checkout.
 """
 from real20m.cli.train import main

@@ -28,10 +28,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from real20m.config import parse_config  # noqa: E402
 from real20m.datasets import build_train_dataset  # noqa: E402
-from real20m.engine.distributed import DistEnv  # noqa: E402
 from real20m.evaluate import cli as evaluation  # noqa: E402
-from real20m.evaluate.extract import extract_features  # noqa: E402
+from real20m.evaluate.encoder import Encoder
+from real20m.evaluate.extract import ExtractionSettings, extract_features  # noqa: E402
 from real20m.factory import build_collator, build_eval_data, build_tokenizer_for, build_train_data  # noqa: E402
+from real20m.utils.distributed import DistEnv  # noqa: E402
 from real20m.utils.seeding import seed_everything  # noqa: E402
 
 TASKS = {  # task: (query item file, gallery item file) under test_file/
@@ -110,15 +111,15 @@ def evaluate(model, cfg, collate, out_dir):
     with torch.no_grad():
         for name in {name for files in TASKS.values() for name in files}:
             features[name] = os.path.join(out_dir, "features", name.removesuffix(".txt"))
-            extract_features(model, build_eval_data(cfg.data, os.path.join(test_dir, name)), collate, dist,
-                             features[name], batch_size=64, workers=cfg.data.workers)
+            extract_features(Encoder(model, dist.device), build_eval_data(cfg.data, os.path.join(test_dir, name)),
+                             collate, dist, features[name], ExtractionSettings(batch_size=64, workers=cfg.data.workers))
     results = {}
     for task, (queries, gallery) in TASKS.items():
-        args = evaluation.build_parser().parse_args([
+        request = evaluation.parse_request([
             "--query_features", features[queries], "--gallery_features", features[gallery],
             "--gt_file", os.path.join(test_dir, f"eval_gt_{task}.txt"), "--output_dir", os.path.join(out_dir, task),
             "--task", task, "--quiet"])
-        results[task] = evaluation.run_evaluation(args)
+        results[task] = evaluation.run_evaluation(request)
     return results
 
 

@@ -33,8 +33,8 @@ from real20m.evaluate.feature_io import write_legacy_features  # noqa: E402
 # forked child would include the parent's pages it saw before exec).
 CHILD = """
 import json, sys
-from real20m.evaluate.cli import build_parser, run_evaluation
-metrics = run_evaluation(build_parser().parse_args(sys.argv[1:]))
+from real20m.evaluate.cli import parse_request, run_evaluation
+metrics = run_evaluation(parse_request(sys.argv[1:]))
 peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print("TIMINGS " + json.dumps(dict(metrics["timings"], peak_rss_mb=peak_kib / 1024)))
 """

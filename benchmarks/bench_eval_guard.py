@@ -29,6 +29,8 @@ sys.path.insert(0, REPO_ROOT)
 from real20m.evaluate.feature_io import read_legacy_features, write_legacy_features  # noqa: E402
 from real20m.evaluate.metrics import DEFAULT_KS, RetrievalMetrics  # noqa: E402
 from real20m.evaluate.search import gallery_ids_at, iter_search  # noqa: E402
+from real20m.evaluate.search_config import SearchConfig  # noqa: E402
+from real20m.evaluate.searchers import open_searcher  # noqa: E402
 
 # Measured 2026-12-07 on the 2-core development machine: reader 18-27 x the byte read (which runs
 # at ~8 GB/s from the page cache), search 1.5-1.9 x the GEMM. The limits leave room for noise and
@@ -71,7 +73,8 @@ def search_seconds(queries, gallery, gallery_ids, ground_truth, k):
     """Exact search and metrics, chunk by chunk, the calls evaluation makes."""
     started = time.perf_counter()
     metrics = RetrievalMetrics(ground_truth, gallery_ids, DEFAULT_KS)
-    for start, _, rows in iter_search(queries, gallery, k, use_gpu="never", show_progress=False):
+    searcher = open_searcher(gallery, SearchConfig(use_gpu="never", show_progress=False), depth=k)
+    for start, _, rows in iter_search(queries, searcher, k, show_progress=False):
         metrics.update(np.arange(start, start + len(rows)), gallery_ids_at(gallery_ids, rows))
     metrics.result()
     return time.perf_counter() - started

@@ -34,7 +34,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from bench_eval import clustered_features  # noqa: E402
-from real20m.evaluate.feature_io import write_feature_meta, write_feature_shard  # noqa: E402
+from real20m.evaluate.feature_io import write_feature_folder  # noqa: E402
 
 NOISE = 0.05            # per dimension: within-cluster cosine ~0.45 at 512 dims
 ROWS_PER_DRAW = 1 << 17  # rows generated at a time (keeps generation to ~0.5 GB per process)
@@ -51,33 +51,35 @@ def make_centers(n_clusters, dim, seed):
     return centers / np.linalg.norm(centers, axis=1, keepdims=True)
 
 
-def write_gallery_shard(folder, shard, start, stop, centers, seed):
-    """Gallery rows [start, stop) as rank shard ``shard`` (float16, ids = row numbers)."""
+def gallery_part(shard, start, stop, centers, seed):
+    """Gallery rows [start, stop): (ids = row numbers, float16 features)."""
     rng = np.random.default_rng([seed, shard])
     feats = np.empty((stop - start, centers.shape[1]), np.float16)
     for lo in range(0, stop - start, ROWS_PER_DRAW):
         hi = min(lo + ROWS_PER_DRAW, stop - start)
         feats[lo:hi] = clustered_features(hi - lo, centers, NOISE, rng)[0]
-    write_feature_shard(folder, shard, np.arange(start, stop, dtype=np.int64), feats, dtype="float16")
-    return stop - start
+    return np.arange(start, stop, dtype=np.int64), feats
 
 
 def write_dataset(workdir, args):
-    """The gallery shard folder (shards written by 2 processes) and a query shard folder."""
+    """The gallery feature folder (its parts drawn by 2 processes, one partition each) and a query folder."""
     centers = make_centers(args.clusters, args.dim, args.seed)
     gallery_dir, query_dir = os.path.join(workdir, "gallery"), os.path.join(workdir, "queries")
     bounds = [(start, min(start + args.shard_rows, args.gallery)) for start in range(0, args.gallery, args.shard_rows)]
     with ProcessPoolExecutor(max_workers=2) as pool:
-        jobs = [pool.submit(write_gallery_shard, gallery_dir, shard, start, stop, centers, args.seed)
+        jobs = [pool.submit(gallery_part, shard, start, stop, centers, args.seed)
                 for shard, (start, stop) in enumerate(bounds)]
-        written = 0
-        for job in jobs:
-            written += job.result()
-            print(f"generated {written}/{args.gallery} gallery rows", file=sys.stderr, flush=True)
-    write_feature_meta(gallery_dir, len(bounds))
+
+        def parts():
+            for job in jobs:
+                ids, feats = job.result()
+                print(f"generated {ids[-1] + 1}/{args.gallery} gallery rows", file=sys.stderr, flush=True)
+                yield ids, feats
+
+        write_feature_folder(gallery_dir, parts(), {"benchmark": "bench_scale gallery", "seed": args.seed}, "float16")
     queries, _ = clustered_features(args.queries, centers, NOISE, np.random.default_rng([args.seed, 1 << 30]))
-    write_feature_shard(query_dir, 0, np.arange(args.queries, dtype=np.int64), queries)
-    write_feature_meta(query_dir, 1)
+    write_feature_folder(query_dir, [(np.arange(args.queries, dtype=np.int64), queries)],
+                         {"benchmark": "bench_scale queries", "seed": args.seed})
     return gallery_dir, query_dir
 
 
@@ -96,19 +98,22 @@ def measure(gallery_dir, query_dir, args):
     """Build, search at every nprobe, compare with exact search on the subset (run in a child)."""
     import faiss
 
+    from real20m.evaluate.faiss_backend import SearchDevice
     from real20m.evaluate.feature_io import load_features, read_rows
-    from real20m.evaluate.index import ShardedIndex
     from real20m.evaluate.search import search
+    from real20m.evaluate.search_config import SearchConfig
+    from real20m.evaluate.searchers.sharded import ShardedIndex
 
     gallery = load_features(gallery_dir).feats
     queries = read_rows(load_features(query_dir).feats, 0, args.queries)
     subset = min(args.subset, len(gallery))
     started = time.perf_counter()
-    index = ShardedIndex.build(gallery, args.index, train_size=args.train_size, chunk_size=args.chunk_rows)
+    config = SearchConfig(index=args.index, train_size=args.train_size, chunk_size=args.chunk_rows)
+    index = ShardedIndex.build(gallery, config, SearchDevice(0))
     build_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    _, exact = search(queries, gallery[0:subset], 100, chunk_size=args.chunk_rows, show_progress=False)
+    _, exact = search(queries, gallery[0:subset], 100, SearchConfig(chunk_size=args.chunk_rows, show_progress=False))
     exact_subset_s = time.perf_counter() - started
 
     tradeoff = []

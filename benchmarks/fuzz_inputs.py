@@ -38,8 +38,8 @@ from real20m.config import parse_config  # noqa: E402
 from real20m.datasets.annotations import UnsafePathError  # noqa: E402
 from real20m.datasets.items import shard_path  # noqa: E402
 from real20m.datasets.synthetic import generate  # noqa: E402
-from real20m.engine.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from real20m.factory import build_eval_data  # noqa: E402
+from real20m.utils.checkpoint_io import CheckpointError, load_checkpoint  # noqa: E402
 
 HANG_S = 20  # one input taking longer than this counts as a hang
 

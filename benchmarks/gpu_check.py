@@ -206,7 +206,7 @@ class Context:
         return self.device.type == "cuda"
 
     def dist_env(self):
-        from real20m.engine.distributed import DistEnv
+        from real20m.utils.distributed import DistEnv
         return DistEnv(rank=0, world_size=1, local_rank=0, device=self.device, is_main=True, backend=None)
 
     def sync(self) -> None:
@@ -496,8 +496,9 @@ def dist_worker(out_path: str) -> int:
     import torch.distributed.nn.functional as dist_fn
     from torch.nn.parallel import DistributedDataParallel
 
-    from real20m.engine.distributed import all_reduce_mean, broadcast_object, cleanup_distributed, init_distributed
+    from real20m.engine.distributed import cleanup_distributed, init_distributed
     from real20m.losses.contrastive import info_nce, info_nce_gathered
+    from real20m.utils.distributed import broadcast_object
 
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     local_batch, dim, scale = 16, 512, 20.0
@@ -527,8 +528,10 @@ def dist_worker(out_path: str) -> int:
         explicit = info_nce_gathered(a2, b2, gathered_a, gathered_b, scale, None, None)
         explicit.backward()
         # The rank losses average to the plain loss; a rank's gradient / world is the plain one.
-        loss_gathered = all_reduce_mean(float(gathered))
-        loss_explicit = all_reduce_mean(float(explicit))
+        rank_losses = torch.tensor([float(gathered), float(explicit)], dtype=torch.float64,
+                                   device=env.device if env.backend == "nccl" else "cpu")
+        dist.all_reduce(rank_losses)
+        loss_gathered, loss_explicit = (loss / world for loss in rank_losses.tolist())
         grad_diffs = torch.tensor([
             float((a.grad / world - plain_a.grad[rows]).abs().max()),
             float((b.grad / world - plain_b.grad[rows]).abs().max()),
@@ -729,7 +732,7 @@ def part_paper_arch(ctx: Context) -> dict:
 
 
 def part_extract_autocast(ctx: Context) -> dict:
-    from real20m.evaluate.extract import embed_batches
+    from real20m.evaluate.encoder import Encoder
     cfg, model, tokenizer = paper_model(ctx)
     model.eval()
     clips, frames = cfg.data.batch_size, cfg.data.clip_length
@@ -739,7 +742,7 @@ def part_extract_autocast(ctx: Context) -> dict:
     dtypes = {"fp32": None, "fp16": torch.float16}
     if not ctx.cuda or torch.cuda.is_bf16_supported():
         dtypes["bf16"] = torch.bfloat16
-    result = {"device": str(ctx.device), "autocast_active": ctx.cuda, "path": "real20m.evaluate.extract.embed_batches",
+    result = {"device": str(ctx.device), "autocast_active": ctx.cuda, "path": "real20m.evaluate.encoder.Encoder.item_batches",
               "clips_per_batch": clips, "frames_per_clip": frames, "batches": len(videos),
               "inputs": "random tokens and uint8 pixels, already on the device", "fp32_reference": "TF32 off"}
     # The fp16 frame transformer (compat) would put fp16 into the fp32 reference; compat_frame_fp16
@@ -749,13 +752,14 @@ def part_extract_autocast(ctx: Context) -> dict:
     features = {}
     for name, dtype in dtypes.items():
         with exact_fp32() if dtype is None else contextlib.nullcontext():
-            list(embed_batches(model, videos[:1], ctx.device, dtype))   # warm-up (kernel selection)
+            encoder = Encoder(model, ctx.device, dtype)
+            list(encoder.item_batches(videos[:1]))   # warm-up (kernel selection)
             ctx.sync()
             started = time.perf_counter()
-            video_feats = [feats for _, feats, _ in embed_batches(model, videos, ctx.device, dtype)]
+            video_feats = [feats for _, feats, _ in encoder.item_batches(videos)]
             ctx.sync()
             elapsed = time.perf_counter() - started
-            goods_feats = [feats for _, feats, _ in embed_batches(model, goods, ctx.device, dtype)]
+            goods_feats = [feats for _, feats, _ in encoder.item_batches(goods)]
         features[name] = np.concatenate(video_feats + goods_feats)
         result[f"{name}_items_per_s"] = rounded(clips * len(videos) / elapsed)
     reference = features["fp32"]
@@ -789,7 +793,7 @@ def part_compat_frame_fp16(ctx: Context) -> dict:
     fixture = ctx.fixture
     if not fixture or not os.path.isfile(os.path.join(fixture, "checkpoint.pth.tar")):
         raise Skip(f"release fixture not found at {fixture} (give --fixture DIR)")
-    from real20m.engine.checkpoint import load_checkpoint
+    from real20m.utils.checkpoint_io import load_checkpoint
     from real20m.models.convert import build_model_from_release_config, load_weights_into
     with open(os.path.join(fixture, "config.json"), encoding="utf-8") as handle:
         release_cfg = json.load(handle)
@@ -823,7 +827,7 @@ def part_compat_frame_fp16(ctx: Context) -> dict:
         fp16 = embed()
         if ctx.cuda:
             # What --compat original evaluation runs on CUDA: the whole model under fp16 autocast
-            # (extraction_amp_dtype) with the fp16 frame transformer.
+            # (encoder.autocast_dtype) with the fp16 frame transformer.
             with torch.autocast("cuda", dtype=torch.float16):
                 autocast_fp16 = embed()
     reference_out = {name: reference[name] for name in fp32}
@@ -887,13 +891,25 @@ def ties_explained(queries: np.ndarray, gallery: np.ndarray, ids_a: np.ndarray, 
     return worst
 
 
+def _package_search():
+    """``real20m.evaluate.search.search`` as (queries, gallery, k, use_gpu); raises where Faiss is missing."""
+    from real20m.evaluate.faiss_backend import import_faiss
+    from real20m.evaluate.search import search
+    from real20m.evaluate.search_config import SearchConfig
+    import_faiss()
+
+    def package_search(queries, gallery, k, use_gpu):
+        return search(queries, gallery, k, SearchConfig(use_gpu=use_gpu, show_progress=False))
+    return package_search
+
+
 def part_search(ctx: Context) -> dict:
     sizes = ctx.sizes["search"]
     chunk = sizes["query_chunk"]
     use_faiss_gpu = ctx.cuda and faiss_gpu_available()
     try:
-        from real20m.evaluate.search import search as real20m_search
-    except Exception as error:  # noqa: BLE001 - faiss missing: the package's search cannot be imported
+        real20m_search = _package_search()
+    except Exception as error:  # noqa: BLE001 - faiss missing: the package's search cannot run
         real20m_search, import_error = None, one_line(f"{type(error).__name__}: {error}", 160)
     notes = []
     result = {"device": str(ctx.device),
@@ -909,7 +925,7 @@ def part_search(ctx: Context) -> dict:
     queries_np, gallery_np = queries.cpu().numpy(), gallery.cpu().numpy()
     started = time.perf_counter()
     if real20m_search is not None:
-        cpu_scores, cpu_ids = real20m_search(queries_np, gallery_np, k, use_gpu=False, show_progress=False)
+        cpu_scores, cpu_ids = real20m_search(queries_np, gallery_np, k, use_gpu=False)
         result["cpu_reference"] = "real20m.evaluate.search (faiss CPU, exact)"
     else:
         values, rows = torch_topk(torch.from_numpy(queries_np), torch.from_numpy(gallery_np), k, chunk)
@@ -919,7 +935,7 @@ def part_search(ctx: Context) -> dict:
     started = time.perf_counter()
     with exact_fp32():
         if use_faiss_gpu:
-            dev_scores, dev_ids = real20m_search(queries_np, gallery_np, k, use_gpu=True, show_progress=False)
+            dev_scores, dev_ids = real20m_search(queries_np, gallery_np, k, use_gpu=True)
         else:
             values, rows = torch_topk(queries, gallery, k, chunk)
             ctx.sync()
@@ -956,7 +972,7 @@ def part_search(ctx: Context) -> dict:
         if name == "fp32" and use_faiss_gpu:
             queries_np, gallery_np = queries.cpu().numpy(), gallery.cpu().numpy()
             started = time.perf_counter()
-            real20m_search(queries_np, gallery_np, k, use_gpu=True, show_progress=False)
+            real20m_search(queries_np, gallery_np, k, use_gpu=True)
             timing["faiss_gpu_fp32_s_with_copy"] = round(time.perf_counter() - started, 3)
             del queries_np, gallery_np
         del queries, gallery, values, rows

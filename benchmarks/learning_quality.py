@@ -28,12 +28,12 @@ import time
 import numpy as np
 
 import baseline_tiny
-from baseline_tiny import CPU_PROCESS, KS, TASKS, evaluate
+from baseline_tiny import KS, TASKS, evaluate
 
-from real20m.config import parse_config
+from real20m.config import read_layers, resolve_layers
 from real20m.datasets.synthetic import generate
-from real20m.engine.inference import load_model_for_inference
 from real20m.factory import build_collator
+from real20m.model_source import inspect_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,9 +54,11 @@ def children_cpu_s():
 
 def score_qcd(data_root, checkpoint, out_dir):
     """{task: row} of a QCD checkpoint (or "init": the untrained model) on the test split."""
-    cfg = parse_config(["--config", "tiny", "--data_root", data_root, "--output_dir", out_dir, "--resume",
-                        checkpoint, "--evaluate", "--workers", "2"])
-    model, tokenizer, cfg = load_model_for_inference(cfg, CPU_PROCESS)
+    source = inspect_source(checkpoint)
+    layers = read_layers(["--config", "tiny", "--data_root", data_root, "--output_dir", out_dir, "--resume",
+                          checkpoint, "--evaluate", "--workers", "2"])
+    cfg = resolve_layers(layers, source.trained_settings())
+    model, tokenizer = source.load(cfg)
     results = evaluate(model, cfg, build_collator(cfg.data, tokenizer), out_dir)
     return {task: baseline_tiny.summary(metrics) for task, metrics in results.items()}
 

@@ -38,11 +38,12 @@ import torch.nn.functional as F
 from real20m.assets import CHINESE_BERT_VOCAB_DIR
 from real20m.config import Config, parse_config
 from real20m.datasets.tokenization import build_tokenizer
-from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.optim import build_optimizer, build_scheduler
 from real20m.engine.trainer import TrainStep, apply_gradients, build_grad_scaler, compute_gradients
-from real20m.factory import build_model, build_objective, load_weights, training_architecture
+from real20m.factory import build_model, build_objective
+from real20m.model_source import ReleaseCheckpoint, load_weights
 from real20m.models.release_layout import map_release_checkpoint
+from real20m.utils.checkpoint_io import load_checkpoint
 
 DEVICE = torch.device("cpu")
 # The original's flags that shape one step; the rest name files, workers or logging.
@@ -105,10 +106,12 @@ def step_flags(flags: list[str]) -> list[str]:
     return kept
 
 
-def paper_config(fixture: Fixture, run: dict) -> Config:
-    """configs/paper.yaml with the run's flags, the fixture checkpoint's architecture file."""
+def paper_config(fixture: Fixture, run: dict, extra: tuple[str, ...] = ()) -> Config:
+    """configs/paper.yaml with the run's flags (then ``extra`` flags), the fixture checkpoint's
+    architecture file."""
     release_config = fixture.path(fixture.meta["weights"]["clip_config"])
-    return parse_config(["--config", "paper", *step_flags(run["flags"]), "--release_config", release_config])
+    return parse_config(["--config", "paper", *step_flags(run["flags"]), "--release_config", release_config,
+                         *extra])
 
 
 def splitmix64_uniform(key: int, count: int) -> np.ndarray:
@@ -189,7 +192,7 @@ def build_start_model(cfg: Config, fixture: Fixture):
     """The project's model for ``cfg`` started from the fixture's weights, with dropout off."""
     checkpoint_path = fixture.path(fixture.meta["weights"]["checkpoint"])
     checkpoint = load_checkpoint(checkpoint_path)
-    architecture = dict(training_architecture(cfg, checkpoint, checkpoint_path))
+    architecture = dict(ReleaseCheckpoint(checkpoint_path, checkpoint).training_architecture(cfg, resuming=False))
     # The fixture's deterministic runs set every dropout probability to 0.
     architecture["text"] = {**architecture["text"], "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     architecture["caption"] = {**architecture["caption"], "dropout": 0.0}

@@ -1,5 +1,5 @@
 """The one place that builds things from a resolved configuration: the tokenizer, the model, the
-objective, the training and evaluation data, and weights loaded from any supported checkpoint.
+objective, the training and evaluation data. Weights come from ``real20m.model_source``.
 
 Each builder takes only the section(s) it needs. A checkpoint of ours carries its resolved
 configuration, model architecture and tokenizer files, so a single ``.pth.tar`` is enough to
@@ -7,25 +7,23 @@ evaluate: nothing has to be looked up next to it or downloaded.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 from torch.utils.data import DataLoader
 
-from real20m.config import Config, DataConfig, LossConfig, ModelConfig
+from real20m.config import DataConfig, LossConfig, ModelConfig
 from real20m.datasets import ClusterBatchSampler, Collator, SourceBatchSampler, build_eval_dataset, \
     build_tokenizer, build_train_dataset, load_saved_tokenizer
-from real20m.engine.checkpoint import load_checkpoint
-from real20m.engine.distributed import DistEnv, barrier
 from real20m.losses import QCDLoss
+from real20m.losses.memory_bank import MemorySpec
 from real20m.models import QCDModel, build_model as build_qcd_model
-from real20m.models.convert import CONVERTED_WEIGHTS, load_weights_into
-from real20m.models.release_layout import WeightMismatchError, is_release_checkpoint, release_architecture
+from real20m.models.backbones import get_backbone
 from real20m.models.towers import describe_pretrained_source
+from real20m.utils.atomic import atomic_open
+from real20m.utils.distributed import DistEnv, barrier
 from real20m.utils.seeding import seed_everything
 from real20m.utils.workers import worker_init_for
 
@@ -59,18 +57,15 @@ def restore_tokenizer(files: dict[str, str], output_dir: str):
         if os.path.basename(name) != name:
             raise ValueError(f"checkpoint tokenizer file name {name!r} is not a plain file name")
         path = os.path.join(target, name)
-        private = f"{path}.{os.getpid()}.tmp"
-        with open(private, "w", encoding="utf-8") as handle:
+        with atomic_open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.replace(private, path)
     return load_saved_tokenizer(target)
 
 
 def pretrained_tokenizer_name(data: DataConfig, model: ModelConfig) -> str | None:
-    """The tokenizer to load by name (``--tokenizer``, else the backbone's), None for a trained one.
-
-    A timm backbone is a vision model only (its text tower starts from scratch): no tokenizer."""
-    return data.tokenizer or (model.pretrained if model.backbone != "timm" else None)
+    """The tokenizer to load by name (``--tokenizer``, else the one the backbone's weights come
+    with), None for a trained one (a vision-only backbone's text tower starts from scratch)."""
+    return data.tokenizer or get_backbone(model.backbone).tokenizer_name(model.pretrained)
 
 
 def build_tokenizer_for(data: DataConfig, model: ModelConfig, output_dir: str,
@@ -121,82 +116,13 @@ def with_embedding_inputs(architecture: dict, model: ModelConfig) -> dict:
             "frame_fp16": model.frame_fp16}
 
 
-def read_weights(source: str) -> dict:
-    """The checkpoint dict at ``source``: a checkpoint of ours, one in the release layout, or an
-    exported folder / ``.safetensors`` file (``python -m real20m.models.convert``)."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / CONVERTED_WEIGHTS
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        if not path.is_file():
-            raise FileNotFoundError(2, "exported weights not found", str(path))
-        return {"model": load_file(str(path))}
-    return load_checkpoint(path)
-
-
-def load_weights(model: QCDModel, source: str | dict, origin: str | None = None) -> str:
-    """Load weights (a checkpoint dict read from ``origin``, or a path ``read_weights`` reads)
-    strictly; returns the summary. A mismatch names the file."""
-    checkpoint = source if isinstance(source, dict) else read_weights(source)
-    origin = origin or (None if isinstance(source, dict) else source)
-    try:
-        return load_weights_into(model, checkpoint)
-    except WeightMismatchError as error:
-        raise WeightMismatchError(f"{origin}: {error}" if origin else str(error)) from None
-
-
-def read_release_config(path: str | None) -> dict | None:
-    """The cn_clip-style config.json given with ``--release_config``, None without one."""
-    if path is None:
-        return None
-    with open(path, encoding="utf-8") as handle:
-        try:
-            return json.load(handle)
-        except json.JSONDecodeError as error:
-            raise WeightMismatchError(f"{path}: line {error.lineno}: not a JSON release config ({error.msg})") from None
-
-
-def release_towers(checkpoint: dict, release_config: str | None) -> dict:
-    """The model_cfg of a release checkpoint's towers, with one line saying where it came from."""
-    towers, how = release_architecture(checkpoint, read_release_config(release_config), release_config)
-    logger.info("release checkpoint: architecture from %s", how)
-    return towers
-
-
-# What a release checkpoint decides when training starts from it; the rest (caption decoder,
-# fusion, frame aggregation, pooling) is the run's own configuration.
-RELEASE_TOWER_FIELDS = ("backbone", "pretrained", "text", "vision", "timm_name", "embed_dim", "frame_heads")
-
-
-def training_architecture(cfg: Config, start: dict | None, source: str | None) -> ModelConfig | dict:
-    """The model a run builds: ``cfg.model``, or, starting from a release checkpoint, its towers
-    with the run's other model options. A run resuming one of our checkpoints keeps the stored
-    architecture (so a run started from a hub backbone resumes offline), embedding inputs as
-    this run's compat says."""
-    if start is None:
-        return cfg.model
-    if is_release_checkpoint(start):
-        towers = release_towers(start, cfg.run.release_config)
-        size = towers["vision"]["image_size"]
-        if size != cfg.data.image_size:
-            raise WeightMismatchError(f"{source}: the release checkpoint's vision tower takes {size}-pixel "
-                                      f"images, and this run's --image_size is {cfg.data.image_size}: "
-                                      f"set --image_size {size}")
-        return {**cfg.model.architecture(), **{name: towers[name] for name in RELEASE_TOWER_FIELDS},
-                "timm_args": {}, "image_size": size}
-    if source == cfg.run.resume and "model" in start and start.get("model_cfg"):
-        return with_embedding_inputs(start["model_cfg"], cfg.model)
-    return cfg.model
-
-
 # ------------------------------------------------------------------------------ objective
 
 
 def build_objective(loss: LossConfig, embed_dim: int) -> QCDLoss:
+    memory = MemorySpec(loss.xbm_size, embed_dim, loss.xbm_mode) if loss.is_xbm and loss.xbm_size > 0 else None
     return QCDLoss(weights=dict(loss.weights), logit_scale=loss.logit_scale, learnable_scale=loss.learnable_scale,
-                   xbm_size=loss.xbm_size if loss.is_xbm else 0, embed_dim=embed_dim,
-                   local_negatives=loss.local_negatives, xbm_mode=loss.xbm_mode, log_terms=tuple(loss.log_terms),
+                   memory=memory, local_negatives=loss.local_negatives, log_terms=tuple(loss.log_terms),
                    normalize_query=loss.normalize_query)
 
 

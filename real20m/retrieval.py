@@ -1,23 +1,24 @@
 """Text-query retrieval with a trained QCD model: embed queries, embed items, search a gallery.
 
     from real20m.retrieval import Retriever
-    retriever = Retriever.from_checkpoint("outputs/checkpoints/last.pth.tar", data_root="Dataset")
+    retriever = Retriever.from_checkpoint("outputs/checkpoints/last.pth.tar", data="Dataset")
     retriever.load_gallery("outputs/eval/video2goods/gallery", items="Dataset/test_file/goods_gallery.txt")
     for hit in retriever.search(["红色条纹棉质连衣裙"], k=5)[0]:
         print(hit.pid, hit.score, hit.source, hit.title)
 
 The model comes from the same places as ``main_cross_domain_emb.py --evaluate``: a training
 checkpoint of ours, one in the release layout, ``init`` (the untrained model of the run's seed), or a
-folder / ``.safetensors`` file exported by ``python -m real20m.models.convert``. The configuration
-is resolved by ``real20m.config.parse_config`` exactly as ``--evaluate`` resolves it, and the model
-and tokenizer are built by ``real20m.engine.inference.load_model_for_inference``, so item features
+folder / ``.safetensors`` file exported by ``python -m real20m.models.convert``, read by
+``real20m.model_source``. The configuration is resolved by ``real20m.config.resolve_layers`` with
+the checkpoint's trained settings, exactly as ``--evaluate`` resolves it, and the model and
+tokenizer are built by the same source, so item features
 of ``encode_items`` are those ``--evaluate`` writes for the same checkpoint and item file, and a
 search score is the inner product of a query feature with such a gallery feature.
 
 A gallery is a feature folder written by ``--evaluate``, a legacy ``.feat`` text file, or an index
 folder saved by ``evaluation.py --save_index`` (with the gallery's item file, which gives the ids
 in feature order). Search is exact (or the saved index's approximate) inner-product search with
-Faiss, through ``real20m.evaluate.search`` / ``real20m.evaluate.index``.
+Faiss, through ``real20m.evaluate.search`` / ``real20m.evaluate.searchers``.
 
 Command line (what ``query2goods_evaluate.sh`` / ``query2video_evaluate.sh`` call):
 
@@ -30,9 +31,6 @@ embeds a ``qid \\t query text`` file into a feature folder that ``evaluation.py`
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
-import json
 import logging
 import numbers
 import os
@@ -40,10 +38,12 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
 from real20m.datasets.annotations import QueryFileError, read_queries
+from real20m.errors import InputError
 from real20m.utils.entry import exit_on_input_error
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Hit:
 # ------------------------------------------------------------------------------ search queries
 
 
-class QueryError(ValueError):
+class QueryError(InputError, ValueError):
     """A search query or result count that the ``SearchRules`` refuse; the message says which rule."""
 
 
@@ -112,144 +112,17 @@ def read_query_lines(path, rules: SearchRules) -> list[str]:
     return queries
 
 
-# ------------------------------------------------------------------------------ checkpoints
+# ------------------------------------------------------------------------------ gallery search
 
 
-def is_exported(checkpoint: str) -> bool:
-    """A folder or ``.safetensors`` file written by ``python -m real20m.models.convert``."""
-    return os.path.isdir(checkpoint) or str(checkpoint).endswith(".safetensors")
-
-
-def config_argv(checkpoint: str, output_dir: str, overrides: dict) -> list[str]:
-    """``main_cross_domain_emb.py --evaluate`` arguments for ``checkpoint`` and ``overrides``.
-
-    An override ``name=value`` becomes ``--name value`` (True: the bare flag; None or False:
-    left out); ``args=[...]`` appends raw command-line arguments."""
-    argv = ["--evaluate", "--resume", str(checkpoint), "--output_dir", str(output_dir)]
-    overrides = dict(overrides)
-    raw = list(overrides.pop("args", None) or ())
-    for name, value in overrides.items():
-        if value is None or value is False:
-            continue
-        argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
-    return argv + raw
-
-
-def _exported_parts(path: str):
-    """(model architecture dict, weights path, tokenizer folder or None) of an exported model."""
-    from real20m.models.convert import CONVERTED_CONFIG, CONVERTED_WEIGHTS
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    weights = os.path.join(path, CONVERTED_WEIGHTS) if os.path.isdir(path) else path
-    config = os.path.join(folder, CONVERTED_CONFIG)
-    for needed in (weights, config):
-        if not os.path.isfile(needed):
-            raise FileNotFoundError(f"{needed}: missing from the exported model {path}")
-    with open(config, encoding="utf-8") as handle:
-        architecture = json.load(handle)
-    tokenizer_dir = os.path.join(folder, "tokenizer")
-    return architecture, weights, tokenizer_dir if os.path.isdir(tokenizer_dir) else None
-
-
-def _exported_tokenizer(cfg, tokenizer_dir, weights):
-    """The tokenizer of an exported model: its ``tokenizer/`` folder, ``--tokenizer``, or the
-    release's Chinese BERT vocabulary when the weights have exactly its size."""
-    from real20m.assets import CHINESE_BERT_VOCAB_DIR
-    from real20m.datasets import build_tokenizer, load_saved_tokenizer
-    if tokenizer_dir:
-        return load_saved_tokenizer(tokenizer_dir)
-    if cfg.data.tokenizer:
-        return build_tokenizer(cfg.data.tokenizer, None, None)
-    from safetensors import safe_open
-    with safe_open(weights, framework="pt") as handle:
-        key = "text.encoder.embeddings.word_embeddings.weight"
-        rows = handle.get_slice(key).get_shape()[0] if key in handle.keys() else None
-    tokenizer = build_tokenizer(CHINESE_BERT_VOCAB_DIR, None, None)
-    if rows is not None and rows != len(tokenizer):
-        raise ValueError(f"{weights}: the exported model has a vocabulary of {rows} tokens and no tokenizer/ "
-                         f"folder; pass tokenizer=PATH (the run's OUTPUT_DIR/tokenizer)")
-    return tokenizer
-
-
-def _load_exported(cfg, path: str):
-    """(model, tokenizer, cfg) of an exported model, built as ``load_model_for_inference`` builds ours."""
-    from real20m.engine.inference import with_trained_inputs
-    from real20m.factory import build_model, load_weights, with_embedding_inputs
-    architecture, weights, tokenizer_dir = _exported_parts(path)
-    tokenizer = _exported_tokenizer(cfg, tokenizer_dir, weights)
-    # The exported config names the frame count; the image size is the vision tower's.
-    vision = architecture.get("vision") if isinstance(architecture.get("vision"), dict) else {}
-    trained = {"clip_length": architecture.get("clip_length"),
-               "image_size": architecture.get("image_size") or vision.get("image_size")}
-    cfg = with_trained_inputs(cfg, {name: value for name, value in trained.items() if value}, path)
-    model = build_model(with_embedding_inputs(architecture, cfg.model), tokenizer, cfg.seed)
-    load_weights(model, weights)
-    return model, tokenizer, cfg
-
-
-# ------------------------------------------------------------------------------ gallery metadata
-
-
-class ItemCatalog:
-    """pid -> (source, title, first image path) from a one-item-a-line file, read lazily per pid."""
-
-    def __init__(self, items_file: str, image_roots: dict, text_roots: dict):
-        from real20m.datasets.annotations import SOURCES, load_items
-        self.sources = SOURCES
-        self.table = load_items(items_file)
-        self.rows = {int(pid): row for row, pid in enumerate(self.table.pids.tolist())}
-        self.image_roots = image_roots
-        self.text_roots = text_roots
-
-    def __contains__(self, pid) -> bool:
-        return int(pid) in self.rows
-
-    @functools.lru_cache(maxsize=65536)
-    def lookup(self, pid: int) -> tuple[str | None, str | None, str | None]:
-        row = self.rows.get(int(pid))
-        if row is None:
-            return None, None, None
-        source = int(self.table.sources[row])
-        name = self.sources[source]
-        _, frame_paths, text_path = self.table.fields(row)
-        return name, self._title(pid, source, name, text_path), self._image(pid, name, frame_paths)
-
-    def _title(self, pid, source, name, text_path):
-        from real20m.datasets.annotations import UnsafePathError, safe_join
-        from real20m.datasets.items import item_text
-        from real20m.datasets.layout import shard_path
-        root = self.text_roots.get(name)
-        if not root:
-            return None
-        try:
-            path = safe_join(root, text_path) if text_path else shard_path(root, pid, "txt")
-        except UnsafePathError:
-            return None
-        if not os.path.isfile(path):
-            return None
-        return item_text(path, source, []) or None
-
-    def _image(self, pid, name, frame_paths):
-        from real20m.datasets.annotations import UnsafePathError, safe_join
-        from real20m.datasets.layout import relative_shard_path
-        root = self.image_roots.get(name)
-        if not root:
-            return None
-        try:
-            return safe_join(root, (frame_paths or [relative_shard_path(pid, "jpg")])[0])
-        except UnsafePathError:
-            return None
-
-
-def _is_index_folder(path: str) -> bool:
-    from real20m.evaluate.index import INDEX_FORMAT, META_FILE
-    meta = os.path.join(path, META_FILE)
-    if not (os.path.isdir(path) and os.path.isfile(meta)):
-        return False
-    try:
-        with open(meta, encoding="utf-8") as handle:
-            return json.load(handle).get("format") == INDEX_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+def gallery_search_config(device_type: str, saved_index: bool, nprobe: int | None = None,
+                          search_params: str | None = None, search_backend: str | None = None):
+    """The ``SearchConfig`` of ``load_gallery``'s search keywords: a saved index is searched on the
+    CPU, features on the GPUs when the model runs on CUDA (and Faiss sees them)."""
+    from real20m.evaluate.search_config import SearchConfig
+    use_gpu = "auto" if device_type == "cuda" and not saved_index else "never"
+    return SearchConfig(backend=search_backend, nprobe=nprobe, params=search_params, use_gpu=use_gpu,
+                        show_progress=False)
 
 
 # ------------------------------------------------------------------------------ the retriever
@@ -265,60 +138,49 @@ class Retriever:
 
     def __init__(self, model, tokenizer, cfg, device="cpu", workdir=None):
         import torch
+        from real20m.evaluate.encoder import Encoder
         self.model = model.to(torch.device(device)).eval()
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.device = torch.device(device)
+        self.encoder = Encoder.for_config(self.model, cfg, self.device)
         self._workdir = workdir   # keeps a temporary output folder (restored tokenizer) alive
         self.gallery_ids: np.ndarray | None = None
         self.gallery_feats = None
         self.gallery_source: str | None = None
-        self.catalog: ItemCatalog | None = None
-        self._index = None
+        self.catalog = None   # an item_lookup.ItemLookup of the gallery's item file
+        self._searcher = None
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_checkpoint(cls, checkpoint: str, device: str = "cpu", **overrides) -> "Retriever":
+    def from_checkpoint(cls, checkpoint: str, *, config: str | None = None, data: str | None = None,
+                        options: Mapping[str, Any] | None = None, device: str = "cpu",
+                        output_dir: str | None = None) -> "Retriever":
         """A retriever for ``checkpoint``: our ``.pth.tar``, the release layout, an exported folder /
-        ``.safetensors`` file, or ``"init"`` (the untrained model; needs ``config`` and ``data_root``).
+        ``.safetensors`` file, or ``"init"`` (the untrained model; needs ``config`` and ``data``).
 
-        ``overrides`` are ``main_cross_domain_emb.py`` flags without the dashes, e.g.
-        ``config="configs/tiny.yaml"``, ``data_root="Dataset"`` (image and text roots of the standard
-        layout), ``goods_img_root=...``, ``compat="original"``, ``release_config=...``,
-        ``tokenizer=...``, ``workers=...``; ``args=[...]`` passes raw flags; ``output_dir`` keeps the
-        restored tokenizer there (default: a temporary folder). Data loading uses no worker
-        processes unless ``workers`` says otherwise. Nothing is downloaded."""
-        from real20m.config import parse_config
-        overrides = dict(overrides)
-        output_dir = overrides.pop("output_dir", None)
+        ``config`` is a YAML file or a packaged config name (``"tiny"``); ``data`` the data root
+        (image and text roots of the standard layout); ``options`` any other option by its dotted
+        path, e.g. ``{"data.compat": "original", "run.release_config": path, "data.tokenizer": path,
+        "data.goods_img_root": path}``. The checkpoint's trained input settings come between
+        ``config`` and ``options``. ``output_dir`` keeps the restored tokenizer there (default: a
+        temporary folder). Data loading uses no worker processes unless ``data.workers`` says
+        otherwise. Nothing is downloaded."""
+        from real20m.config import layers_from, log_configuration_notes, resolve_layers
+        from real20m.model_source import inspect_source
         workdir = None
         if output_dir is None:
             workdir = tempfile.TemporaryDirectory(prefix="real20m-retriever-")
             output_dir = workdir.name
-        overrides.setdefault("workers", 0)
-        cfg = parse_config(config_argv(checkpoint, output_dir, overrides))
-        model, tokenizer, cfg = cls._load(cfg, checkpoint, device)
+        settings = {"data.workers": 0, **({"data.data_root": str(data)} if data else {}), **(options or {}),
+                    "run.evaluate": True, "run.resume": str(checkpoint), "run.output_dir": str(output_dir)}
+        source = inspect_source(str(checkpoint))
+        cfg = resolve_layers(layers_from(config, settings), source.trained_settings())
+        log_configuration_notes(cfg)
+        model, tokenizer = source.load(cfg)
         return cls(model, tokenizer, cfg, device, workdir)
 
-    @staticmethod
-    def _load(cfg, checkpoint, device):
-        import torch
-        from real20m.engine.distributed import DistEnv
-        from real20m.engine.inference import UNTRAINED, load_model_for_inference
-        if checkpoint != UNTRAINED and is_exported(str(checkpoint)):
-            return _load_exported(cfg, str(checkpoint))
-        dist = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device(device), is_main=True, backend=None)
-        return load_model_for_inference(cfg, dist)
-
     # ----------------------------------------------------------------- embedding
-    def _autocast(self):
-        import torch
-        from real20m.engine.inference import extraction_amp_dtype
-        dtype = extraction_amp_dtype(self.cfg)
-        if dtype is None or self.device.type != "cuda":
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=dtype)
-
     @property
     def dim(self) -> int:
         return int(self.model.embed_dim)
@@ -326,20 +188,11 @@ class Retriever:
     def encode_queries(self, texts: list[str], batch_size: int = QUERY_BATCH_SIZE) -> np.ndarray:
         """(N, D) float32, L2-normalised query-tower embeddings of ``texts`` (tokenised as in
         training: truncated at ``max_query_len`` tokens)."""
-        import torch
-        import torch.nn.functional as F
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(texts), batch_size):
-                encoded = self.tokenizer(texts[start:start + batch_size], padding="longest", truncation=True,
-                                         max_length=self.cfg.data.max_query_len, return_tensors="pt")
-                with self._autocast():
-                    query = self.model.encode_query(encoded["input_ids"].long().to(self.device),
-                                                    encoded["attention_mask"].long().to(self.device))
-                out.append(F.normalize(query.float(), dim=-1).cpu().numpy())
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = [self.encoder.queries(self.tokenizer(texts[start:start + batch_size], padding="longest",
+                                                   truncation=True, max_length=self.cfg.data.max_query_len,
+                                                   return_tensors="pt"))
+               for start in range(0, len(texts), batch_size)]
         return np.concatenate(out) if out else np.empty((0, self.dim), np.float32)
 
     def encode_items(self, items, batch_size: int = ITEM_BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -347,73 +200,59 @@ class Retriever:
         ``--evaluate`` does -> (ids int64 (N,), feats float32 (N, D), L2-normalised), in file order.
 
         Images and texts are read from the configured roots (``data_root`` or the explicit ones)."""
-        import torch
-        import torch.nn.functional as F
         from torch.utils.data import DataLoader
-        from real20m.datasets import DeviceJpegDecoder
-        from real20m.evaluate.extract import check_title_lengths
         from real20m.factory import build_collator, build_eval_data
         from real20m.utils.workers import worker_init_for
         data = self.cfg.data
-        dataset = build_eval_data(data, str(items))
-        decoder = DeviceJpegDecoder(data.image_size, train=False, device=self.device) if data.gpu_decode else None
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=data.workers,
-                            collate_fn=build_collator(data, self.tokenizer),
+        loader = DataLoader(build_eval_data(data, str(items)), batch_size=batch_size, shuffle=False,
+                            num_workers=data.workers, collate_fn=build_collator(data, self.tokenizer),
                             worker_init_fn=worker_init_for(self.device))
-        ids, feats = [], []
-        with torch.no_grad():
-            for batch in loader:
-                check_title_lengths(batch, self.model.max_text_tokens)
-                pixels = decoder(batch["jpeg"], batch["plans"]) if decoder is not None else \
-                    batch["pixels"].to(self.device)
-                with self._autocast():
-                    fused = self.model.encode_items(batch["title_ids"].to(self.device),
-                                                    batch["title_mask"].to(self.device), pixels).fused
-                feats.append(F.normalize(fused.float(), dim=-1).cpu().numpy())
-                ids.append(batch["pids"].numpy().astype(np.int64))
-        if not ids:
+        batches = [(ids, feats) for ids, feats, _ in self.encoder.item_batches(loader)]
+        if not batches:
             return np.empty(0, np.int64), np.empty((0, self.dim), np.float32)
-        return np.concatenate(ids), np.concatenate(feats)
+        return np.concatenate([ids for ids, _ in batches]), np.concatenate([feats for _, feats in batches])
 
     # ----------------------------------------------------------------- gallery
     def load_gallery(self, gallery: str, items: str | None = None, goods_img_root=None, photo_img_root=None,
-                     goods_text_root=None, photo_text_root=None, nprobe: int | None = None,
-                     search_params: str | None = None) -> None:
+                     goods_text_root=None, photo_text_root=None, **search) -> None:
         """Use ``gallery`` for ``search``: a feature folder written by ``--evaluate``, a legacy
         ``.feat`` file, or an index folder saved by ``evaluation.py --save_index`` (which needs
         ``items``: its ids, in feature order, and they must be the ones the index was built for).
 
         ``items`` (the gallery's item file) gives each hit its source, title (from the text file)
-        and first image path; roots default to the configured ones (``data_root``)."""
+        and first image path; roots default to the configured ones (``data_root``). ``search``:
+        the keywords of ``gallery_search_config`` (``nprobe``, ``search_params``, ``search_backend``)."""
         from real20m.evaluate.feature_io import FeatureFileError, load_features
+        from real20m.evaluate.searchers import is_index_folder, open_searcher
+        from real20m.evaluate.item_lookup import ItemFolders, ItemLookup, sibling_text_root
         gallery = str(gallery)
         data = self.cfg.data
         image_roots = {"goods": goods_img_root or data.goods_img_root, "photo": photo_img_root or data.photo_img_root}
-        text_roots = {"goods": goods_text_root or _sibling_text(goods_img_root) or data.goods_text_root,
-                      "photo": photo_text_root or _sibling_text(photo_img_root) or data.photo_text_root}
-        catalog = ItemCatalog(items, image_roots, text_roots) if items else None
-        if _is_index_folder(gallery):
+        text_roots = {"goods": goods_text_root or sibling_text_root(goods_img_root) or data.goods_text_root,
+                      "photo": photo_text_root or sibling_text_root(photo_img_root) or data.photo_text_root}
+        catalog = ItemLookup([items], ItemFolders(image_roots, text_roots)) if items else None
+        saved_index = is_index_folder(gallery)
+        config = gallery_search_config(self.device.type, saved_index, **search)
+        if saved_index:
             if catalog is None:
                 raise FeatureFileError(f"{gallery}: a saved index holds no item ids; pass the gallery's item file "
                                        f"(items=...) whose features it was built from")
-            self._load_index(gallery, catalog.table.pids.astype(np.int64), nprobe, search_params)
+            self._load_index(gallery, catalog.tables[0].pids.astype(np.int64), config)
             self.gallery_feats = None
         else:
             features = load_features(gallery)
-            self.gallery_ids = features.ids
-            self.gallery_feats = features.feats
-            self._index = None
             if features.dim != self.dim:
                 raise FeatureFileError(f"{gallery}: features of dimension {features.dim}, the model embeds "
                                        f"{self.dim}")
+            self._searcher = open_searcher(features.feats, config)
+            self.gallery_ids = features.ids
+            self.gallery_feats = features.feats
         self.gallery_source = gallery
         self.catalog = catalog
 
-    def _load_index(self, folder, ids, nprobe, search_params):
-        from real20m.evaluate.index import ShardedIndex, describe_gallery
-        index = ShardedIndex.load(folder, describe_gallery(ids), self.dim)
-        index.set_search_parameters(nprobe, search_params)
-        self._index = index
+    def _load_index(self, folder, ids, config):
+        from real20m.evaluate.searchers import SavedGallery, describe_gallery, load_searcher
+        self._searcher = load_searcher(folder, config, SavedGallery(self.dim, describe_gallery(ids)))
         self.gallery_ids = ids
 
     @property
@@ -424,20 +263,14 @@ class Retriever:
     def search_features(self, query_feats: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(scores float32 (Q, k'), gallery ids int64 (Q, k')) with k' = min(k, gallery size);
         id -1 where an approximate index found fewer results. Score descending, ties by gallery row."""
-        from real20m.evaluate.search import gallery_ids_at, search, sort_results
+        from real20m.evaluate.search import gallery_ids_at, search_all
         if self.gallery_ids is None:
             raise RuntimeError("no gallery: call load_gallery first")
         queries = np.ascontiguousarray(query_feats, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"query features must be (N, {self.dim}), got {queries.shape}")
         k = max(1, min(int(k), self.gallery_size))
-        if self._index is not None:
-            scores, rows = self._index.search(queries, k) if len(queries) else \
-                (np.empty((0, k), np.float32), np.empty((0, k), np.int64))
-            scores, rows = sort_results(np.asarray(scores, np.float32), np.asarray(rows, np.int64))
-        else:
-            use_gpu = "auto" if self.device.type == "cuda" else "never"
-            scores, rows = search(queries, self.gallery_feats, k, use_gpu=use_gpu, show_progress=False)
+        scores, rows = search_all(queries, self._searcher, k, show_progress=False)
         ids = gallery_ids_at(self.gallery_ids, rows)
         return scores, ids
 
@@ -456,15 +289,11 @@ class Retriever:
                 for id_row, score_row in zip(ids, scores)]
 
     def _hit(self, pid, score) -> Hit:
-        source, title, image = self.catalog.lookup(int(pid)) if self.catalog is not None else (None, None, None)
-        return Hit(pid=int(pid), score=float(score), source=source, title=title, image_path=image)
-
-
-def _sibling_text(image_root):
-    """``<source>/text`` next to an explicit ``<source>/images`` root (the Real400K layout)."""
-    if image_root and os.path.basename(os.path.normpath(image_root)) == "images":
-        return os.path.join(os.path.dirname(os.path.normpath(image_root)), "text")
-    return None
+        if self.catalog is None:
+            return Hit(pid=int(pid), score=float(score), source=None, title=None, image_path=None)
+        item = self.catalog(int(pid))
+        return Hit(pid=int(pid), score=float(score), source=item.source, title=item.title,
+                   image_path=item.images[0] if item.images else None)
 
 
 # ------------------------------------------------------------------------------ command line
@@ -474,17 +303,18 @@ def embed_query_file(query_file: str, checkpoint: str, out: str, device: str = "
                      config_args=()) -> int:
     """Embed a ``qid \\t text`` file into feature folder ``out`` (ids = qids; ``features.feat`` too
     with ``--legacy_text_features``); returns the number of queries."""
-    from real20m.config import write_config
-    from real20m.evaluate.feature_io import write_feature_meta, write_feature_shard, write_legacy_features
+    from real20m.config import command_line_options, write_config
+    from real20m.evaluate.feature_io import write_feature_folder, write_legacy_features
     qids, texts = read_queries(query_file)
     if not len(qids):
         raise QueryFileError(f"{query_file}: no queries")
     os.makedirs(out, exist_ok=True)
-    retriever = Retriever.from_checkpoint(checkpoint, device, output_dir=out, args=list(config_args))
+    config, options = command_line_options(list(config_args))
+    retriever = Retriever.from_checkpoint(checkpoint, config=config, options=options, device=device, output_dir=out)
     write_config(retriever.cfg, out)
     feats = retriever.encode_queries(texts, batch_size)
-    write_feature_shard(out, 0, qids, feats, retriever.cfg.run.feature_dtype)
-    write_feature_meta(out, 1)
+    write_feature_folder(out, [(qids, feats)], {"queries": os.path.abspath(query_file), "checkpoint": str(checkpoint)},
+                         retriever.cfg.run.feature_dtype)
     if retriever.cfg.run.legacy_text_features:
         write_legacy_features(os.path.join(out, "features.feat"), qids, feats)
     logger.info("wrote %d query features of %s to %s", len(qids), query_file, out)
@@ -512,7 +342,7 @@ def main(argv=None) -> int:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
     count = exit_on_input_error(lambda: embed_query_file(args.embed_queries, args.checkpoint, args.out, device,
-                                                         args.query_batch_size, config_args), (ValueError,))
+                                                         args.query_batch_size, config_args))
     print(f"embedded {count} queries of {args.embed_queries} into {Path(args.out)}")
     return 0
 

@@ -24,6 +24,11 @@ from real20m.retrieval import QueryError, Retriever, SearchRules, read_query_lin
 from real20m.utils.entry import add_version_argument
 
 
+# This command's model options, by the dotted path of the configuration they set.
+CONFIG_OPTIONS = {"dataset_name": "data.dataset_name", "compat": "data.compat",
+                  "release_config": "run.release_config", "tokenizer": "data.tokenizer"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="real20m-search", description="Search a Real20M gallery with text queries.")
     parser.add_argument("--checkpoint", required=True,
@@ -80,12 +85,14 @@ def main(argv=None) -> int:
     except (OSError, QueryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    overrides = {name: getattr(args, name) for name in ("config", "data_root", "dataset_name", "compat",
-                                                       "release_config", "tokenizer")}
     roots = {f"{source}_{kind}_root": getattr(args, f"{source}_{kind}_root")
              for source in ("goods", "photo") for kind in ("img", "text")}
+    options = {path: getattr(args, name) for name, path in CONFIG_OPTIONS.items()} | \
+              {f"data.{name}": value for name, value in roots.items()}
     try:
-        retriever = Retriever.from_checkpoint(args.checkpoint, args.device, **overrides, **roots)
+        retriever = Retriever.from_checkpoint(args.checkpoint, config=args.config, data=args.data_root,
+                                              options={path: value for path, value in options.items() if value},
+                                              device=args.device)
         retriever.load_gallery(args.gallery, args.items, nprobe=args.nprobe, search_params=args.search_params,
                                **roots)
         results = retriever.search(queries, args.topk) if queries else []

@@ -363,10 +363,13 @@ def load_retriever(args, config_args=()):
     """The Retriever of ``args`` with its gallery loaded, logging each step (torch is imported here,
     once the flags are known to be good)."""
     started = time.perf_counter()
-    overrides = {name: getattr(args, name) for name in ("config", "data_root", "goods_img_root", "photo_img_root",
-                                                        "goods_text_root", "photo_text_root")}
+    from real20m.config import command_line_options
+    config, options = command_line_options(list(config_args))
+    roots = {f"data.{name}": getattr(args, name) for name in ("goods_img_root", "photo_img_root", "goods_text_root",
+                                                               "photo_text_root") if getattr(args, name)}
     LOGGER.info("loading checkpoint %s (device %s)", args.checkpoint, args.device)
-    retriever = Retriever.from_checkpoint(args.checkpoint, device=args.device, args=list(config_args), **overrides)
+    retriever = Retriever.from_checkpoint(args.checkpoint, config=args.config or config, data=args.data_root,
+                                          options={**options, **roots}, device=args.device)
     LOGGER.info("loading gallery %s%s", args.gallery, f" with items {args.items}" if args.items else "")
     retriever.load_gallery(args.gallery, items=args.items, goods_img_root=args.goods_img_root,
                            photo_img_root=args.photo_img_root, goods_text_root=args.goods_text_root,
@@ -401,7 +404,7 @@ def main(argv=None) -> None:
     if not _is_loopback(args.host):
         LOGGER.warning("listening on %s: the search page and its images are reachable from other machines",
                        args.host)
-    from real20m.engine.checkpoint import CheckpointError
+    from real20m.utils.checkpoint_io import CheckpointError
     try:
         retriever = load_retriever(args, config_args)
     except (OSError, ValueError, CheckpointError) as error:   # a bad input file: one line, exit status 2

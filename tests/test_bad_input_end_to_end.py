@@ -23,9 +23,9 @@ import torch
 
 from real20m.config import parse_config
 from real20m.datasets.synthetic import generate
-from real20m.engine.distributed import DistEnv
 from real20m.engine.trainer import Trainer
 from real20m.evaluate.feature_io import load_features, write_legacy_features
+from real20m.utils.distributed import DistEnv
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from real20m.config import ConfigError, OPTIONS, build_parser, parse_config
-from real20m.engine.distributed import DistEnv
+from real20m.config import ConfigError, OPTIONS, build_parser, parse_config, resolve
+from real20m.config.file_layout import FileFacts
+from real20m.config.values import defaults
 from real20m.factory import build_collator, build_eval_data, build_model, build_train_data
+from real20m.utils.distributed import DistEnv
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(path.stem for path in (REPO / "real20m" / "configs").glob("*.yaml"))
@@ -263,3 +265,31 @@ def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
     config = write(tmp_path / "c.yaml", "model: {text: {layer_norm_eps: 1e-12}}\n")
     assert parse_config(["--config", config]).model.text["layer_norm_eps"] == 1e-12
     assert parse_config(["--model.vision.layer_norm_eps", "1e-5"]).model.vision["layer_norm_eps"] == 1e-5
+
+
+def test_resolve_reads_no_file_but_takes_what_the_probes_found():
+    values = defaults() | {"seed": 0}
+    values["data"].update(data_root="/no/such/root", hard_sample=True)
+    values["run"].update(resume="latest", val_freq=1)   # a validation split that does not exist
+    facts = FileFacts(latest_checkpoint="/no/such/checkpoint_3_30.pth.tar", cluster_file_present=True)
+    found = resolve(values, facts)
+    assert found.run.resume == "/no/such/checkpoint_3_30.pth.tar"
+    assert found.data.cluster_file == "/no/such/root/train_file/cluster.txt"
+    assert found.data.val_dir == "/no/such/root/val_file"
+    nothing = resolve(values, FileFacts())
+    assert nothing.run.resume is None and nothing.data.cluster_file is None
+
+
+def test_a_missing_cluster_file_is_left_unset_and_a_present_one_found(tmp_path):
+    assert parse_config(["--data_root", str(tmp_path), "--hard_sample"]).data.cluster_file is None
+    (tmp_path / "train_file").mkdir()
+    (tmp_path / "train_file" / "cluster.txt").write_text("1 2\n", encoding="utf-8")
+    assert parse_config(["--data_root", str(tmp_path), "--hard_sample"]).data.cluster_file == \
+        str(tmp_path / "train_file" / "cluster.txt")
+    assert parse_config(["--data_root", str(tmp_path)]).data.cluster_file is None
+
+
+def test_importing_the_configuration_imports_no_torch():
+    code = "import sys, real20m.config; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]"

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from real20m.datasets.annotations import load_ground_truth
-from real20m.engine.inference import write_features
+from real20m.cli.train import run as train_main
 from real20m.engine.trainer import Trainer
 from real20m.evaluate import cli as evaluation
 from real20m.evaluate.feature_io import load_features, write_legacy_features
 from real20m.retrieval import Hit, QueryError, QueryFileError, Retriever, SearchRules, embed_query_file, \
     main as retrieval_main, read_queries
-from tests.engine.test_inference import FIXTURE, eval_cfg
+from tests.engine.test_inference import FIXTURE, eval_argv
 from tests.engine.test_trainer import SINGLE_CPU, tiny_cfg
 from tests.test_shell_entry_points import run_script
 
@@ -28,13 +28,13 @@ def trained(tiny_data_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("retrieval")
     Trainer(tiny_cfg(tiny_data_root, root / "run", "--max_steps", "2"), SINGLE_CPU).fit()
     checkpoint = str(root / "run" / "checkpoints" / "last.pth.tar")
-    write_features(eval_cfg(tiny_data_root, root / "gallery", "--resume", checkpoint))
+    train_main(eval_argv(tiny_data_root, root / "gallery", "--resume", checkpoint))
     return checkpoint, str(root / "gallery")
 
 
 @pytest.fixture(scope="module")
 def retriever(trained, tiny_data_root):
-    return Retriever.from_checkpoint(trained[0], config=TINY, data_root=tiny_data_root)
+    return Retriever.from_checkpoint(trained[0], config=TINY, data=tiny_data_root)
 
 
 def gallery_file(data_root):
@@ -134,7 +134,7 @@ def test_exported_folder_gives_the_same_features(trained, tiny_data_root, tmp_pa
     from real20m.models.convert import convert_checkpoint
     convert_checkpoint(trained[0], tmp_path / "exported")
     retriever.tokenizer.save_pretrained(str(tmp_path / "exported" / "tokenizer"))
-    exported = Retriever.from_checkpoint(str(tmp_path / "exported"), config=TINY, data_root=tiny_data_root)
+    exported = Retriever.from_checkpoint(str(tmp_path / "exported"), config=TINY, data=tiny_data_root)
     ids, feats = exported.encode_items(gallery_file(tiny_data_root), batch_size=4)
     written = load_features(trained[1])
     assert np.array_equal(ids, written.ids)
@@ -146,9 +146,10 @@ def test_exported_folder_gives_the_same_features(trained, tiny_data_root, tmp_pa
 @pytest.mark.skipif(not FIXTURE.exists(), reason=f"release checkpoint fixture not found at {FIXTURE}")
 def test_release_checkpoint_items_equal_the_evaluate_features(tiny_data_root, tmp_path):
     checkpoint, config = str(FIXTURE / "checkpoint_with_optim.pth.tar"), str(FIXTURE / "config.json")
-    write_features(eval_cfg(tiny_data_root, tmp_path / "eval", "--resume", checkpoint, "--release_config", config))
-    release = Retriever.from_checkpoint(checkpoint, config=TINY, data_root=tiny_data_root, release_config=config,
-                                        image_size=32, batch_size=4)
+    train_main(eval_argv(tiny_data_root, tmp_path / "eval", "--resume", checkpoint, "--release_config", config))
+    release = Retriever.from_checkpoint(checkpoint, config=TINY, data=tiny_data_root,
+                                        options={"run.release_config": config, "data.image_size": 32,
+                                                 "data.batch_size": 4})
     assert release.cfg.data.compat == "original"
     ids, feats = release.encode_items(gallery_file(tiny_data_root), batch_size=4)
     written = load_features(str(tmp_path / "eval"))

@@ -28,7 +28,7 @@ def test_single_query_json_has_ranked_scored_results(trained, tiny_data_root, ca
     # The scores are the inner products of the query with the --evaluate features.
     written = load_features(trained[1])
     gallery = dict(zip(written.ids.tolist(), np.asarray(written.feats)))
-    query = Retriever.from_checkpoint(trained[0], config=TINY, data_root=tiny_data_root).encode_queries(
+    query = Retriever.from_checkpoint(trained[0], config=TINY, data=tiny_data_root).encode_queries(
         ["红色条纹棉质T恤"])[0]
     for result in record["results"]:
         assert result["score"] == pytest.approx(float(gallery[result["pid"]] @ query), abs=1e-5)

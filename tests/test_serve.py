@@ -292,16 +292,15 @@ SERVE_FLAGS = ["--config", "tiny", "--image_size", "32", "--vocab_size", "300"]
 def real_gallery(tmp_path_factory):
     """{data_root, features, items}: a synthetic dataset, its goods gallery's untrained-model features,
     and pid 50034's title replaced by HOSTILE."""
-    from real20m.config import parse_config
+    from real20m.cli.train import run as train_main
     from real20m.datasets.synthetic import generate
-    from real20m.engine.inference import write_features
     folder = tmp_path_factory.mktemp("serve_real")
     data_root, features = str(folder / "data"), str(folder / "gallery_features")
     generate(data_root, seed=0, num_queries=16, num_test_queries=4, goods_per_query=2, videos_per_query=2,
              frames_per_video=5, image_size=32)
     items = os.path.join(data_root, "test_file", "goods_gallery.txt")
-    write_features(parse_config(["--evaluate", "--resume", "init", "--data_root", data_root, "--test_file", items,
-                                 "--output_dir", features, "--batch_size", "4", "--workers", "0", *SERVE_FLAGS]))
+    train_main(["--evaluate", "--resume", "init", "--data_root", data_root, "--test_file", items,
+                "--output_dir", features, "--batch_size", "4", "--workers", "0", *SERVE_FLAGS])
     text = os.path.join(data_root, "Real400K", "goods", "text", "34", f"{REAL_HOSTILE_PID}.txt")
     lines = open(text, encoding="utf-8").read().splitlines()
     lines[4] = HOSTILE                                   # goods text: itemid, category, brand, entity, TITLE, ...

@@ -4,8 +4,8 @@
     real20m-convert tiny.pth.tar converted/ --release-config config.json
     python tools/convert_checkpoint.py ...   (the same, from a checkout)
 
-DST_DIR receives `model.safetensors` and `config.json` (the model config);
-`real20m.models.load_converted(DST_DIR)` rebuilds the model from them.
+DST_DIR receives `model.safetensors` and `config.json` (the model config); every option that takes a
+checkpoint (`--resume`, `CKPT`, `Retriever.from_checkpoint`) also takes DST_DIR and rebuilds the model from them.
 """
 import argparse
 import functools
@@ -14,12 +14,8 @@ import logging
 import yaml
 
 from real20m.config import ConfigError, parse_config
-from real20m.engine.checkpoint import CheckpointError
 from real20m.models.convert import convert_checkpoint
-from real20m.models.release_layout import ReleaseLayoutError, WeightMismatchError
 from real20m.utils.entry import add_version_argument, exit_on_input_error
-
-INPUT_ERRORS = (CheckpointError, ConfigError, ReleaseLayoutError, WeightMismatchError)
 
 
 def _read_mapping(path: str, flag: str) -> dict:
@@ -64,7 +60,7 @@ def main(argv=None) -> int:
     add_version_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    exit_on_input_error(functools.partial(convert, args), INPUT_ERRORS)
+    exit_on_input_error(functools.partial(convert, args))
     return 0
 
 

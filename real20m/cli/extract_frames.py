@@ -24,12 +24,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from real20m.datasets.layout import shard_folder
+from real20m.errors import InputError
 from real20m.utils.entry import add_version_argument, exit_on_input_error
 
 JPEG_QUALITY = 90
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(InputError, RuntimeError):
     """A video could not be opened or yielded no frames."""
 
 

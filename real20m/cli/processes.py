@@ -14,12 +14,11 @@ import sys
 
 import torch
 
-from real20m.cli.train import INPUT_ERRORS
 from real20m.config import ConfigError, parse_config
 from real20m.datasets import build_train_dataset
 from real20m.engine.accumulation import step_data
-from real20m.engine.distributed import DistEnv
 from real20m.factory import build_train_sampler
+from real20m.utils.distributed import DistEnv
 from real20m.utils.entry import exit_on_input_error
 
 
@@ -65,7 +64,7 @@ def _run(argv: list[str]) -> None:
 
 
 def main(argv=None) -> None:
-    exit_on_input_error(functools.partial(_run, list(sys.argv[1:] if argv is None else argv)), INPUT_ERRORS)
+    exit_on_input_error(functools.partial(_run, list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -7,37 +7,34 @@ features of a test file (the same as ``python main_cross_domain_emb.py``).
         --test_file Dataset/test_file/goods_gallery.txt --output_dir outputs/eval/video2goods/gallery
 
 The original release's flag names (--train_file, --goods_img_root, --clip_length, --is_xbm, ...)
-are accepted; see `--help` or real20m/config.py.
+are accepted; see `--help` or real20m/config/.
 """
 import functools
 
-from real20m.config import ConfigError, parse_config
-from real20m.datasets.annotations import AnnotationError, UnsafePathError
-from real20m.engine.checkpoint import CheckpointError
-from real20m.evaluate.extract import EmbeddingInputError
-from real20m.evaluate.feature_io import FeatureFileError
-from real20m.models.release_layout import ReleaseLayoutError, WeightMismatchError
-from real20m.models.towers import PretrainedInputError, PretrainedNotAvailableError
+from real20m.config import read_layers, resolve_layers
 from real20m.utils.entry import exit_on_input_error
 
-INPUT_ERRORS = (AnnotationError, UnsafePathError, CheckpointError, FeatureFileError, ConfigError,
-                ReleaseLayoutError, WeightMismatchError, EmbeddingInputError, PretrainedNotAvailableError,
-                PretrainedInputError)
 
+def run(argv=None) -> int | None:
+    """Train, or write features and return their count; input errors propagate (``main`` turns
+    them into one line).
 
-def run(argv=None) -> None:
-    """Train or write features; input errors propagate (``main`` turns them into one line)."""
-    cfg = parse_config(argv)
-    if cfg.run.evaluate:
+    Writing features layers the input settings the checkpoint was trained with between the
+    YAML file and the command line; the checkpoint is read once, for that and for its weights."""
+    layers = read_layers(argv)
+    if layers.value("run.evaluate"):
         from real20m.engine.inference import write_features
-        write_features(cfg)
+        from real20m.model_source import inspect_source
+        source = inspect_source(layers.resume_path())
+        return write_features(resolve_layers(layers, source.trained_settings()), source)
     else:
         from real20m.engine.trainer import train
-        train(cfg)
+        train(resolve_layers(layers))
+        return None
 
 
 def main(argv=None) -> None:
-    exit_on_input_error(functools.partial(run, argv), INPUT_ERRORS)
+    exit_on_input_error(functools.partial(run, argv))
 
 
 if __name__ == "__main__":

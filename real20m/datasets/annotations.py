@@ -16,8 +16,11 @@ from __future__ import annotations
 import codecs
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+
+from real20m.errors import InputError
 
 SOURCES = ("goods", "photo")
 GOODS, PHOTO = 0, 1
@@ -36,8 +39,6 @@ class QueryLanguage:
 # column of the train file and keeps <pid>_eng.txt (same line layout) beside each <pid>.txt.
 QUERY_LANGUAGES = {"zh": QueryLanguage(query_column=0, text_ending=".txt"),
                    "en": QueryLanguage(query_column=3, text_ending="_eng.txt")}
-# Fields of a line -> annotation format: query-grouped (with or without the English query) or one item a line.
-FORMATS = {3: "query_groups", 4: "query_groups", 5: "items"}
 
 _CHUNK_BYTES = 16 << 20
 _NEWLINE, _TAB, _CR, _COMMA, _ZERO, _NINE = 10, 9, 13, 44, 48, 57
@@ -46,7 +47,7 @@ _MAX_DIGITS = 18  # int64 holds every 18-digit number
 _POW10 = 10 ** np.arange(_MAX_DIGITS, dtype=np.int64)
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError, ValueError):
     """A malformed annotation line; the message is ``<path>:<lineno>: <reason>: <line text>``."""
 
 
@@ -54,7 +55,7 @@ class QueryFileError(AnnotationError):
     """A text-query file (``qid \\t query text``) that cannot be read; the message names the line."""
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(InputError, ValueError):
     """A relative path from an annotation file that is absolute or climbs out of its root."""
 
 
@@ -302,22 +303,64 @@ def load_items(path) -> ItemTable:
     return ItemTable(path, pids.finish(), sources.finish(), texts.finish(), text_offsets.finish())
 
 
+# --------------------------------------------------------------------------- formats
+
+
+@dataclass(frozen=True)
+class AnnotationFormat:
+    """One way of writing a train or test file: which files it reads, and how."""
+
+    name: str
+    reads: Callable[[str], bool]                          # does this format read the file at path?
+    load: Callable[[str, str], "QueryGroups | ItemTable"]  # (path, query language) -> table
+    one_item_a_line: bool                                 # an item file, as evaluation needs
+
+
+def _reads_tab_fields(*counts: int) -> Callable[[str], bool]:
+    return lambda path: _first_line_fields(path)[1] in counts
+
+
+# The registry of annotation formats; the first whose ``reads`` accepts a file reads it.
+ANNOTATION_FORMATS: dict[str, AnnotationFormat] = {
+    # query \t goods ids \t video ids [\t English query]
+    "query_groups": AnnotationFormat("query_groups", _reads_tab_fields(3, 4), load_query_groups, False),
+    # pid \t source \t query \t frame paths \t text path
+    "items": AnnotationFormat("items", _reads_tab_fields(5), lambda path, language: load_items(path), True),
+}
+
+
+def annotation_format(path) -> AnnotationFormat:
+    """The registered format that reads ``path``; an unknown layout names the file and line."""
+    path = os.fspath(path)
+    for annotation in ANNOTATION_FORMATS.values():
+        if annotation.reads(path):
+            return annotation
+    lineno, n_fields, line = _first_line_fields(path)
+    if lineno is None:
+        raise AnnotationError(f"{path}: no annotation lines")
+    _raise(path, lineno, f"expected 3 or 4 (query-grouped) or 5 (item) fields, got {n_fields}", line)
+
+
 def detect_format(path) -> str:
-    """``"query_groups"`` (3 fields a line, 4 with the English query) or ``"items"`` (5 fields)."""
-    return FORMATS[_field_count(path)]
+    """The name of the format that reads ``path``: ``"query_groups"`` (3 fields a line, 4 with the
+    English query), ``"items"`` (5 fields), or a registered one."""
+    return annotation_format(path).name
 
 
 def _field_count(path) -> int:
-    """Fields of the first non-blank line, one of the FORMATS."""
+    """Fields of the first non-blank line of a tab-separated file of the built-in formats."""
+    annotation_format(path)
+    return _first_line_fields(path)[1]
+
+
+def _first_line_fields(path) -> tuple[int | None, int | None, bytes]:
+    """(line number, tab-separated fields, bytes) of the first non-blank line; Nones when there is none."""
     with open(path, "rb") as handle:
         for lineno, line in enumerate(handle, start=1):
             line = line.rstrip(b"\r\n")
             if line.strip():
-                n_fields = line.count(b"\t") + 1
-                if n_fields not in FORMATS:
-                    _raise(path, lineno, f"expected 3 or 4 (query-grouped) or 5 (item) fields, got {n_fields}", line)
-                return n_fields
-    raise AnnotationError(f"{path}: no annotation lines")
+                return lineno, line.count(b"\t") + 1, line
+    return None, None, b""
 
 
 # --------------------------------------------------------------------------- vectorised parsing

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .annotations import GOODS, PHOTO, QUERY_LANGUAGES, SOURCES, AnnotationError, ItemTable, QueryGroups, \
-    detect_format, load_items, load_query_groups
+    annotation_format
 from .items import ItemLoader, ItemRoots, item_text, shard_path
 from .transforms import build_eval_transform, build_train_transform
 
@@ -172,10 +172,10 @@ class EvalDataset(torch.utils.data.Dataset):
 
 
 def build_train_dataset(data) -> TrainDataset:
-    """Train dataset of ``data.train_file`` (the data config section): query-grouped (3 fields, 4
-    with the English query; the query of ``data.query_language``) or item file (5 fields)."""
-    table = load_query_groups(data.train_file, data.query_language) \
-        if detect_format(data.train_file) == "query_groups" else load_items(data.train_file)
+    """Train dataset of ``data.train_file`` (the data config section) in any registered annotation
+    format: query-grouped (3 fields, 4 with the English query; the query of ``data.query_language``),
+    item file (5 fields), or another registered in ``annotations.ANNOTATION_FORMATS``."""
+    table = annotation_format(data.train_file).load(data.train_file, data.query_language)
     loader = ItemLoader(item_roots(data), build_train_transform(data.image_size, data.train_transform),
                         data.clip_length, text_aug=data.text_aug, reduced_decode=data.reduced_decode,
                         jpeg_bytes=data.gpu_decode, train_text=data.train_text)
@@ -184,9 +184,10 @@ def build_train_dataset(data) -> TrainDataset:
 
 def build_eval_dataset(data, test_file: str) -> EvalDataset:
     """Evaluation dataset of an item file (``pid \\t source \\t query \\t frame_paths \\t text_path``)."""
-    if detect_format(test_file) != "items":
+    annotation = annotation_format(test_file)
+    if not annotation.one_item_a_line:
         raise AnnotationError(f"{test_file}: evaluation needs the one-item-a-line format (5 fields)")
-    table = load_items(test_file)
+    table = annotation.load(test_file, data.query_language)
     check_unique_pids(table)
     transform = build_eval_transform(data.image_size, data.compat)
     loader = ItemLoader(item_roots(data), transform, data.clip_length, text_aug=False, compat=data.compat,

@@ -214,12 +214,6 @@ def decode_frame(path: str, scale_for=None, keep_bytes: bool = False) -> Decoded
         return None
 
 
-def read_image(path: str) -> Image.Image | None:
-    """RGB image at full size, or None when the file is missing, empty or not decodable."""
-    frame = decode_frame(path)
-    return None if frame is None else frame.image
-
-
 def validation_scale(width: int, height: int) -> int:
     """Byte mode decodes a frame only to check that it is readable: at the smallest size."""
     return 8
@@ -272,13 +266,6 @@ def choose_frames(files: FrameFiles, indices, compat: str = DEFAULT) -> list[int
     if compat == ORIGINAL:
         return original_compat.skip_unreadable_and_pad([int(index) for index in indices], files.readable)
     return nearest_readable(indices, files.readable, len(files.paths))
-
-
-def read_frames(paths: list[str], indices, issues: list, compat: str = DEFAULT) -> list[Image.Image] | None:
-    """Images of the clip at ``indices`` (see ``choose_frames``); None when no frame is readable."""
-    files = FrameFiles(paths, issues)
-    chosen = choose_frames(files, indices, compat)
-    return None if chosen is None else [files.image(index) for index in chosen]
 
 
 # --------------------------------------------------------------------------- one item

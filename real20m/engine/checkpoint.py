@@ -1,111 +1,25 @@
-"""Crash-safe checkpoint files.
+"""The training run's checkpoint series: numbered files plus last.pth.tar, pruned to the newest n.
 
-A checkpoint is first written to a temporary file in the destination folder, flushed to disk,
-then renamed over the destination (os.replace is atomic on POSIX): a crash at any moment leaves
-either the previous file or the new one, never a half-written one. Loading uses
-torch.load(weights_only=True), so a file can only hold tensors and plain containers; anything
-else is refused without running its code.
+Each file is written crash-safely and read with weights_only=True by ``real20m.utils.checkpoint_io``.
 """
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 
-import torch
+from real20m.utils.atomic import atomic_path
+from real20m.utils.checkpoint_io import CheckpointError, save_checkpoint
 
 LAST_NAME = "last.pth.tar"
 BEST_NAME = "best.pth.tar"   # the best validation so far (--val_freq); never the one --resume latest picks
 NUMBERED_PATTERN = re.compile(r"^checkpoint_(\d+)_(\d+)\.pth\.tar$")
 
 
-class CheckpointError(RuntimeError):
-    pass
-
-
-def _temp_path_next_to(path: Path) -> Path:
-    # Hidden, unique per writer; never matches the checkpoint names, so readers ignore leftovers.
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX keeps it in the directory entry)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish(temp: Path, path: Path) -> None:
-    os.replace(temp, path)
-    _fsync_directory(path.parent)
-
-
-def _copy_durably(source: Path, target: Path) -> None:
+def _copy_durably(source: Path, target) -> None:
     with open(source, "rb") as reader, open(target, "wb") as writer:
         shutil.copyfileobj(reader, writer)
         writer.flush()
         os.fsync(writer.fileno())
-
-
-def save_checkpoint(state: dict, path) -> None:
-    """Atomically write `state` to `path` (the folder is created if needed)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # e.g. a file where the folder should be: say which folder, not just errno
-        raise CheckpointError(f"{path.parent}: cannot create the checkpoint folder ({error.strerror})") from error
-    temp = _temp_path_next_to(path)
-    try:
-        # os.open with 0o666 lets the umask decide permissions, as a plain open() would.
-        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        _publish(temp, path)
-    except OSError as error:   # a full disk or a read-only folder: the files already there stay as they were
-        raise CheckpointError(f"{path}: cannot write the checkpoint ({error.strerror or error}); "
-                              "the previous checkpoints are unchanged") from error
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def _weights_only_reason(error: Exception) -> str:
-    """The unpickler's own reason, e.g. "Unsupported global: GLOBAL io.open ...", without torch's advice."""
-    match = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-    return match.group(1).strip() if match else "unsupported content"
-
-
-def load_checkpoint(path) -> dict:
-    """Load a checkpoint dict onto the CPU; CheckpointError names the file and the reason."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError/EOFError/KeyError/UnpicklingError for bad files
-        if "Weights only load failed" in str(error):
-            raise CheckpointError(
-                f"{path}: refused as unsafe: torch.load(weights_only=True) rejected it "
-                f"({_weights_only_reason(error)}); the file holds objects other than tensors and plain "
-                f"containers, whose loading could run code from the file, or it is not a checkpoint at all"
-            ) from None
-        raise CheckpointError(
-            f"{path}: truncated or corrupt checkpoint ({type(error).__name__}: {str(error)[:200]})"
-        ) from error
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(state).__name__}")
-    return state
-
-
-def checkpoint_keys(path) -> set[str]:
-    """Top-level keys of a checkpoint file, read without loading its tensors (memory-mapped)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # legacy (pre-zip) format, or a bad file: the full load says what is wrong
-        state = load_checkpoint(path)
-    return set(state) if isinstance(state, dict) else set()
 
 
 def _numbered_key(path: Path) -> tuple[int, int]:
@@ -152,18 +66,15 @@ class CheckpointManager:
 
     def _point_last_to(self, path: Path) -> None:
         # A hard link to a temp name, renamed over last.pth.tar: atomic, and no second serialisation.
-        temp = _temp_path_next_to(self.last_path)
         try:
-            try:
-                os.link(path, temp)
-            except OSError:  # file systems without hard links: copy instead
-                _copy_durably(path, temp)
-            _publish(temp, self.last_path)
+            with atomic_path(self.last_path, durable=True) as temp:
+                try:
+                    os.link(path, temp)
+                except OSError:  # file systems without hard links: copy instead
+                    _copy_durably(path, temp)
         except OSError as error:
             raise CheckpointError(f"{self.last_path}: cannot point it to {path.name} ({error.strerror or error}); "
                                   "it still holds the previous checkpoint") from error
-        finally:
-            temp.unlink(missing_ok=True)
 
     def _prune(self) -> None:
         if self.keep_last_n == 0:

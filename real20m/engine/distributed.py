@@ -1,25 +1,15 @@
-"""Process-group set-up from the torchrun environment, and small collective helpers.
+"""Process-group set-up from the torchrun environment.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (plus MASTER_ADDR/MASTER_PORT). Without them the
 program runs as one process. NCCL is used when CUDA is available, gloo on CPU-only machines.
 """
 import datetime
 import os
-from dataclasses import dataclass
-from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
 
-
-@dataclass
-class DistEnv:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    is_main: bool
-    backend: str | None  # None when running as a single process without a process group
+from real20m.utils.distributed import DistEnv, in_process_group
 
 
 def _launched_by_torchrun() -> bool:
@@ -63,50 +53,5 @@ def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> d
 
 
 def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if in_process_group():
         dist.destroy_process_group()
-
-
-def _is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _collective_device() -> torch.device:
-    # NCCL only moves CUDA tensors; gloo only CPU ones.
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def barrier() -> None:
-    """Wait for every rank; a single process has nobody to wait for."""
-    if _is_initialized():
-        torch.distributed.barrier()
-
-
-def all_reduce_mean(value: float) -> float:
-    """Mean of a Python number over all ranks (the value itself when not distributed)."""
-    if not _is_initialized():
-        return float(value)
-    tensor = torch.tensor(float(value), dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(tensor)
-    return tensor.item() / dist.get_world_size()
-
-
-def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """Average .grad over ranks for parameters outside DDP (e.g. a learnable logit scale)."""
-    if not _is_initialized() or dist.get_world_size() == 1:
-        return
-    for parameter in parameters:
-        if parameter.grad is not None:
-            dist.all_reduce(parameter.grad)
-            parameter.grad /= dist.get_world_size()
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank `src`'s picklable object, on every rank."""
-    if not _is_initialized():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]

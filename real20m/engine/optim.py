@@ -1,8 +1,10 @@
 """One optimizer with a parameter group per model part, and per-iteration LR schedules.
 
 The paper fine-tunes the pretrained towers much more gently than the new fusion layers, hence a
-learning-rate multiplier per group (LR = optim.lr * multiplier). Schedules are LambdaLR factors on
-top of those LRs, so scheduler.state_dict() / load_state_dict() resume them exactly.
+learning-rate multiplier per group (LR = optim.lr * multiplier). The model declares its groups
+(``LR_GROUPS``, see ``real20m.models.lr_groups``) with their default multipliers; optim.lr_mult
+overrides them. Schedules are LambdaLR factors on top of those LRs, so scheduler.state_dict() /
+load_state_dict() resume them exactly.
 """
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 from torch import nn
 
+from real20m.models.lr_groups import default_multipliers, grouped_parameters
+
 if TYPE_CHECKING:
     from real20m.config import OptimConfig
 
-# Paper defaults: pretrained towers 1e-2 / 1e-3 of the base LR, new fusion layers the full LR.
-DEFAULT_LR_MULT = {"text": 1e-2, "vision": 1e-3, "fusion": 1.0, "frame": 1e-2, "caption": 1e-3}
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("step", "cosine")
 
@@ -37,12 +39,9 @@ def _check_groups_cover_model(model: nn.Module, groups: dict[str, list[nn.Parame
 def build_param_groups(model: nn.Module, optim: OptimConfig,
                        extra_params: Iterable[nn.Parameter] = ()) -> list[dict]:
     model = getattr(model, "module", model)  # accept a DDP-wrapped model
-    groups = model.parameter_groups()
-    unknown = sorted(set(groups) - set(DEFAULT_LR_MULT))
-    if unknown:
-        raise ValueError(f"model.parameter_groups() returned unknown group(s) {unknown}")
+    groups = grouped_parameters(model.named_parameters(), model.LR_GROUPS)
     _check_groups_cover_model(model, groups)
-    multipliers = {**DEFAULT_LR_MULT, **optim.lr_mult}
+    multipliers = {**default_multipliers(model.LR_GROUPS), **optim.lr_mult}
     param_groups = []
     for name, params in groups.items():
         trainable = [param for param in params if param.requires_grad]

@@ -24,19 +24,19 @@ from tqdm import tqdm
 from real20m.config import Config, OptimConfig, log_configuration_notes, write_config
 from real20m.datasets import DeviceJpegDecoder, build_train_dataset, decode_batch_pixels
 from real20m.engine.accumulation import MicroBatchStep, accumulate_gradients, step_data
-from real20m.engine.checkpoint import BEST_NAME, CheckpointError, CheckpointManager
-from real20m.engine.distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed, \
-    restart_count
+from real20m.engine.checkpoint import BEST_NAME, CheckpointManager
+from real20m.engine.distributed import cleanup_distributed, init_distributed, restart_count
 from real20m.engine.faults import planned_fault
 from real20m.engine.optim import build_optimizer, build_scheduler
-from real20m.engine.validation import KS as VAL_KS, LOGGED_KS, Validator, selection_score
+from real20m.engine.validation import KS as VAL_KS, Validator, logged_metrics, selection_score, summary
 from real20m.engine.watchdog import Heartbeat, Watchdog
-from real20m.assets import CHINESE_BERT_VOCAB_DIR
+from real20m.evaluate.metric_registry import metric_key
 from real20m.factory import build_collator, build_model, build_objective, build_tokenizer_for, \
-    build_train_data, load_weights, read_weights, restore_tokenizer, tokenizer_files, training_architecture, \
-    TOKENIZER_DIR
+    build_train_data, restore_tokenizer, tokenizer_files, TOKENIZER_DIR
 from real20m.losses import QCDLoss
-from real20m.models.release_layout import is_release_checkpoint
+from real20m.model_source import inspect_source, load_weights
+from real20m.utils.checkpoint_io import CheckpointError
+from real20m.utils.distributed import DistEnv, barrier, broadcast_object
 from real20m.utils.logging import setup_logging
 from real20m.utils.meters import AverageMeter
 from real20m.utils.seeding import rng_state, seed_everything, set_rng_state
@@ -196,23 +196,21 @@ class Trainer:
         self.dist = dist
         seed_everything(cfg.seed)
         dataset = build_train_dataset(cfg.data)
-        start_source = cfg.run.resume or cfg.run.init_weights
-        start_state = read_weights(start_source) if start_source else None
-        if start_state and start_state.get("tokenizer_files"):
+        start = inspect_source(cfg.run.resume or cfg.run.init_weights)
+        start_state = start.state()
+        if start.tokenizer_files():
             # The run continues with the vocabulary it started with, whatever the texts are now.
-            self.tokenizer = restore_tokenizer(start_state["tokenizer_files"], cfg.run.output_dir)
+            self.tokenizer = restore_tokenizer(start.tokenizer_files(), cfg.run.output_dir)
         else:
-            # A release checkpoint's text tower was trained on the Chinese BERT vocabulary.
-            required = CHINESE_BERT_VOCAB_DIR if is_release_checkpoint(start_state) else None
             self.tokenizer = build_tokenizer_for(cfg.data, cfg.model, cfg.run.output_dir,
-                                                 dataset.training_texts, dist.is_main, required)
+                                                 dataset.training_texts, dist.is_main, start.vocabulary())
         # One loader batch per optimizer step: accum_freq micro-batches of batch_size (accumulation.py).
         self.dataset, self.sampler, self.loader = build_train_data(
             step_data(cfg), build_collator(cfg.data, self.tokenizer), dist, cfg.seed, dataset)
         self.decoder = DeviceJpegDecoder(cfg.data.image_size, train=True, device=dist.device) \
             if cfg.data.gpu_decode else None
 
-        self.model = build_model(training_architecture(cfg, start_state, start_source), self.tokenizer, cfg.seed,
+        self.model = build_model(start.training_architecture(cfg, resuming=bool(cfg.run.resume)), self.tokenizer, cfg.seed,
                                  cfg.optim.train_vision).to(dist.device)
         self.criterion = build_objective(cfg.loss, self.model.embed_dim).to(dist.device)
         self.step_module = TrainStep(self.model, self.criterion) if cfg.optim.accum_freq == 1 else \
@@ -300,7 +298,9 @@ class Trainer:
         """best.pth.tar: the full training state of the best validation so far, and its metrics."""
         rng_states = self.gather_rng_states()
         if self.dist.is_main:
-            path = self.checkpoints.save_named(BEST_NAME, {**self.state_dict(rng_states), "val_metrics": results})
+            # Plain dicts, the flat view metrics.json has: a checkpoint loads with weights_only.
+            val_metrics = {task: dict(scores) for task, scores in results.items()}
+            path = self.checkpoints.save_named(BEST_NAME, {**self.state_dict(rng_states), "val_metrics": val_metrics})
             logger.info("saved %s (validation score %.4f)", path, self.best_val_score)
         barrier()
 
@@ -435,17 +435,16 @@ class Trainer:
             self.save_best(results)
 
     def log_validation(self, results: dict, score: float) -> None:
-        for task, metrics in results.items():
-            for k in VAL_KS:
-                if f"recall@{k}" in metrics:
-                    self.writer.add_scalar(f"val/{task}/recall@{k}", metrics[f"recall@{k}"], self.global_step)
+        for task, scores in results.items():
+            for metric in logged_metrics():
+                values = scores.at(metric.name)
+                for k in (k for k in VAL_KS if k in values):
+                    self.writer.add_scalar(f"val/{task}/{metric_key(metric.name, k)}", values[k], self.global_step)
         self.writer.add_scalar("val/score", score, self.global_step)
-        summary = "; ".join(f"{task} " + " ".join(f"R@{k} {m[f'recall@{k}']:.4f} (chance {m[f'chance_recall@{k}']:.4f})"
-                                                   for k in LOGGED_KS if f"recall@{k}" in m)
-                            for task, m in results.items())
-        logger.info("validation at epoch %d step %d: %s; score %.4f", self.epoch, self.global_step, summary, score)
+        logger.info("validation at epoch %d step %d: %s; score %.4f", self.epoch, self.global_step, summary(results),
+                    score)
         record = {"epoch": self.epoch, "step": self.global_step, "score": score,
-                  **{task: {key: value for key, value in m.items() if "@" in key} for task, m in results.items()}}
+                  **{task: scores.flat_values() for task, scores in results.items()}}
         with open(os.path.join(self.validator.out_dir, "history.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -17,22 +17,17 @@ import time
 
 import numpy as np
 
-from real20m.datasets.annotations import AnnotationError, UnsafePathError, read_queries
-from real20m.datasets.layout import relative_shard_path, shard_path
+from real20m.datasets.annotations import read_queries
 from real20m.evaluate.feature_io import FeatureFileError, load_features
 from real20m.evaluate.metrics import DEFAULT_KS, RetrievalMetrics, format_table
-from real20m.evaluate.faiss_backend import (USE_GPU_CHOICES, FaissNotInstalledError, SearchDeviceError,
-                                            resolve_search_device)
+from real20m.evaluate.faiss_backend import USE_GPU_CHOICES, resolve_search_device
+from real20m.evaluate.request import EvaluationRequest, ReportOptions
+from real20m.evaluate.search import gallery_ids_at, iter_search
+from real20m.evaluate.search_config import (DEFAULT_GALLERY_CHUNK, DEFAULT_QUERY_CHUNK, DEFAULT_TRAIN_SIZE,
+                                            SearchConfig)
+from real20m.evaluate.searchers import SEARCH_BACKENDS, backend_for, describe_gallery, open_searcher
+from real20m.utils.atomic import publish
 from real20m.utils.entry import exit_on_input_error
-
-try:
-    from real20m.evaluate.index import DEFAULT_TRAIN_SIZE, IndexFileError, describe_gallery, read_index_meta
-    from real20m.evaluate.search import (DEFAULT_GALLERY_CHUNK, DEFAULT_QUERY_CHUNK, gallery_ids_at, is_exact,
-                                         iter_search)
-except FaissNotInstalledError as error:
-    # This module is the evaluation entry point: without Faiss it can do nothing, and the one
-    # line naming the extra to install says more than an import traceback.
-    raise SystemExit(f"error: {error}") from None
 
 REPORT_DEPTH = 20   # results per query that the report shows
 TOPK_IDS_FILE, TOPK_SCORES_FILE, TOPK_QUERIES_FILE = "search_res.npy", "search_res_dis.npy", "search_res_queries.npy"
@@ -46,6 +41,8 @@ def build_parser():
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--task", default="retrieval", help="name shown in the report, e.g. video2goods")
     parser.add_argument("--index", default=None, help="faiss index_factory string (default: exact search)")
+    parser.add_argument("--search_backend", default=None, choices=sorted(SEARCH_BACKENDS),
+                        help="search backend (default: exact, faiss with --index, or the --load_index folder's)")
     parser.add_argument("--nprobe", type=int, default=None)
     parser.add_argument("--search_params", default=None, help="faiss ParameterSpace string, e.g. efSearch=128")
     parser.add_argument("--train_size", type=int, default=DEFAULT_TRAIN_SIZE,
@@ -131,27 +128,31 @@ class TopKWriter:
         self.scores.flush()
         del self.ids, self.scores   # close the mappings before the files take their final names
         for path in self.paths:
-            os.replace(path + ".tmp", path)
+            publish(path + ".tmp", path)
 
 
-def _search_and_score(args, index_name, queries, gallery, ground_truth, search_info=None):
+def _open_searcher(request, gallery):
+    """The searcher of ``request.search`` over the gallery features (a saved index is checked against its ids)."""
+    config = request.search
+    saved_index = config.save_index or config.load_index
+    return open_searcher(gallery.feats, config, depth=request.depth,
+                         gallery_description=describe_gallery(gallery.ids) if saved_index else None)
+
+
+def _search_and_score(request, searcher, queries, gallery_ids, ground_truth):
     """Stream search results per query chunk into the metric accumulator; keep only the top few.
 
     Returns (metrics, (Q, REPORT_DEPTH) retrieved ids, their scores). With --save_topk deeper than
     --topk the search goes that deep, and the metrics still see only the first --topk columns.
     """
-    metrics = RetrievalMetrics(ground_truth, gallery.ids, DEFAULT_KS)
-    saved_index = args.save_index or args.load_index
-    topk_writer = TopKWriter(args.output_dir, queries.ids, args.save_topk) if args.save_topk else None
+    metrics = RetrievalMetrics(ground_truth, gallery_ids, DEFAULT_KS)
+    topk_writer = TopKWriter(request.output_dir, queries.ids, request.save_topk) if request.save_topk else None
     top_rows, top_scores = [], []
-    for start, scores, indices in iter_search(
-            queries.feats, gallery.feats, max(args.topk, args.save_topk), index_name, query_chunk=args.query_chunk,
-            chunk_size=args.chunk_size, nprobe=args.nprobe, params=args.search_params,
-            use_gpu=args.use_gpu, train_size=args.train_size, show_progress=not args.quiet,
-            shards=args.shards, save_index=args.save_index, load_index=args.load_index,
-            gallery_description=describe_gallery(gallery.ids) if saved_index else None, info=search_info):
-        retrieved = gallery_ids_at(gallery.ids, indices)
-        metrics.update(queries.ids[start:start + len(indices)], retrieved[:, :args.topk])
+    config = request.search
+    for start, scores, indices in iter_search(queries.feats, searcher, request.depth, config.query_chunk,
+                                              config.show_progress):
+        retrieved = gallery_ids_at(gallery_ids, indices)
+        metrics.update(queries.ids[start:start + len(indices)], retrieved[:, :request.topk])
         if topk_writer is not None:
             topk_writer.add(start, retrieved, scores)
         # Copies, not views: a view would keep every chunk's whole (chunk, depth) array alive.
@@ -165,67 +166,69 @@ def _search_and_score(args, index_name, queries, gallery, ground_truth, search_i
     return metrics.result(), np.concatenate(top_rows), np.concatenate(top_scores)
 
 
-def run_evaluation(args):
-    """Run the whole evaluation for parsed ``args``; returns the metrics dict (also in metrics.json)."""
+def _search_record(request, described):
+    """metrics.json's "search": what was asked (``request``) and what ran (the searcher's ``describe()``)."""
+    config = request.search
+    asked = {"nprobe": config.nprobe, "params": config.params, "shards": config.shards,
+             "loaded_index": config.load_index, "topk": request.topk, "chunk_size": config.chunk_size,
+             "query_chunk": config.query_chunk, "save_topk": request.save_topk, "use_gpu": config.use_gpu}
+    ran = {key: described[key] for key in ("device", "num_gpus", "device_note", "faiss_version", "faiss_build")}
+    return {"index": described["index"], **asked, **ran}
+
+
+def run_evaluation(request: EvaluationRequest):
+    """Run the whole evaluation ``request`` asks for; returns the metrics dict (also in metrics.json)."""
     from real20m.datasets.annotations import load_ground_truth
 
-    if args.use_gpu == "always":
+    if request.search.use_gpu == "always":
         resolve_search_device("always")   # no GPU: fail before loading a gallery of millions
-    os.makedirs(args.output_dir, exist_ok=True)
-    # A loaded index names its own factory (read before the features: a bad folder fails fast);
-    # --index, when given too, must match it (checked on load).
-    load_saved = args.load_index and is_exact(args.index)
-    index_name = read_index_meta(args.load_index)["index"] if load_saved else args.index
+    os.makedirs(request.output_dir, exist_ok=True)
+    backend_for(request.search)   # a bad saved index folder fails fast too
     timings = {}
     started = time.perf_counter()
-    queries = load_features(args.query_features)
-    gallery = load_features(args.gallery_features)
+    queries = load_features(request.query_features)
+    gallery = load_features(request.gallery_features)
     if queries.dim != gallery.dim:
-        raise FeatureFileError(f"{args.gallery_features}: features of dimension {gallery.dim}, but the queries "
-                               f"({args.query_features}) have dimension {queries.dim}")
-    ground_truth = load_ground_truth(args.gt_file)
+        raise FeatureFileError(f"{request.gallery_features}: features of dimension {gallery.dim}, but the queries "
+                               f"({request.query_features}) have dimension {queries.dim}")
+    ground_truth = load_ground_truth(request.gt_file)
     timings["load_s"] = time.perf_counter() - started
     search_started = time.perf_counter()
-    search_info = {}   # filled by the search: index factory, device, Faiss version and build
-    metrics, top_retrieved, top_scores = _search_and_score(args, index_name, queries, gallery, ground_truth,
-                                                           search_info)
+    searcher = _open_searcher(request, gallery)
+    scores, top_retrieved, top_scores = _search_and_score(request, searcher, queries, gallery.ids, ground_truth)
     timings["search_and_metrics_s"] = time.perf_counter() - search_started
     timings["total_s"] = time.perf_counter() - started
     query_ids = queries.ids
-    del queries, gallery   # the feature matrices are not needed for plots and report
+    described = searcher.describe()
+    del queries, gallery, searcher   # the feature matrices are not needed for plots and report
 
-    metrics["task"] = args.task
-    metrics["search"] = {"index": search_info["index_factory"], "nprobe": args.nprobe, "params": args.search_params,
-                         "shards": args.shards, "loaded_index": args.load_index, "topk": args.topk,
-                         "chunk_size": args.chunk_size, "query_chunk": args.query_chunk,
-                         "save_topk": args.save_topk, "use_gpu": args.use_gpu, "device": search_info["device"],
-                         "num_gpus": search_info["num_gpus"], "device_note": search_info["device_note"],
-                         "faiss_version": search_info["faiss_version"], "faiss_build": search_info["faiss_build"]}
+    metrics = dict(scores)   # the flat view metrics.json keeps: recall@10, ..., then the counters
+    metrics["task"] = request.task
+    metrics["search"] = _search_record(request, described)
     metrics["timings"] = timings
-    print(format_table(metrics))
-    with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
+    print(format_table(scores))
+    with open(os.path.join(request.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
 
     from real20m.evaluate import report
-    report.plot_recall(metrics, os.path.join(args.output_dir, "recall.png"))
-    if args.report:
-        _write_report(args, query_ids, top_retrieved, top_scores, ground_truth, metrics)
+    report.plot_recall(scores, os.path.join(request.output_dir, "recall.png"), request.task)
+    if request.report is not None:
+        _write_report(request, report.FoundItems(query_ids, top_retrieved, ground_truth, scores, top_scores))
     return metrics
 
 
-def _write_report(args, query_ids, top_retrieved, top_scores, ground_truth, metrics):
+def _write_report(request, found):
     from real20m.evaluate import report
-    if not (args.gallery_file and (args.query_file or args.query_texts)):
+    from real20m.evaluate.item_lookup import ItemFolders, ItemLookup
+    options = request.report
+    if not (options.gallery_file and (options.query_file or options.query_texts)):
         raise ValueError("--report needs --gallery_file and the queries' --query_file (items) or --query_texts "
                          "(text queries) to show titles and images")
-    image_roots = {"goods": args.goods_img_root, "photo": args.photo_img_root}
-    text_roots = {"goods": args.goods_text_root or _sibling_text_root(args.goods_img_root),
-                  "photo": args.photo_text_root or _sibling_text_root(args.photo_img_root)}
-    item_files = [path for path in (args.query_file, args.gallery_file) if path]
-    resolver = ItemFileResolver(item_files, image_roots, text_roots)
-    report.write_report(args.output_dir, args.task, query_ids, top_retrieved, ground_truth, metrics,
-                        resolver, max_queries=args.report_queries, scores=top_scores,
-                        query_texts=_query_texts(args.query_texts))
+    folders = ItemFolders.of({"goods": options.goods_img_root, "photo": options.photo_img_root},
+                             {"goods": options.goods_text_root, "photo": options.photo_text_root})
+    lookup = ItemLookup([path for path in (options.query_file, options.gallery_file) if path], folders)
+    report.write_report(request.output_dir, request.task, found, lookup, query_texts=_query_texts(options.query_texts),
+                        max_queries=options.max_queries)
 
 
 def _query_texts(path):
@@ -236,81 +239,48 @@ def _query_texts(path):
     return dict(zip(qids.tolist(), texts))
 
 
-def _sibling_text_root(image_root):
-    """``<source>/text`` next to ``<source>/images``, where the Real400K layout keeps the text files."""
-    if image_root and os.path.basename(os.path.normpath(image_root)) == "images":
-        return os.path.join(os.path.dirname(os.path.normpath(image_root)), "text")
-    return None
+def search_config_from_args(args) -> SearchConfig:
+    return SearchConfig(index=args.index, backend=args.search_backend, nprobe=args.nprobe, params=args.search_params,
+                        shards=args.shards, train_size=args.train_size, chunk_size=args.chunk_size,
+                        query_chunk=args.query_chunk, use_gpu=args.use_gpu, save_index=args.save_index,
+                        load_index=args.load_index, show_progress=not args.quiet)
 
 
-class ItemFileResolver:
-    """pid -> (title, image paths) from one-item-a-line files, for the report.
+def report_options_from_args(args) -> ReportOptions | None:
+    if not args.report:
+        return None
+    return ReportOptions(query_file=args.query_file, query_texts=args.query_texts, gallery_file=args.gallery_file,
+                         goods_img_root=args.goods_img_root, photo_img_root=args.photo_img_root,
+                         goods_text_root=args.goods_text_root, photo_text_root=args.photo_text_root,
+                         max_queries=args.report_queries)
 
-    The title is the item's own text (goods: the title line; videos: title|text|caption), read
-    from its text file as evaluation reads it; the item file's query column is not the item's title.
-    """
 
-    def __init__(self, item_files, image_roots, text_roots):
-        from real20m.datasets.annotations import SOURCES, load_items
-        self.sources = SOURCES
-        self.tables = [load_items(path) for path in item_files]
-        self.rows = [dict(zip(table.pids.tolist(), range(len(table)))) for table in self.tables]
-        self.image_roots = image_roots
-        self.text_roots = text_roots
+def request_from_args(args) -> EvaluationRequest:
+    """The typed request of parsed command-line ``args``."""
+    return EvaluationRequest(query_features=args.query_features, gallery_features=args.gallery_features,
+                             gt_file=args.gt_file, output_dir=args.output_dir, search=search_config_from_args(args),
+                             task=args.task, topk=args.topk, save_topk=args.save_topk,
+                             report=report_options_from_args(args))
 
-    def __call__(self, pid):
-        for table, rows in zip(self.tables, self.rows):
-            if pid in rows:
-                row = rows[pid]
-                _, frame_paths, text_path = table.fields(row)
-                source = int(table.sources[row])
-                name = self.sources[source]
-                title = self._title(pid, source, text_path)
-                return title, self._image_paths(pid, self.image_roots.get(name), frame_paths)
-        return f"{pid} (not in the item files)", []
 
-    def _title(self, pid, source, text_path):
-        # items.py imports torch: only a report pays for that, after the search has freed its memory.
-        from real20m.datasets.annotations import UnsafePathError, safe_join
-        from real20m.datasets.items import item_text
-        root = self.text_roots.get(self.sources[source])
-        if root is None:
-            return f"{pid} (no text root for {self.sources[source]})"
-        try:
-            path = safe_join(root, text_path) if text_path else shard_path(root, pid, "txt")
-        except UnsafePathError:
-            return f"{pid} (text path outside the text root)"
-        issues = []
-        title = item_text(path, source, issues)
-        if issues and issues[0][0] == "missing_text":
-            return f"{pid} (no text file)"
-        return title or f"{pid} (empty title)"
-
-    @staticmethod
-    def _image_paths(pid, root, frame_paths):
-        from real20m.datasets.annotations import UnsafePathError, safe_join
-        if root is None:
-            return []
-        paths = []
-        for relative in frame_paths or [relative_shard_path(pid, "jpg")]:
-            try:
-                paths.append(safe_join(root, relative))
-            except UnsafePathError:
-                continue   # never show a file outside the image root
-        return paths
+def parse_request(argv=None) -> EvaluationRequest:
+    """``argv`` parsed and checked (usage errors exit as argparse does) into an EvaluationRequest."""
+    parser = build_parser()
+    request = request_from_args(parser.parse_args(argv))
+    config = request.search
+    builds_exact = not config.load_index and backend_for(config).name == "exact"
+    if builds_exact and (config.shards not in (None, 1) or config.save_index):
+        parser.error("--shards and --save_index need an approximate --index, e.g. --index IVF4096,SQ8 "
+                     "(exact search already streams the gallery in chunks of --chunk_size rows)")
+    return request
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    request = parse_request(argv)
     # The package's notes (a k clamped to the gallery size, the search device) as plain lines.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("real20m").setLevel(logging.INFO)
-    if is_exact(args.index) and (args.shards not in (None, 1) or args.save_index) and not args.load_index:
-        parser.error("--shards and --save_index need an approximate --index, e.g. --index IVF4096,SQ8 "
-                     "(exact search already streams the gallery in chunks of --chunk_size rows)")
-    exit_on_input_error(lambda: run_evaluation(args), (AnnotationError, UnsafePathError, FeatureFileError,
-                                                               IndexFileError, SearchDeviceError))
+    exit_on_input_error(lambda: run_evaluation(request))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,12 @@ user set it); it is removed again right after, and numpy's own OpenBLAS has load
 """
 
 import contextlib
+import functools
 import logging
 import os
 from dataclasses import dataclass
+
+from real20m.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +32,11 @@ INSTALL_HINT = "install real20m[cpu] or real20m[gpu], e.g. pip install -e '.[cpu
 GPU_INSTALL_HINT = "pip uninstall -y faiss-cpu && pip install -e '.[gpu]' (faiss-gpu-cu12)"
 
 
-class FaissNotInstalledError(ImportError):
+class FaissNotInstalledError(InputError, ImportError):
     """``import faiss`` failed; the message says which extra to install."""
 
 
-class SearchDeviceError(RuntimeError):
+class SearchDeviceError(InputError, RuntimeError):
     """``use_gpu='always'`` where Faiss cannot search on a GPU; the message says what is missing."""
 
 
@@ -65,8 +68,12 @@ def _openblas_coretype():
             del os.environ["OPENBLAS_CORETYPE"]
 
 
+@functools.cache
 def import_faiss():
-    """The ``faiss`` module, or FaissNotInstalledError naming the extras that provide it."""
+    """The ``faiss`` module, or FaissNotInstalledError naming the extras that provide it.
+
+    Only the search backends call it, when they first search: importing the package needs no Faiss.
+    """
     try:
         with _openblas_coretype():
             import faiss

@@ -17,14 +17,21 @@ Chance level (``chance_recall@K``, ``chance_hit@K``) is the expected value of th
 a uniformly random ranking of the gallery, so a figure can be read against its gallery size:
 a query with g of its GT docs in a gallery of N distinct items has expected Recall@K
 (g / |GT|) * min(K, N) / N and hit@K 1 - C(N - g, K) / C(N, K).
+
+Each metric is an entry of metric_registry.py; this module finds the GT hits of each chunk of
+results, accumulates every registered metric over the chunks and prints the table.
 """
 import itertools
-import math
+from collections.abc import Mapping
 
 import numpy as np
 
+from real20m.evaluate.metric_registry import METRICS, RankedHits, metric_key
+
 DEFAULT_KS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
 GT_BROADCAST_LIMIT = 64   # queries with more GT docs are matched with np.isin
+COUNTERS_SHOWN = ("num_queries", "num_gallery", "queries_without_gt", "gt_queries_missing_from_query_set",
+                  "gt_docs_missing_from_gallery", "duplicate_gallery_ids")
 
 
 def _drop_repeated_ids(retrieved):
@@ -75,8 +82,41 @@ def _gt_matches(retrieved, gt_lists, width):
     return matches
 
 
+class RetrievalScores(Mapping):
+    """The metrics of one evaluation: ``per_metric`` by metric name and K (``{"recall": {10: 0.41}}``)
+    and the ``counters``. As a mapping it is the flat view metrics.json stores: ``recall@10``, ...
+    K by K in the registry's order, then the counters."""
+
+    def __init__(self, per_metric: dict[str, dict[int, float]], counters: dict[str, int]):
+        self.per_metric = per_metric
+        self.counters = counters
+        self._flat = {**self.flat_values(), **counters}
+
+    def at(self, name: str) -> dict[int, float]:
+        """Metric ``name``'s values by K ({} when it was not scored)."""
+        return self.per_metric.get(name, {})
+
+    def ks(self, metrics) -> list[int]:
+        """Every K at which one of ``metrics`` has a value, ascending."""
+        return sorted(set().union(*(self.at(metric.name) for metric in metrics)))
+
+    def flat_values(self) -> dict[str, float]:
+        """The metric values alone under their metrics.json keys."""
+        return {metric_key(metric.name, k): self.at(metric.name)[k] for k in self.ks(METRICS.values())
+                for metric in METRICS.values() if k in self.at(metric.name)}
+
+    def __getitem__(self, key):
+        return self._flat[key]
+
+    def __iter__(self):
+        return iter(self._flat)
+
+    def __len__(self):
+        return len(self._flat)
+
+
 class RetrievalMetrics:
-    """Accumulates Recall/hit/mAP@K over chunks of queries (see the module docstring)."""
+    """Accumulates every registered metric over chunks of queries (see the module docstring)."""
 
     def __init__(self, ground_truth, gallery_ids, ks=DEFAULT_KS):
         self.ground_truth = ground_truth
@@ -123,24 +163,15 @@ class RetrievalMetrics:
         self._accumulate(retrieved, gt_lists)
 
     def _accumulate(self, retrieved, gt_lists):
-        gt_sizes = np.array([len(g) for g in gt_lists], dtype=np.float64)
         rows, ranks = _hit_positions(retrieved, gt_lists)
-        # 1-based position of each hit among its row's hits = hits so far at that rank.
-        row_starts = np.searchsorted(rows, rows, side="left")
-        hits_so_far = np.arange(1, len(rows) + 1) - row_starts
-        precision_at_hit = hits_so_far / (ranks + 1)
-        present = self._count_in_gallery(gt_lists)
-        n_gallery = len(self.unique_gallery)
-        for k in self.reported_ks:
-            within = ranks < k
-            hits = np.bincount(rows[within], minlength=len(gt_lists))
-            precision_sum = np.bincount(rows[within], weights=precision_at_hit[within], minlength=len(gt_lists))
-            self._add(f"recall@{k}", (hits / np.maximum(gt_sizes, 1)).sum())
-            self._add(f"hit@{k}", np.count_nonzero(hits))
-            self._add(f"map@{k}", (precision_sum / np.maximum(np.minimum(gt_sizes, k), 1)).sum())
-            if n_gallery:
-                self._add(f"chance_recall@{k}", (present / np.maximum(gt_sizes, 1)).sum() * min(k, n_gallery) / n_gallery)
-                self._add(f"chance_hit@{k}", _sum_chance_hit(n_gallery, present, k))
+        hits = RankedHits(rows, ranks, np.array([len(g) for g in gt_lists], dtype=np.float64),
+                          self._count_in_gallery(gt_lists), len(self.unique_gallery))
+        for metric in METRICS.values():
+            for k in self.reported_ks(metric):
+                total = metric.total(hits, k)
+                if total is not None:
+                    sums = self.sums.setdefault(metric.name, {})
+                    sums[k] = sums.get(k, 0.0) + float(total)
 
     def _count_in_gallery(self, gt_lists):
         """How many of each query's (unique) GT docs the gallery holds, all queries in one binary search."""
@@ -148,21 +179,17 @@ class RetrievalMetrics:
         owners = np.repeat(np.arange(len(gt_lists)), [len(query_docs) for query_docs in gt_lists])
         return np.bincount(owners, weights=_in_sorted(self.unique_gallery, docs), minlength=len(gt_lists))
 
-    def _add(self, key, value):
-        self.sums[key] = self.sums.get(key, 0.0) + float(value)
+    def reported_ks(self, metric):
+        """The metric's Ks (its own, or this evaluation's) that the retrieved depth reaches."""
+        return [k for k in metric.ks or self.ks if self.depth is None or k <= self.depth]
 
-    @property
-    def reported_ks(self):
-        return [k for k in self.ks if self.depth is None or k <= self.depth]
-
-    def result(self):
+    def result(self) -> RetrievalScores:
         n = self.counters["num_queries"]
-        out = {key: (total / n if n else 0.0) for key, total in self.sums.items()}
+        values = {name: {k: (total / n if n else 0.0) for k, total in sums.items()} for name, sums in self.sums.items()}
         missing = set(self.ground_truth) - self.seen_gt_queries
-        out.update(self.counters)
-        out["gt_queries_missing_from_query_set"] = len(missing)
-        out["retrieved_depth"] = int(self.depth or 0)
-        return out
+        counters = {**self.counters, "gt_queries_missing_from_query_set": len(missing),
+                    "retrieved_depth": int(self.depth or 0)}
+        return RetrievalScores(values, counters)
 
 
 def _in_sorted(sorted_values, values):
@@ -173,39 +200,19 @@ def _in_sorted(sorted_values, values):
     return sorted_values[positions] == values
 
 
-def _sum_chance_hit(n, present, k):
-    """Sum of ``_chance_hit(n, g, k)`` over the queries' GT counts ``present``: one call per distinct count."""
-    counts, queries = np.unique(present.astype(np.int64), return_counts=True)
-    return sum(int(m) * _chance_hit(n, int(g), k) for g, m in zip(counts, queries))
-
-
-def _chance_hit(n, g, k):
-    """P(at least one of g relevant items in the first k of a random ranking of n) = 1 - C(n-g, k) / C(n, k)."""
-    k = min(k, n)
-    if g == 0:
-        return 0.0
-    if n - g < k:
-        return 1.0
-    log_none = (math.lgamma(n - g + 1) - math.lgamma(n - g - k + 1)) - (math.lgamma(n + 1) - math.lgamma(n - k + 1))
-    return 1.0 - math.exp(log_none)
-
-
-def compute_metrics(query_ids, retrieved_ids, ground_truth, gallery_ids, ks=DEFAULT_KS):
-    """Recall@K, hit@K, map@K (+ counters) of one (Q, k) retrieved-pid matrix; see module docstring."""
+def compute_metrics(query_ids, retrieved_ids, ground_truth, gallery_ids, ks=DEFAULT_KS) -> RetrievalScores:
+    """Every registered metric (+ counters) of one (Q, k) retrieved-pid matrix; see module docstring."""
     metrics = RetrievalMetrics(ground_truth, gallery_ids, ks)
     metrics.update(query_ids, retrieved_ids)
     return metrics.result()
 
 
-def format_table(metrics):
-    """Printable table: one row per K with recall / hit / mAP, then the counters."""
-    ks = sorted(int(key.split("@")[1]) for key in metrics if key.startswith("recall@"))
-    lines = [f"{'K':>6} {'Recall@K':>10} {'hit@K':>10} {'mAP@K':>10} {'chance R@K':>11}"]
-    for k in ks:
-        chance = metrics.get(f"chance_recall@{k}", float("nan"))
-        lines.append(f"{k:>6} {metrics[f'recall@{k}']:>10.4f} {metrics[f'hit@{k}']:>10.4f} "
-                     f"{metrics[f'map@{k}']:>10.4f} {chance:>11.4f}")
-    counters = ("num_queries", "num_gallery", "queries_without_gt", "gt_queries_missing_from_query_set",
-                "gt_docs_missing_from_gallery", "duplicate_gallery_ids")
-    lines += [f"{name}: {metrics[name]}" for name in counters if name in metrics]
+def format_table(scores: RetrievalScores) -> str:
+    """Printable table: one row per K with a column per metric that has one, then the counters."""
+    shown = [metric for metric in METRICS.values() if metric.display.column]
+    lines = [f"{'K':>6}" + "".join(f" {metric.display.column:>{metric.display.width}}" for metric in shown)]
+    for k in scores.ks(shown):
+        cells = (scores.at(metric.name).get(k, float("nan")) for metric in shown)
+        lines.append(f"{k:>6}" + "".join(f" {value:>{metric.display.width}.4f}" for metric, value in zip(shown, cells)))
+    lines += [f"{name}: {scores.counters[name]}" for name in COUNTERS_SHOWN if name in scores.counters]
     return "\n".join(lines)

@@ -4,8 +4,8 @@ Images are embedded as small base64 JPEG thumbnails, so the pages can be moved
 or mailed and never point outside their folder. The pages are rendered by a
 Jinja2 template with autoescaping on, so every string that comes from the data
 (titles, task names, paths) is escaped. The item lookup is injected
-(``resolver(pid) -> (title, [image paths])``) so this module knows nothing
-about the dataset layout.
+(``lookup(pid) -> ItemView``: source, title, image paths) so this module knows
+nothing about the dataset layout.
 
 Each shown query has its own title and frames (a text query: its text alone), a panel of
 its ground-truth items, and its top results with their scores, ground-truth hits marked. Up to
@@ -14,11 +14,18 @@ QUERIES_PER_PAGE queries go in ``report.html`` itself; more are split over
 """
 
 import base64
+import dataclasses
 import io
 import os
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import jinja2
 import numpy as np
+
+from real20m.evaluate.metric_registry import METRICS
+from real20m.evaluate.item_lookup import ItemView
+from real20m.evaluate.metrics import COUNTERS_SHOWN, RetrievalScores
 
 THUMBNAIL_SIZE = (96, 96)
 RESULTS_SHOWN = 20
@@ -53,9 +60,10 @@ PAGE = jinja2.Template("""<!DOCTYPE html><html><head><meta charset="utf-8"><titl
 {%- if entry.rank %}#{{ entry.rank }}{% endif %}{% if entry.hit %} <span class="badge">&#10003; GT</span>{% endif %}
 {%- if entry.score is not none %} <span class="score">{{ '%.4f' % entry.score }}</span>{% endif %} {{ entry.title }}</div></div>
 {%- endmacro -%}
-{% if metrics %}<table class="metrics"><tr><th>K</th><th>Recall@K</th><th>hit@K</th><th>mAP@K</th></tr>
-{%- for row in metrics.rows %}<tr><td>{{ row.k }}</td><td>{{ '%.4f' % row.recall }}</td><td>{{ '%.4f' % row.hit }}</td>
-<td>{{ '%.4f' % row.map }}</td></tr>{% endfor %}</table>
+{% if metrics %}<table class="metrics"><tr><th>K</th>{% for column in metrics.columns %}<th>{{ column }}</th>
+{%- endfor %}</tr>
+{%- for row in metrics.rows %}<tr><td>{{ row.k }}</td>{% for value in row.cells %}<td>{{ '%.4f' % value }}</td>
+{%- endfor %}</tr>{% endfor %}</table>
 <ul>{% for name, value in metrics.counters %}<li>{{ name }}: {{ value }}</li>{% endfor %}</ul>{% endif %}
 <p class="legend">{{ legend }}; a green frame and <span class="badge">&#10003; GT</span> mark a ground-truth item
 among the results, the number after the rank is the similarity score.</p>
@@ -94,19 +102,19 @@ def _pictures(paths, max_images):
     return pictures or [{"uri": None, "path": "", "reason": "no image"}]
 
 
-def _item(pid, resolver, rank=None, score=None, hit=False):
-    title, paths = resolver(int(pid))
-    return {"title": str(title), "picture": _pictures(paths, 1)[0], "rank": rank, "score": score, "hit": hit}
+def _item(pid, lookup, rank=None, score=None, hit=False):
+    item = lookup(int(pid))
+    return {"title": item.display_title(), "picture": _pictures(item.images, 1)[0], "rank": rank, "score": score,
+            "hit": hit}
 
 
-def _metrics_view(metrics):
-    ks = sorted(int(key.split("@")[1]) for key in metrics if key.startswith("recall@"))
-    rows = [{"k": k, "recall": metrics[f"recall@{k}"], "hit": metrics[f"hit@{k}"], "map": metrics[f"map@{k}"]}
-            for k in ks]
-    counters = [(name, metrics[name]) for name in
-                ("num_queries", "num_gallery", "queries_without_gt", "gt_queries_missing_from_query_set",
-                 "gt_docs_missing_from_gallery", "duplicate_gallery_ids") if name in metrics]
-    return {"rows": rows, "counters": counters}
+def _metrics_view(scores):
+    """The report's table: a column per metric the registry shows in reports, a row per K."""
+    shown = [metric for metric in METRICS.values() if metric.display.in_report and metric.display.column]
+    rows = [{"k": k, "cells": [scores.at(metric.name).get(k, float("nan")) for metric in shown]}
+            for k in scores.ks(shown)]
+    counters = [(name, scores.counters[name]) for name in COUNTERS_SHOWN if name in scores.counters]
+    return {"columns": [metric.display.column for metric in shown], "rows": rows, "counters": counters}
 
 
 def _sample_queries(query_ids, ground_truth, max_queries, seed):
@@ -117,20 +125,23 @@ def _sample_queries(query_ids, ground_truth, max_queries, seed):
     return rows
 
 
-def _query_side(query_pid, resolver, query_texts):
+def _query_side(query_pid, lookup, query_texts):
     """How a query is shown: a text query by its text alone (it has no image), an item query by
     its title and frames."""
     if query_pid in query_texts:
         return {"kind": "text query", "title": str(query_texts[query_pid]), "pictures": []}
-    title, paths = resolver(query_pid)
-    return {"kind": "query", "title": str(title), "pictures": _pictures(paths, QUERY_FRAMES_SHOWN)}
+    item = lookup(query_pid)
+    return {"kind": "query", "title": item.display_title(), "pictures": _pictures(item.images, QUERY_FRAMES_SHOWN)}
 
 
-def _query_view(query_pid, retrieved_row, score_row, relevant, resolver, query_texts):
-    results = [_item(pid, resolver, rank + 1, None if score_row is None else float(score_row[rank]), pid in relevant)
-               for rank, pid in enumerate(retrieved_row[:RESULTS_SHOWN].tolist()) if pid >= 0]
-    return {"pid": query_pid, **_query_side(query_pid, resolver, query_texts),
-            "gt": [_item(pid, resolver) for pid in relevant[:GT_SHOWN]], "gt_count": len(relevant),
+def _query_view(found: "FoundItems", row: int, lookup, query_texts):
+    query_pid = int(found.query_ids[row])
+    relevant = list(found.ground_truth[query_pid])
+    score_row = None if found.scores is None else found.scores[row]
+    results = [_item(pid, lookup, rank + 1, None if score_row is None else float(score_row[rank]), pid in relevant)
+               for rank, pid in enumerate(found.retrieved[row][:RESULTS_SHOWN].tolist()) if pid >= 0]
+    return {"pid": query_pid, **_query_side(query_pid, lookup, query_texts),
+            "gt": [_item(pid, lookup) for pid in relevant[:GT_SHOWN]], "gt_count": len(relevant),
             "results": results, "found": sum(entry["hit"] for entry in results)}
 
 
@@ -140,24 +151,34 @@ def _write_page(path, **view):
     return path
 
 
-def write_report(out_dir, task, query_items, retrieved, gt, metrics, image_resolver, max_queries=20, seed=0,
-                 scores=None, query_texts=None):
+@dataclass(frozen=True)
+class FoundItems:
+    """What one evaluation found, as the report shows it."""
+
+    query_ids: np.ndarray                    # (Q,) query pids
+    retrieved: np.ndarray                    # (Q, depth) retrieved gallery pids, -1 = none
+    ground_truth: Mapping[int, Sequence[int]]
+    metrics: RetrievalScores
+    scores: np.ndarray | None = None         # (Q, depth) their similarity scores
+
+
+def write_report(out_dir, task, found: FoundItems, lookup: Callable[[int], ItemView],
+                 query_texts: Mapping[int, str] | None = None, max_queries: int | None = 20, seed: int = 0):
     """Write ``out_dir/report.html`` (and its pages): metrics, then the shown queries and their results.
 
-    query_items: (Q,) query pids; retrieved: (Q, depth) retrieved gallery pids (-1 = none); scores:
-    their (Q, depth) similarity scores, or None; gt: query pid -> GT doc pids; image_resolver:
-    pid -> (title, [image paths]); max_queries: how many queries with ground truth to show
-    (a reproducible sample), None for all of them; query_texts: qid -> text of the text queries
-    (each shown as its text, with no frames). Returns the path of report.html.
+    ``lookup`` describes an item by its pid (``item_lookup.ItemLookup``); ``query_texts``: qid ->
+    text of the text queries (each shown as its text, with no frames); ``max_queries``: how many
+    queries with ground truth to show (a reproducible sample), None for all of them. Returns the
+    path of report.html.
     """
     query_texts = query_texts or {}
-    query_items = np.asarray(query_items, dtype=np.int64)
-    rows = _sample_queries(query_items, gt, max_queries, seed)
+    found = dataclasses.replace(found, query_ids=np.asarray(found.query_ids, dtype=np.int64))
+    rows = _sample_queries(found.query_ids, found.ground_truth, max_queries, seed)
     legend = f"{len(rows)} {'sampled ' if max_queries is not None else ''}queries with ground truth"
+    metrics = found.metrics
 
     def views(chunk):
-        return [_query_view(int(query_items[row]), retrieved[row], None if scores is None else scores[row],
-                            list(gt[int(query_items[row])]), image_resolver, query_texts) for row in chunk]
+        return [_query_view(found, row, lookup, query_texts) for row in chunk]
 
     index_path = os.path.join(out_dir, "report.html")
     page_view = {"task": str(task), "legend": legend}
@@ -173,21 +194,21 @@ def write_report(out_dir, task, query_items, retrieved, gt, metrics, image_resol
     return _write_page(index_path, metrics=_metrics_view(metrics), pages=pages, queries=[], **page_view)
 
 
-def plot_recall(metrics, path):
-    """Recall@K and hit@K against K (log-x) into a PNG."""
+def plot_recall(scores, path, title="retrieval"):
+    """Every metric the registry plots (Recall@K, hit@K, mAP@K) against K (log-x) into a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ks = sorted(int(key.split("@")[1]) for key in metrics if key.startswith("recall@"))
     figure, axes = plt.subplots(figsize=(6, 4))
-    for name in ("recall", "hit", "map"):
-        axes.plot(ks, [metrics[f"{name}@{k}"] for k in ks], marker="o", label=f"{name}@K")
+    for metric in (metric for metric in METRICS.values() if metric.display.in_plot):
+        values = scores.at(metric.name)
+        axes.plot(sorted(values), [values[k] for k in sorted(values)], marker="o", label=f"{metric.name}@K")
     axes.set_xscale("log")
     axes.set_xlabel("K")
     axes.set_ylim(0, 1)
     axes.grid(True, which="both", alpha=0.3)
-    axes.set_title(str(metrics.get("task", "retrieval")))
+    axes.set_title(str(title))
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -3,6 +3,8 @@
 The ring lives in registered buffers (embeddings, write pointer, filled count), so it is saved in
 the loss module's state_dict and a resumed run continues with exactly the same negatives.
 """
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -79,3 +81,23 @@ class OriginalCrossBatchMemory(nn.Module):
         """(queries, items) of the filled rows (all of them once full)."""
         filled = self.queries.shape[0] if bool(self.full) else int(self.ptr)
         return self.queries[:filled], self.items[:filled]
+
+
+MEMORY_KINDS = {"ours": CrossBatchMemory, "original": OriginalCrossBatchMemory}
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """A cross-batch memory of ``size`` past (query, fused) pairs of ``dim`` values each. ``mode``
+    "original" is the original release's ring (a step's batch enters it before it is scored)."""
+
+    size: int
+    dim: int
+    mode: str = "ours"
+
+    def __post_init__(self):
+        if self.mode not in MEMORY_KINDS:
+            raise ValueError(f"xbm_mode must be one of {tuple(MEMORY_KINDS)}, got {self.mode!r}")
+
+    def build(self) -> nn.Module:
+        return MEMORY_KINDS[self.mode](self.size, self.dim)

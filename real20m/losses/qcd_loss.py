@@ -8,20 +8,21 @@ projection as it is rather than its unit vector (``normalize_query=False``).
 total = sum over terms of weight[name] * term(name), in the table's order; with the defaults
   fused + title + visual (query-guided InfoNCE) + delta * mean((fused - visual)^2) + caption.
 Every InfoNCE uses negatives from all ranks (see contrastive.py); only the embeddings that some
-enabled term scores globally are gathered. The optional cross-batch memory adds past
-(query, fused) pairs as negatives of the fused term, the one used for retrieval.
+enabled term scores globally are gathered. Each term is handed only the model outputs it declares
+that it reads (terms.py), after a check that the model returned them. The optional cross-batch
+memory adds past (query, fused) pairs as negatives of the fused term, the one used for retrieval.
 """
+import dataclasses
 import math
 
 import torch
 from torch import Tensor, nn
 
 from real20m.losses.contrastive import gather_with_grad, local_row_offset
-from real20m.losses.memory_bank import CrossBatchMemory, OriginalCrossBatchMemory
-from real20m.losses.terms import TERMS, TermInputs
+from real20m.losses.memory_bank import MemorySpec
+from real20m.losses.terms import TERMS, Term, TermInputs
 
 MAX_LOGIT_SCALE = 100.0
-XBM_MODES = ("ours", "original")
 EMBEDDING_KEYS = ("query", "title", "visual", "fused")
 OPTIONAL_EMBEDDING_KEYS = ("pair_fused",)  # the paired items of the no-query-guidance ablation
 # The in-batch accuracy logged every step compares queries with fused embeddings.
@@ -47,31 +48,40 @@ def topk_accuracy(query: Tensor, all_items: Tensor, ks=(1, 5), offset: int | Non
     return [hits[:, :k].any(dim=1).float().mean() for k in ks]
 
 
+def _embedding_keys(terms: list[Term]) -> tuple[str, ...]:
+    """The outputs scored as fp32 embeddings, in a fixed order (gathering follows it on every rank):
+    the model's own, then any other that a term gathers, in the term table's order."""
+    gathered = (key for term in terms for key in term.gathers)
+    return tuple(dict.fromkeys((*EMBEDDING_KEYS, *OPTIONAL_EMBEDDING_KEYS, *gathered)))
+
+
+def _only(values: dict, keys: tuple[str, ...]) -> dict:
+    return {key: values[key] for key in keys if key in values}
+
+
 class QCDLoss(nn.Module):
     def __init__(
         self,
         weights: dict | None = None,
         logit_scale: float = 20.0,
         learnable_scale: bool = False,
-        xbm_size: int = 0,
-        embed_dim: int = 512,
+        memory: MemorySpec | None = None,
         local_negatives: bool = False,
-        xbm_mode: str = "ours",
         log_terms: tuple[str, ...] = (),
         normalize_query: bool = True,
     ):
         super().__init__()
         if not 0 < logit_scale <= MAX_LOGIT_SCALE:
             raise ValueError(f"logit_scale must be in (0, {MAX_LOGIT_SCALE}], got {logit_scale}")
-        if xbm_mode not in XBM_MODES:
-            raise ValueError(f"xbm_mode must be one of {XBM_MODES}, got {xbm_mode!r}")
         self.weights = merge_weights(weights)
         self.enabled = [name for name, weight in self.weights.items() if weight != 0]
         # Terms computed and logged but left out of the total (the original's image-text term).
         merge_weights(dict.fromkeys(log_terms, 0.0))  # refuses unknown names
         self.logged_only = [name for name in TERMS if name in log_terms and name not in self.enabled]
+        self.embedding_keys = _embedding_keys([term for name, term in TERMS.items()
+                                               if name in self.enabled + self.logged_only])
         self.local_negatives = local_negatives
-        self.xbm_mode = xbm_mode
+        self.xbm_mode = memory.mode if memory is not None else "ours"
         self.normalize_query = normalize_query
         # Stored as log(scale) under one name whether learnable or not, so checkpoints load either way.
         log_scale = torch.tensor(math.log(logit_scale))
@@ -79,8 +89,7 @@ class QCDLoss(nn.Module):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
-        memory_class = CrossBatchMemory if xbm_mode == "ours" else OriginalCrossBatchMemory
-        self.memory = memory_class(xbm_size, embed_dim) if xbm_size > 0 else None
+        self.memory = memory.build() if memory is not None else None
 
     def logit_scale(self) -> Tensor:
         return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
@@ -97,22 +106,38 @@ class QCDLoss(nn.Module):
         if self.local_negatives:
             return []
         wanted = set(ACCURACY_KEYS).union(*(TERMS[name].gathers for name in self.enabled + self.logged_only))
-        return [key for key in EMBEDDING_KEYS + OPTIONAL_EMBEDDING_KEYS if key in wanted]
+        return [key for key in self.embedding_keys if key in wanted]
+
+    def check_outputs(self, out: dict) -> None:
+        """Every output a computed term (and the logged accuracy) reads is there: one KeyError naming
+        the term and the missing outputs otherwise."""
+        for name in self.enabled + self.logged_only:
+            missing = [key for key in TERMS[name].reads if key not in out]
+            if missing:
+                raise KeyError(TERMS[name].missing_outputs_message(name, missing))
+        missing = [key for key in ACCURACY_KEYS if key not in out]
+        if missing:
+            raise KeyError(f"the in-batch accuracy reads model outputs {list(ACCURACY_KEYS)}, missing {missing}")
+
+    def compute_term(self, name: str, inputs: TermInputs) -> Tensor:
+        """Term ``name`` on the part of ``inputs`` it reads."""
+        term = TERMS[name]
+        return term.compute(dataclasses.replace(
+            inputs, local=_only(inputs.local, term.reads), gathered=_only(inputs.gathered, term.gathers),
+            outputs=_only(inputs.outputs, term.reads)))
 
     def forward(self, out: dict, write_memory: bool = True) -> tuple[Tensor, dict[str, float]]:
         """out: the model's outputs, L2-normalised local (B, D) "query", "title", "visual", "fused"
         (with ``normalize_query`` off, "query_raw" in place of "query") and whatever else a term
-        reads (the caption logits and targets).
+        reads (the caption logits and targets, any registered output).
 
         Returns the weighted total and every term's unweighted value as floats (0.0 when disabled).
         While training, the gathered (query, fused) pairs then enter the memory bank, unless
         ``write_memory`` is false (gradient accumulation scores one batch N times, writes it once).
         """
-        missing = [key for key in EMBEDDING_KEYS if key not in out]
-        if missing:
-            raise KeyError(f"QCDLoss needs model outputs {list(EMBEDDING_KEYS)}, missing {missing}")
+        self.check_outputs(out)
         # Contrastive logits in fp32 even under autocast: softmax over thousands of columns.
-        local = {key: out[key].float() for key in EMBEDDING_KEYS + OPTIONAL_EMBEDDING_KEYS if key in out}
+        local = {key: out[key].float() for key in self.embedding_keys if key in out}
         if not self.normalize_query:
             # The original scores the query projection itself: its norm (about 23 on the
             # train-step fixture) multiplies the logit scale of every query-guided term.
@@ -126,9 +151,9 @@ class QCDLoss(nn.Module):
                             memory=self.memory.negatives() if self.memory is not None else None, outputs=out,
                             offset=0 if self.local_negatives else None, xbm_mode=self.xbm_mode)
         zero = local["query"].new_zeros(())
-        terms = {name: TERMS[name].compute(inputs) if name in self.enabled else zero for name in self.weights}
+        terms = {name: self.compute_term(name, inputs) if name in self.enabled else zero for name in self.weights}
         for name in self.logged_only:
-            terms[name] = TERMS[name].compute(inputs).detach()
+            terms[name] = self.compute_term(name, inputs).detach()
         total = sum((self.weights[name] * terms[name] for name in self.enabled[1:]),
                     self.weights[self.enabled[0]] * terms[self.enabled[0]]) if self.enabled else zero
         top1, top5 = topk_accuracy(local["query"].detach(), gathered["fused"].detach(), offset=inputs.offset)

@@ -1,10 +1,13 @@
 """The terms of the QCD objective, one table entry each.
 
 A term is a function of ``TermInputs`` returning a scalar; its name is also the name of its weight
-(``loss.weights.<name>``) and of its logged value (``train/<name>`` in TensorBoard). ``gathers``
-lists the embeddings it scores against the whole (all-rank) batch, so only those are gathered.
-Adding a term is one ``@register_term`` function here (or in any module imported before the
-config is resolved) plus its test.
+(``loss.weights.<name>``) and of its logged value (``train/<name>`` in TensorBoard). ``reads``
+lists the model outputs it reads: the objective checks that the model returned them (naming the
+term and what provides them, ``needs``) and hands the term those alone. ``gathers`` lists the
+embeddings it scores against the whole (all-rank) batch, so only those are gathered; a gathered
+embedding is read. Adding a term is one ``@register_term`` function here (or in any module
+imported before the config is resolved), and one ``register_output`` entry (models/outputs.py)
+when it reads an output the model does not return yet.
 """
 from __future__ import annotations
 
@@ -22,11 +25,11 @@ IGNORE_INDEX = -100  # caption targets the loss skips (padding)
 
 @dataclass
 class TermInputs:
-    """What the terms read: local (B, D) embeddings, their gathered (all-rank) versions (the local
-    ones themselves with in-batch negatives), the logit scale, the memory bank's (queries, items)
-    rows or None and how to use them ("ours": extra negatives; "original": the release's XBM),
-    every model output, and the row of the first local positive in the gathered batch (None: this
-    rank's position)."""
+    """What a term reads, limited to its ``reads``: local (B, D) fp32 embeddings, the gathered
+    (all-rank) versions of its ``gathers`` (the local ones themselves with in-batch negatives), the
+    logit scale, the memory bank's (queries, items) rows or None and how to use them ("ours":
+    extra negatives; "original": the release's XBM), the model outputs as returned, and the row of
+    the first local positive in the gathered batch (None: this rank's position)."""
 
     local: dict[str, Tensor]
     gathered: dict[str, Tensor]
@@ -41,18 +44,27 @@ class TermInputs:
 class Term:
     compute: Callable[[TermInputs], Tensor]
     default_weight: float
+    reads: tuple[str, ...] = ()
     gathers: tuple[str, ...] = ()
+    needs: str = ""   # what makes the model return the outputs it reads, for the error message
+
+    def missing_outputs_message(self, name: str, missing: list[str]) -> str:
+        message = f"loss term {name!r} reads model output(s) {missing} that the model did not return"
+        return f"{message}: the {name} term needs {self.needs}" if self.needs else message
 
 
 TERMS: dict[str, Term] = {}
 
 
-def register_term(name: str, default_weight: float = 0.0, gathers: tuple[str, ...] = ()):
-    """Decorator: add ``fn(inputs) -> scalar`` to the objective as term ``name``."""
+def register_term(name: str, default_weight: float = 0.0, reads: tuple[str, ...] = (),
+                  gathers: tuple[str, ...] = (), needs: str = ""):
+    """Decorator: add ``fn(inputs) -> scalar`` to the objective as term ``name``, reading the model
+    outputs ``reads`` (and ``gathers``)."""
     def add(compute: Callable[[TermInputs], Tensor]) -> Callable[[TermInputs], Tensor]:
         if name in TERMS:
             raise ValueError(f"loss term {name!r} is already registered")
-        TERMS[name] = Term(compute, float(default_weight), tuple(gathers))
+        TERMS[name] = Term(compute, float(default_weight), tuple(dict.fromkeys((*reads, *gathers))), tuple(gathers),
+                           needs)
         return compute
     return add
 
@@ -101,17 +113,16 @@ def visual_relevance(inputs: TermInputs) -> Tensor:
     return query_relevance(inputs, "visual")
 
 
-@register_term("consistency", default_weight=1.0)
+@register_term("consistency", default_weight=1.0, reads=("fused", "visual"))
 def fused_visual_consistency(inputs: TermInputs) -> Tensor:
     """mean((fused - visual)^2): keeps the fused embedding near the visual one (delta in the paper)."""
     return (inputs.local["fused"] - inputs.local["visual"]).pow(2).mean()
 
 
-@register_term("caption", default_weight=1.0)
+@register_term("caption", default_weight=1.0, reads=("caption_logits", "caption_targets"),
+               needs="a model with a caption decoder (model.caption)")
 def caption_generation(inputs: TermInputs) -> Tensor:
     """Teacher-forced cross-entropy of the caption decoder regenerating the query."""
-    if "caption_logits" not in inputs.outputs:
-        raise KeyError("the caption term needs a model with a caption decoder (model.caption)")
     logits, targets = inputs.outputs["caption_logits"], inputs.outputs["caption_targets"]
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX).float()
 
@@ -123,11 +134,10 @@ def title_visual_contrast(inputs: TermInputs) -> Tensor:
                              inputs.gathered["visual"], inputs.scale, offset=inputs.offset)
 
 
-@register_term("pair", default_weight=0.0, gathers=("fused", "pair_fused"))
+@register_term("pair", default_weight=0.0, gathers=("fused", "pair_fused"),
+               needs="batches of item pairs (--query_guidance false)")
 def item_pair_contrast(inputs: TermInputs) -> Tensor:
     """Direct item-item contrast between a goods item and a video of the same query (the usual
     cross-domain baseline: the ablation without query guidance)."""
-    if "pair_fused" not in inputs.local:
-        raise KeyError("the pair term needs batches of item pairs (--query_guidance false)")
     return info_nce_gathered(inputs.local["fused"], inputs.local["pair_fused"], inputs.gathered["fused"],
                              inputs.gathered["pair_fused"], inputs.scale, offset=inputs.offset)

@@ -8,7 +8,7 @@ from real20m.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "convert": ["WeightMismatchError", "build_model_from_release_config", "is_release_checkpoint",
-                "load_converted", "load_weights_into", "save_converted"],
+                "load_weights_into", "save_converted"],
     "qcd": ["ItemEmbeddings", "QCDModel", "build_model"],
     "release_layout": ["ReleaseLayoutError"],
 }

@@ -1,25 +1,26 @@
 """Which backbone a local weights folder holds, read from the folder's own ``config.json``.
 
 Nothing is loaded: a Hugging Face folder names its ``model_type``; a timm folder (``save_for_hf``,
-``push_to_hub``) names its ``architecture`` and ``pretrained_cfg``. This module imports no model
-library, so the configuration can ask it before anything heavy is imported.
+``push_to_hub``) names its ``architecture`` and ``pretrained_cfg``; each registered backbone says
+whether a description is one of its folders (``Backbone.reads_folder``). This module imports no
+model library, so the configuration can ask it before anything heavy is imported.
 """
 from __future__ import annotations
 
 import json
 import os
 
-# Hugging Face model_type -> backbone
-HF_MODEL_TYPES = {"chinese_clip": "chinese_clip", "clip": "clip"}
-TIMM_FOLDER_KEYS = ("architecture", "pretrained_cfg")
+from real20m.errors import InputError
+
+from .backbones import BACKBONES
 
 
-class BackboneFolderError(ValueError):
+class BackboneFolderError(InputError, ValueError):
     """A folder given as backbone weights that no backbone can read; the message names it."""
 
 
 def backbone_of_folder(folder: str) -> str:
-    """The backbone (``chinese_clip``, ``clip`` or ``timm``) whose weights ``folder`` holds."""
+    """The name of the backbone whose weights ``folder`` holds (the first registered that reads it)."""
     config_file = os.path.join(folder, "config.json")
     if not os.path.isfile(config_file):
         raise BackboneFolderError(f"{folder}: no config.json: not a Hugging Face or timm model folder")
@@ -30,11 +31,9 @@ def backbone_of_folder(folder: str) -> str:
             raise BackboneFolderError(f"{config_file}: line {error.lineno}: not JSON ({error.msg})") from None
     if not isinstance(description, dict):
         raise BackboneFolderError(f"{config_file}: not a model description (a JSON object)")
-    model_type = description.get("model_type")
-    if model_type in HF_MODEL_TYPES:
-        return HF_MODEL_TYPES[model_type]
-    if any(key in description for key in TIMM_FOLDER_KEYS):
-        return "timm"
+    for backbone in BACKBONES.values():
+        if backbone.reads_folder(description):
+            return backbone.name
+    readers = ", ".join(kind for kind in (backbone.folder_kind() for backbone in BACKBONES.values()) if kind)
     raise BackboneFolderError(
-        f"{config_file}: model_type {model_type!r}: no backbone reads it (Hugging Face "
-        f"{', '.join(sorted(HF_MODEL_TYPES))}, or a timm folder with an 'architecture')")
+        f"{config_file}: model_type {description.get('model_type')!r}: no backbone reads it ({readers})")

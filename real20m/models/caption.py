@@ -5,6 +5,8 @@ so the objective's caption term pushes the visual embedding to carry what the qu
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -12,6 +14,21 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from real20m.losses.terms import IGNORE_INDEX
 
 from .towers import set_hf_checkpointing
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """The ``caption`` section of a model architecture (see ``CaptionDecoder`` for the options)."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_positions: int = 128
+    dropout: float = 0.1
+    ignore_padding: bool = True
+    token_type_ids: bool = False
+    visual_projection: bool = True
+    attn_implementation: str | None = None
 
 
 class CaptionDecoder(nn.Module):
@@ -26,24 +43,23 @@ class CaptionDecoder(nn.Module):
     gradient; the explicit softmax gives them exactly 0, transformers' default kernel (sdpa, None)
     rounding noise, which Adam turns into steps of the full learning rate."""
 
-    def __init__(self, embed_dim: int, vocab_size: int, n_layer: int, n_head: int, n_embd: int,
-                 n_positions: int = 128, dropout: float = 0.1, ignore_padding: bool = True,
-                 token_type_ids: bool = False, visual_projection: bool = True,
-                 attn_implementation: str | None = None):
+    def __init__(self, embed_dim: int, vocab_size: int, options: CaptionConfig):
         super().__init__()
-        if not visual_projection and n_embd != embed_dim:
-            raise ValueError(f"caption decoder without a visual projection needs n_embd ({n_embd}) == "
+        if not options.visual_projection and options.n_embd != embed_dim:
+            raise ValueError(f"caption decoder without a visual projection needs n_embd ({options.n_embd}) == "
                              f"embed_dim ({embed_dim})")
-        self.ignore_padding = ignore_padding
-        self.token_type_ids = token_type_ids
+        self.ignore_padding = options.ignore_padding
+        self.token_type_ids = options.token_type_ids
+        dropout = options.dropout
         config = GPT2Config(
-            vocab_size=vocab_size, n_positions=n_positions, n_layer=n_layer, n_head=n_head,
-            n_embd=n_embd, add_cross_attention=True, resid_pdrop=dropout, embd_pdrop=dropout,
-            attn_pdrop=dropout, use_cache=False,
+            vocab_size=vocab_size, n_positions=options.n_positions, n_layer=options.n_layer,
+            n_head=options.n_head, n_embd=options.n_embd, add_cross_attention=True, resid_pdrop=dropout,
+            embd_pdrop=dropout, attn_pdrop=dropout, use_cache=False,
             # ids of GPT-2's own vocabulary do not apply to the text tokenizer's vocabulary
-            bos_token_id=None, eos_token_id=None, attn_implementation=attn_implementation,
+            bos_token_id=None, eos_token_id=None, attn_implementation=options.attn_implementation,
         )
-        self.visual_to_decoder = nn.Linear(embed_dim, n_embd) if visual_projection else nn.Identity()
+        self.visual_to_decoder = (nn.Linear(embed_dim, options.n_embd) if options.visual_projection
+                                  else nn.Identity())
         self.decoder = GPT2LMHeadModel(config)
 
     def forward(self, visual: torch.Tensor, query_ids: torch.Tensor,

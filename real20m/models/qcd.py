@@ -2,7 +2,7 @@
 title/visual attention pooling and an optional caption decoder.
 
 model_cfg keys (YAML section `model:`):
-    backbone      chinese_clip | clip | timm
+    backbone      a registered backbone (``backbones``): chinese_clip | clip | timm
     pretrained    hub name / local folder for chinese_clip and clip (from_pretrained), a local weights
                   file for timm, or null for random init from `text` / `vision`
     text, vision  HF config kwargs for random init (the tokenizer's vocab_size overrides text's;
@@ -43,10 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .caption import CaptionDecoder
+from .backbones import backbone_of
+from .caption import CaptionConfig, CaptionDecoder
 from .frame_transformer import FRAME_AGGREGATIONS
+from .lr_groups import QCD_LR_GROUPS
+from .outputs import add_registered_outputs
 from .pooling import FUSIONS
-from .towers import architecture_kwargs, backbone_pixel_stats, build_towers, timm_architecture
+from .towers import architecture_kwargs
 
 # ImageNet statistics: the original release's, and those of every config without pixel_stats.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,8 +67,11 @@ def resolve_pixel_stats(model_cfg: dict, vision) -> dict[str, list[float]]:
         return {"mean": mean, "std": std}
     if stats not in (None, *PIXEL_STATS):
         raise ValueError(f"model.pixel_stats must be one of {PIXEL_STATS} or {{mean, std}}, got {stats!r}")
-    backbone = backbone_pixel_stats(model_cfg, vision) if stats == "backbone" else None
-    mean, std = backbone or (IMAGENET_MEAN, IMAGENET_STD)
+    pretrained = model_cfg.get("pretrained")
+    # A from-scratch tower has no preference of its own.
+    stated = backbone_of(model_cfg).pretrained_pixel_stats(pretrained, vision) \
+        if stats == "backbone" and pretrained else None
+    mean, std = stated or (IMAGENET_MEAN, IMAGENET_STD)
     return {"mean": list(mean), "std": list(std)}
 
 
@@ -78,11 +84,15 @@ class ItemEmbeddings:
 
 
 class QCDModel(nn.Module):
+    # The parts that train at their own learning rate (``lr_groups``), by parameter-name prefix.
+    LR_GROUPS = QCD_LR_GROUPS
+
     def __init__(self, model_cfg: dict, vocab_size: int | None = None, pad_token_id: int = 0):
         super().__init__()
         self.model_cfg = copy.deepcopy(model_cfg)
         self.embed_dim = int(model_cfg["embed_dim"])
-        self.text, self.vision = build_towers(model_cfg, vocab_size, pad_token_id)
+        self.backbone = backbone_of(model_cfg)
+        self.text, self.vision = self.backbone.build_towers(model_cfg, vocab_size, pad_token_id)
         aggregation, fusion = model_cfg.get("frame_aggregation", "transformer"), model_cfg.get("fusion", "attention")
         if aggregation not in FRAME_AGGREGATIONS or fusion not in FUSIONS:
             raise ValueError(f"model.frame_aggregation must be one of {sorted(FRAME_AGGREGATIONS)} and model.fusion "
@@ -93,7 +103,7 @@ class QCDModel(nn.Module):
         self.pooling = FUSIONS[fusion](self.embed_dim)
         caption_cfg = model_cfg.get("caption")
         text_vocab = self.text.encoder.get_input_embeddings().num_embeddings
-        self.caption = CaptionDecoder(self.embed_dim, text_vocab, **caption_cfg) if caption_cfg else None
+        self.caption = CaptionDecoder(self.embed_dim, text_vocab, CaptionConfig(**caption_cfg)) if caption_cfg else None
         self.use_title_mask = bool(model_cfg.get("use_title_mask", True))
         self.use_query_mask = bool(model_cfg.get("use_query_mask", True))
         self.vision_frozen = False   # freeze_vision()
@@ -160,7 +170,8 @@ class QCDModel(nn.Module):
         """Training step outputs: {"query", "title", "visual", "fused"}, each (B, D) unit-norm, the
         query's projection before normalisation "query_raw" (what the original's objective scores),
         and with a caption decoder its next-token "caption_logits" and "caption_targets"; for a
-        batch of item pairs (``batch["pair"]``) the paired items' "pair_fused"."""
+        batch of item pairs (``batch["pair"]``) the paired items' "pair_fused"; then every
+        output registered in outputs.py."""
         items = self.encode_items(batch["title_ids"], batch.get("title_mask"), batch["pixels"])
         query_raw = self.query_features(batch["query_ids"], batch["query_mask"])
         out = {"query": F.normalize(query_raw, dim=-1), "query_raw": query_raw, "title": items.title,
@@ -171,7 +182,7 @@ class QCDModel(nn.Module):
         if self.caption is not None:
             out["caption_logits"], out["caption_targets"] = self.caption(
                 items.visual, batch["query_ids"], batch["query_mask"])
-        return out
+        return add_registered_outputs(self, batch, out)
 
     # ------------------------------------------------------------------------------ training
     def freeze_vision(self) -> None:
@@ -187,16 +198,6 @@ class QCDModel(nn.Module):
             self.vision.eval()
         return self
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters per component, for per-group learning rates (every parameter exactly once)."""
-        return {
-            "text": list(self.text.parameters()),
-            "vision": list(self.vision.parameters()),
-            "fusion": list(self.pooling.parameters()),
-            "frame": list(self.frame.parameters()),
-            "caption": list(self.caption.parameters()) if self.caption is not None else [],
-        }
-
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.text.set_gradient_checkpointing(enabled)
         self.vision.set_gradient_checkpointing(enabled)
@@ -207,19 +208,14 @@ class QCDModel(nn.Module):
     def resolved_config(self) -> dict:
         """A model_cfg that rebuilds this exact architecture offline (no pretrained download).
 
-        The towers' actual configs replace `text` / `vision` (a timm tower: its name and
-        constructor kwargs), and the pixel statistics are written out, so a model made from a hub
-        name or a folder can be rebuilt from the converted weights alone.
+        The towers' actual configs replace `text` and what the backbone needs for the vision tower
+        (a transformers config as `vision`, a timm tower's name and constructor kwargs), and the
+        pixel statistics are written out, so a model made from a hub name or a folder can be
+        rebuilt from the converted weights alone.
         """
         cfg = copy.deepcopy(self.model_cfg)
         cfg["text"] = architecture_kwargs(self.text.encoder.config)
-        if self.vision.kind == "hf":
-            cfg["vision"] = architecture_kwargs(self.vision.encoder.config)
-        else:
-            # The constructor arguments a folder's config.json supplied, overridden (as timm does) by
-            # those this model was configured with.
-            cfg["timm_name"], folder_args = timm_architecture(self.vision.encoder)
-            cfg["timm_args"] = {**folder_args, **copy.deepcopy(self.model_cfg.get("timm_args") or {})}
+        cfg.update(self.backbone.rebuild_config(self.model_cfg, self.vision))
         cfg["pretrained"] = None
         cfg["pixel_stats"] = copy.deepcopy(self.pixel_stats)
         cfg["use_title_mask"] = self.use_title_mask

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from real20m.errors import InputError
+
 WEIGHT_SECTIONS = ("state_dict", "doc_text_model", "doc_fusion_model")
 
 # Top-level entries the original training loop writes next to the weights; none is needed to embed.
@@ -48,11 +50,11 @@ PAPER_RELEASE_CONFIG = {
 }
 
 
-class ReleaseLayoutError(ValueError):
+class ReleaseLayoutError(InputError, ValueError):
     """A checkpoint does not match the expected layout; the message lists the offending keys."""
 
 
-class WeightMismatchError(ValueError):
+class WeightMismatchError(InputError, ValueError):
     """Checkpoint tensors do not fit the model: the message lists missing, unexpected and
     wrongly shaped keys."""
 

@@ -2,12 +2,15 @@
 
 The text tower embeds both search queries and item titles (the towers are shared, as in the
 paper). Each tower returns the *unnormalised* projection; normalisation happens in the QCD model
-so the raw projections stay available (the release check compares them).
+so the raw projections stay available (the release check compares them). Which towers a model
+gets is its backbone's choice (``backbones``); this module builds them.
 """
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from huggingface_hub import try_to_load_from_cache
@@ -25,6 +28,8 @@ from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
 )
+
+from real20m.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +79,6 @@ TEXT_POOLINGS = {
 }
 
 
-def text_pooling_for(backbone: str, model_cfg: dict) -> str:
-    """model.text_pooling, or unset the pooling the backbone's text tower was designed with (what
-    its pretrained weights expect): EOS for CLIP, [CLS] otherwise."""
-    pooling = model_cfg.get("text_pooling") or ("eos" if backbone == "clip" else "cls")
-    if pooling == "eos" and backbone != "clip":
-        raise ValueError(f"model.text_pooling eos pools CLIP's end-of-text token; the {backbone} text tower "
-                         "has none (use cls or mean)")
-    return pooling
-
-
 class TextTower(nn.Module):
     """A transformers text encoder, pooled (``TEXT_POOLINGS``), + Linear(hidden -> D)."""
 
@@ -104,26 +99,39 @@ class TextTower(nn.Module):
 
 
 class VisionTower(nn.Module):
-    """Per-image encoder returning a pooled feature, + Linear(width -> D). Input (N, 3, H, W)."""
+    """Per-image encoder + Linear(width -> D). Input (N, 3, H, W).
 
-    def __init__(self, encoder: nn.Module, projection: nn.Linear, kind: str):
+    The encoder maps pixels to a pooled (N, width) feature, as a timm model without classifier
+    does; one with timm's ``set_grad_checkpointing`` can recompute its activations."""
+
+    def __init__(self, encoder: nn.Module, projection: nn.Linear):
         super().__init__()
         self.encoder = encoder
         self.projection = projection
-        self.kind = kind  # "hf": transformers vision model (pooler_output); "timm": features tensor
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.kind == "hf":
-            pooled = self.encoder(pixel_values=pixels).pooler_output
-        else:
-            pooled = self.encoder(pixels)
-        return self.projection(pooled)
+        return self.projection(self.pooled(pixels))
+
+    def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixels)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
-        if self.kind == "hf":
-            set_hf_checkpointing(self.encoder, enabled)
-        else:
-            self.encoder.set_grad_checkpointing(enabled)
+        toggle = getattr(self.encoder, "set_grad_checkpointing", None)
+        if toggle is not None:
+            toggle(enabled)
+        elif enabled:
+            raise ValueError(f"model.gradient_checkpointing: the vision encoder {type(self.encoder).__name__} "
+                             "cannot recompute its activations (it has no set_grad_checkpointing)")
+
+
+class TransformersVisionTower(VisionTower):
+    """A transformers vision model, whose pooler_output is the image feature."""
+
+    def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixel_values=pixels).pooler_output
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        set_hf_checkpointing(self.encoder, enabled)
 
 
 def _text_config_kwargs(model_cfg: dict, vocab_size: int | None, pad_token_id: int) -> dict:
@@ -138,11 +146,11 @@ def _projection(width: int, embed_dim: int) -> nn.Linear:
     return nn.Linear(width, embed_dim, bias=False)
 
 
-class PretrainedNotAvailableError(OSError):
+class PretrainedNotAvailableError(InputError, OSError):
     """A hub name that is neither a local folder nor cached, with downloads switched off."""
 
 
-class PretrainedInputError(ValueError):
+class PretrainedInputError(InputError, ValueError):
     """Pretrained weights that cannot take this run's inputs; the message says what to set."""
 
 
@@ -162,14 +170,36 @@ def describe_pretrained_source(pretrained: str, option: str = "model.pretrained"
     return f"the network (downloading {pretrained} from the Hugging Face hub)"
 
 
-def _load_pretrained_pair(backbone: str, pretrained: str):
+@dataclass(frozen=True)
+class DualEncoderClasses:
+    """The transformers classes of one dual-encoder family: the whole pretrained pair, and each
+    tower from scratch (config kwargs -> encoder)."""
+    pair: type
+    text: Callable[[dict], nn.Module]
+    vision: Callable[[dict], nn.Module]
+
+
+# transformers model_type -> its classes (``backbones.TransformersDualEncoder.model_type``).
+DUAL_ENCODER_CLASSES = {
+    # add_pooling_layer=False: the [CLS] hidden state is projected directly (no tanh pooler).
+    "chinese_clip": DualEncoderClasses(
+        ChineseCLIPModel,
+        lambda kwargs: ChineseCLIPTextModel(ChineseCLIPTextConfig(**kwargs), add_pooling_layer=False),
+        lambda kwargs: ChineseCLIPVisionModel(ChineseCLIPVisionConfig(**kwargs))),
+    "clip": DualEncoderClasses(
+        CLIPModel,
+        lambda kwargs: CLIPTextModel(CLIPTextConfig(**kwargs)),
+        lambda kwargs: CLIPVisionModel(CLIPVisionConfig(**kwargs))),
+}
+
+
+def _load_pretrained_pair(model_type: str, pretrained: str):
     """Load the full dual-encoder once; both towers and projections are taken from it.
 
     A hub name is downloaded unless it is cached (set HF_HUB_OFFLINE=1 to forbid downloads);
     one log line says where the weights come from."""
-    logger.info("loading the %s backbone from %s", backbone, describe_pretrained_source(pretrained))
-    model_class = ChineseCLIPModel if backbone == "chinese_clip" else CLIPModel
-    return model_class.from_pretrained(pretrained)
+    logger.info("loading the %s backbone from %s", model_type, describe_pretrained_source(pretrained))
+    return DUAL_ENCODER_CLASSES[model_type].pair.from_pretrained(pretrained)
 
 
 def _check_input_size(vision_config, image_size: int | None, pretrained: str) -> None:
@@ -187,15 +217,14 @@ def _match_vocab(encoder: nn.Module, vocab_size: int | None) -> None:
         encoder.resize_token_embeddings(vocab_size)
 
 
-def _build_hf_towers(backbone: str, model_cfg: dict, vocab_size: int | None,
-                     pad_token_id: int) -> tuple[TextTower, VisionTower]:
-    """chinese_clip / clip: both towers of a pretrained dual encoder, or random ones from
+def build_dual_encoder_towers(model_type: str, model_cfg: dict, vocab_size: int | None, pad_token_id: int,
+                              pooling: str) -> tuple[TextTower, VisionTower]:
+    """Both towers of a pretrained transformers dual encoder of ``model_type``, or random ones from
     model_cfg `text` / `vision`."""
     embed_dim = int(model_cfg["embed_dim"])
     pretrained = model_cfg.get("pretrained")
-    pooling = text_pooling_for(backbone, model_cfg)
     if pretrained:
-        pair = _load_pretrained_pair(backbone, pretrained)
+        pair = _load_pretrained_pair(model_type, pretrained)
         if pair.text_projection.out_features != embed_dim:
             raise ValueError(
                 f"model.embed_dim={embed_dim} but pretrained {pretrained!r} projects to "
@@ -204,60 +233,28 @@ def _build_hf_towers(backbone: str, model_cfg: dict, vocab_size: int | None,
         _check_input_size(pair.vision_model.config, model_cfg.get("image_size"), pretrained)
         _match_vocab(pair.text_model, vocab_size)
         text = TextTower(pair.text_model, pair.text_projection, pooling)
-        vision = VisionTower(pair.vision_model, pair.visual_projection, "hf")
+        vision = TransformersVisionTower(pair.vision_model, pair.visual_projection)
         return text, vision
-    text = _build_random_text_tower(backbone, model_cfg, vocab_size, pad_token_id, embed_dim, pooling)
-    return text, _build_random_hf_vision_tower(backbone, model_cfg, embed_dim)
+    text = build_random_text_tower(model_type, model_cfg, vocab_size, pad_token_id, pooling)
+    return text, _build_random_dual_encoder_vision_tower(model_type, model_cfg, embed_dim)
 
 
-def _build_timm_towers(model_cfg: dict, vocab_size: int | None, pad_token_id: int) -> tuple[TextTower, VisionTower]:
-    """A random Chinese-CLIP text tower from model_cfg `text` + any timm vision model."""
-    embed_dim = int(model_cfg["embed_dim"])
-    pooling = text_pooling_for("timm", model_cfg)
-    text = _build_random_text_tower("chinese_clip", model_cfg, vocab_size, pad_token_id, embed_dim, pooling)
-    return text, _build_timm_vision_tower(model_cfg, embed_dim)
+def build_random_text_tower(model_type: str, model_cfg: dict, vocab_size: int | None, pad_token_id: int,
+                            pooling: str) -> TextTower:
+    """A from-scratch text tower of the transformers family ``model_type`` from model_cfg `text`."""
+    encoder = DUAL_ENCODER_CLASSES[model_type].text(_text_config_kwargs(model_cfg, vocab_size, pad_token_id))
+    return TextTower(encoder, _projection(encoder.config.hidden_size, int(model_cfg["embed_dim"])), pooling)
 
 
-# model.backbone -> builder(model_cfg, vocab_size, pad_token_id) -> (text tower, vision tower).
-# Adding a backbone is one entry here (plus its test).
-BACKBONES = {
-    "chinese_clip": lambda cfg, vocab, pad: _build_hf_towers("chinese_clip", cfg, vocab, pad),
-    "clip": lambda cfg, vocab, pad: _build_hf_towers("clip", cfg, vocab, pad),
-    "timm": _build_timm_towers,
-}
-
-
-def build_towers(model_cfg: dict, vocab_size: int | None, pad_token_id: int) -> tuple[TextTower, VisionTower]:
-    """Build (text tower, vision tower) from model_cfg (see QCD model config docs in qcd.py)."""
-    backbone = model_cfg.get("backbone", "chinese_clip")
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown model.backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
-    return BACKBONES[backbone](model_cfg, vocab_size, pad_token_id)
-
-
-def _build_random_text_tower(backbone, model_cfg, vocab_size, pad_token_id, embed_dim, pooling) -> TextTower:
-    kwargs = _text_config_kwargs(model_cfg, vocab_size, pad_token_id)
-    if backbone == "clip":
-        encoder = CLIPTextModel(CLIPTextConfig(**kwargs))
-    else:
-        # add_pooling_layer=False: the [CLS] hidden state is projected directly (no tanh pooler).
-        encoder = ChineseCLIPTextModel(ChineseCLIPTextConfig(**kwargs), add_pooling_layer=False)
-    return TextTower(encoder, _projection(encoder.config.hidden_size, embed_dim), pooling)
-
-
-def _build_random_hf_vision_tower(backbone, model_cfg, embed_dim) -> VisionTower:
-    kwargs = dict(model_cfg.get("vision") or {})
-    if backbone == "clip":
-        encoder = CLIPVisionModel(CLIPVisionConfig(**kwargs))
-    else:
-        encoder = ChineseCLIPVisionModel(ChineseCLIPVisionConfig(**kwargs))
-    return VisionTower(encoder, _projection(encoder.config.hidden_size, embed_dim), "hf")
+def _build_random_dual_encoder_vision_tower(model_type: str, model_cfg: dict, embed_dim: int) -> VisionTower:
+    encoder = DUAL_ENCODER_CLASSES[model_type].vision(dict(model_cfg.get("vision") or {}))
+    return TransformersVisionTower(encoder, _projection(encoder.config.hidden_size, embed_dim))
 
 
 TIMM_HUB_PREFIX = "hf-hub:"
 
 
-def _build_timm_vision_tower(model_cfg, embed_dim) -> VisionTower:
+def build_timm_vision_tower(model_cfg: dict, embed_dim: int) -> VisionTower:
     """``model.pretrained``: None (random ``timm_name``), a weights file for ``timm_name``, a folder
     in timm's own layout (``timm.models.save_for_hf``: config.json + weights, which name the
     architecture) or a hub name (``hf-hub:`` optional). ``timm_args``: constructor kwargs, written
@@ -285,7 +282,7 @@ def _build_timm_vision_tower(model_cfg, embed_dim) -> VisionTower:
     else:
         raise ValueError("model.backbone 'timm' needs model.timm_name (or a timm folder or hub name as "
                          "model.pretrained)")
-    return VisionTower(encoder, _projection(encoder.num_features, embed_dim), "timm")
+    return VisionTower(encoder, _projection(encoder.num_features, embed_dim))
 
 
 def timm_architecture(encoder: nn.Module) -> tuple[str, dict]:
@@ -309,20 +306,17 @@ def _channel_values(values, what: str) -> list[float]:
     return values
 
 
-def backbone_pixel_stats(model_cfg: dict, vision: VisionTower) -> tuple[list[float], list[float]] | None:
-    """(mean, std) the pretrained vision backbone was trained with, or None when it has no
-    preference (a from-scratch tower) or states none.
+def timm_data_stats(encoder: nn.Module) -> tuple[list[float], list[float]]:
+    """(mean, std) of a timm model's data config: those of its loaded weights (their pretrained_cfg)."""
+    from timm.data import resolve_data_config
+    config = resolve_data_config(model=encoder)
+    return _channel_values(config["mean"], "mean"), _channel_values(config["std"], "std")
 
-    Hugging Face backbones: the image processor's image_mean/image_std (preprocessor_config.json,
-    from the same folder, cache or hub as the weights, so HF_HUB_OFFLINE=1 applies). timm: the
-    data config of the loaded weights (their pretrained_cfg)."""
-    pretrained = model_cfg.get("pretrained")
-    if not pretrained:
-        return None
-    if vision.kind == "timm":
-        from timm.data import resolve_data_config
-        config = resolve_data_config(model=vision.encoder)
-        return _channel_values(config["mean"], "mean"), _channel_values(config["std"], "std")
+
+def image_processor_stats(pretrained: str) -> tuple[list[float], list[float]] | None:
+    """(mean, std) of a transformers image processor: image_mean/image_std of preprocessor_config.json,
+    from the same folder, cache or hub as the weights (so HF_HUB_OFFLINE=1 applies); None when
+    there is none."""
     try:
         processor = AutoImageProcessor.from_pretrained(pretrained)
     except OSError as error:

@@ -9,6 +9,7 @@ import sys
 from typing import Callable, TypeVar
 
 from real20m import __version__
+from real20m.errors import InputError
 
 INPUT_ERROR_STATUS = 2
 Result = TypeVar("Result")
@@ -30,12 +31,12 @@ def path_error_line(error: OSError) -> str:
     return f"{error.filename}: {reason}; {PATH_ADVICE}"
 
 
-def exit_on_input_error(main: Callable[[], Result], input_errors: tuple[type[Exception], ...] = ()) -> Result:
-    """Run ``main`` and return its result; one of ``input_errors``, or a missing or unreadable
-    file or folder, becomes one line on stderr and exit status 2."""
+def exit_on_input_error(main: Callable[[], Result]) -> Result:
+    """Run ``main`` and return its result; an ``InputError``, or a missing or unreadable file or
+    folder, becomes one line on stderr and exit status 2."""
     try:
         return main()
-    except input_errors as error:
+    except InputError as error:
         _exit_with_line(str(error))
     except tuple(PATH_ERRORS) as error:
         if error.filename is None:

@@ -12,7 +12,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from real20m.datasets.annotations import GOODS, PHOTO
-from real20m.datasets.items import ItemLoader, ItemRoots, item_text, read_frames, read_text_lines
+from real20m.datasets.items import FrameFiles, ItemLoader, ItemRoots, choose_frames, decode_frame, item_text, \
+    read_text_lines
 from real20m.datasets.original_compat import frame_indices, skip_unreadable_and_pad, text_mode_lines, video_title
 from real20m.datasets.transforms import build_eval_transform
 
@@ -146,16 +147,17 @@ def frame_colour(image: Image.Image) -> int:
     return image.getpixel((0, 0))[1]
 
 
-def test_read_frames_skips_corrupt_and_missing_files(tmp_path):
+def test_the_clip_skips_corrupt_and_missing_files(tmp_path):
     paths = [str(tmp_path / f"{k}.jpg") for k in range(6)]
     for k in (0, 1, 4, 5):
         write_image(paths[k], color=(0, 40 * k, 0))
     (tmp_path / "2.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # 3.jpg is missing
     issues = []
-    frames = read_frames(paths, [0, 2, 3, 3, 4], issues, compat="original")
-    assert [round(frame_colour(image) / 40) for image in frames] == [0, 4, 4, 4, 4]
+    files = FrameFiles(paths, issues)
+    chosen = choose_frames(files, [0, 2, 3, 3, 4], compat="original")
+    assert [round(frame_colour(files.image(index)) / 40) for index in chosen] == [0, 4, 4, 4, 4]
     assert issues == [("corrupt_image", paths[2]), ("corrupt_image", paths[3])]  # each file once
-    assert read_frames(paths[2:4], [0, 1], [], compat="original") is None
+    assert choose_frames(FrameFiles(paths[2:4], []), [0, 1], compat="original") is None
 
 
 @pytest.fixture
@@ -233,8 +235,7 @@ def test_eval_transform_refuses_an_unknown_compat():
 def test_grayscale_images_are_replicated_to_three_channels(tmp_path):
     path = tmp_path / "gray.jpg"
     gradient_image(33, 31, "L").save(path)
-    [frame] = read_frames([str(path)], [0], [], compat="original")
-    pixels = build_eval_transform(32, compat="original")(frame)
+    pixels = build_eval_transform(32, compat="original")(decode_frame(str(path)).image)
     assert torch.equal(pixels[0], pixels[1]) and torch.equal(pixels[1], pixels[2])
 
 

@@ -6,7 +6,7 @@ import torch
 
 from real20m.datasets.annotations import GOODS, PHOTO, UnsafePathError
 from real20m.datasets.items import (
-    ItemLoader, ItemRoots, goods_text, item_text, perturb_title, read_frames, read_text_lines,
+    FrameFiles, ItemLoader, ItemRoots, choose_frames, goods_text, item_text, perturb_title, read_text_lines,
     segment_frame_indices, video_frame_paths, video_text,
 )
 from real20m.datasets.transforms import build_eval_transform
@@ -93,10 +93,11 @@ def test_unreadable_frames_fall_back_to_readable_neighbours(tmp_path):
     (tmp_path / "1.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
     (tmp_path / "2.jpg").write_bytes(b"")  # zero bytes; 3.jpg missing
     issues = []
-    frames = read_frames(paths, [0, 1, 2, 3], issues)
-    assert [image.getpixel((0, 0))[0] > 200 for image in frames] == [True] * 4
+    files = FrameFiles(paths, issues)
+    assert choose_frames(files, [0, 1, 2, 3]) == [0, 0, 0, 0]
+    assert files.image(0).getpixel((0, 0))[0] > 200
     assert issues == [("corrupt_image", paths[1]), ("corrupt_image", paths[2]), ("corrupt_image", paths[3])]
-    assert read_frames(paths[1:], [0, 1], []) is None
+    assert choose_frames(FrameFiles(paths[1:], []), [0, 1]) is None
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from real20m.datasets.annotations import GOODS, PHOTO
-from real20m.datasets.items import ItemLoader, ItemRoots, decode_frame, read_image
+from real20m.datasets.items import ItemLoader, ItemRoots, decode_frame
 from real20m.datasets.transforms import EvalTransform, TrainTransform, build_eval_transform, \
     build_train_transform
 
@@ -103,7 +103,7 @@ def test_transform_on_reduced_image_matches_full_decoding(tmp_path, transform, s
     means, largest = [], 0
     for seed in range(12):
         path = write_jpeg(tmp_path / f"{seed}.jpg", seed)
-        full = read_image(path)
+        full = decode_frame(path).image
         reduced = decode_frame(path, transform.decode_scale)
         assert reduced.scale == scale
         for draw in range(3 if train else 1):
@@ -124,8 +124,8 @@ def test_wrong_geometry_would_be_caught(tmp_path):
     """The tolerance separates the decoder's scaling from a box off by a few pixels."""
     transform = EvalTransform(SIZE)
     path = write_jpeg(tmp_path / "f.jpg", 5)
-    full = transform(read_image(path))
-    shifted = transform(read_image(path).crop((6, 6, FRAME[0], FRAME[1])))
+    full = transform(decode_frame(path).image)
+    shifted = transform(decode_frame(path).image.crop((6, 6, FRAME[0], FRAME[1])))
     assert differences(full, shifted)[0] > 2 * BOUNDS[4][1]
 
 
@@ -171,7 +171,7 @@ def test_option_off_gives_todays_pixels_bit_exactly(video, train):
         sample = full.load(1000012, PHOTO, rng, generator, names)
         clip = full.clip_frames(1000012, PHOTO, np.random.default_rng(seed) if train else None, names)
         generator = torch.Generator().manual_seed(seed)
-        expected = torch.stack([full.transform(read_image(path), generator) if train else full.transform(image)
+        expected = torch.stack([full.transform(decode_frame(path).image, generator) if train else full.transform(image)
                                 for path, image in clip])
         assert torch.equal(sample["frames"], expected)
 
@@ -181,7 +181,7 @@ def test_small_frames_are_not_reduced_and_stay_bit_exact(tmp_path):
     transform = build_train_transform(48)
     frame = decode_frame(path, transform.decode_scale)
     assert frame.scale == 1
-    image = read_image(path)
+    image = decode_frame(path).image
     assert np.array_equal(np.array(frame.image), np.array(image))
 
 

@@ -10,6 +10,7 @@ from real20m.config import ConfigError, parse_config
 from real20m.engine.accumulation import MicroBatchStep, accumulate_gradients, concat_outputs, split_batch
 from real20m.engine.trainer import Trainer, TrainStep, no_buffer_resync
 from real20m.losses import QCDLoss
+from real20m.losses.memory_bank import MemorySpec
 from real20m.models import build_model
 from tests.engine.test_trainer import SINGLE_CPU, recorded_losses, tiny_cfg
 from tests.models.conftest import TINY_VIT, VOCAB, deterministic_tiny_config, make_batch
@@ -27,12 +28,13 @@ def data_root(tiny_data_root):
     return tiny_data_root
 
 
-def model_and_objective(model_cfg: dict, **loss_options):
+def model_and_objective(model_cfg: dict, memory_slots: int = 0, memory_mode: str = "ours", **loss_options):
     """A tiny model and the full objective (every default term, the caption included, and a
-    learnable logit scale), its memory bank already holding earlier rows."""
+    learnable logit scale), its memory bank (if ``memory_slots``) already holding earlier rows."""
     torch.manual_seed(0)
     model = build_model(model_cfg, vocab_size=VOCAB)
-    criterion = QCDLoss(learnable_scale=True, embed_dim=model.embed_dim, **loss_options)
+    memory = MemorySpec(memory_slots, model.embed_dim, memory_mode) if memory_slots else None
+    criterion = QCDLoss(learnable_scale=True, memory=memory, **loss_options)
     if criterion.memory is not None:
         earlier = torch.nn.functional.normalize(torch.randn(2, 4, model.embed_dim), dim=-1)
         (criterion.memory.write if criterion.writes_memory_first else criterion.memory.enqueue)(*earlier)
@@ -65,8 +67,8 @@ def assert_same_gradients(expected: torch.nn.Module, actual: torch.nn.Module) ->
 
 @pytest.mark.parametrize("loss_options", [
     {},
-    {"xbm_size": 16},
-    {"xbm_size": 16, "xbm_mode": "original", "local_negatives": True},
+    {"memory_slots": 16},
+    {"memory_slots": 16, "memory_mode": "original", "local_negatives": True},
 ], ids=["plain", "xbm", "original_xbm_local_negatives"])
 def test_micro_batches_give_the_loss_gradients_and_step_of_one_large_batch(loss_options):
     model, criterion = model_and_objective(deterministic_tiny_config(), **loss_options)

@@ -3,7 +3,8 @@ import pickle
 import pytest
 import torch
 
-from real20m.engine.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
+from real20m.engine.checkpoint import CheckpointManager
+from real20m.utils.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def state(value: float) -> dict:

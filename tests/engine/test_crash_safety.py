@@ -21,7 +21,8 @@ import torch
 from safetensors import safe_open
 
 from real20m.datasets.synthetic import generate
-from real20m.engine.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from real20m.engine.checkpoint import CheckpointManager
+from real20m.utils.checkpoint_io import CheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 120

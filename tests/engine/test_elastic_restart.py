@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from real20m.engine.checkpoint import load_checkpoint
+from real20m.utils.checkpoint_io import load_checkpoint
 from tests.engine.test_resume_after_kill import MAX_STEPS, SAVE_FREQ, final_weights, train_command
 
 KILL_STEP = SAVE_FREQ + 1  # after the first checkpoint, before the second

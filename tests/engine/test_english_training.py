@@ -8,7 +8,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from real20m.engine.checkpoint import load_checkpoint
+from real20m.utils.checkpoint_io import load_checkpoint
 from tests.models.conftest import TINY_CLIP
 
 REPO = Path(__file__).resolve().parents[2]

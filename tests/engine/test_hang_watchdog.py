@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.watchdog import HANG_EXIT_STATUS, Heartbeat
+from real20m.utils.checkpoint_io import load_checkpoint
 from tests.engine.test_resume_after_kill import MAX_STEPS, SAVE_FREQ, train_command
 
 HANG_TIMEOUT_S = 6

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from real20m.datasets import load_items
-from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.trainer import Trainer
 from real20m.models.qcd import IMAGENET_MEAN
+from real20m.utils.checkpoint_io import load_checkpoint
 from tests.engine.test_trainer import SINGLE_CPU, tiny_cfg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,19 +71,19 @@ def evaluate_and_convert(checkpoint: str, data_root: str, out: str) -> dict:
     through the evaluation entry, and tools/convert_checkpoint.py. Returns what the test checks."""
     import runpy
 
-    from real20m.engine import inference
+    from real20m import model_source
     from real20m.evaluate.cli import main as evaluation_main
-    from real20m.models.convert import load_converted
+    from tests.models.exported import load_exported
 
     used = []
-    load = inference.load_model_for_inference
+    load = model_source.TrainingCheckpoint.load
 
-    def recording_load(cfg, dist):
-        model, tokenizer, cfg = load(cfg, dist)
+    def recording_load(source, cfg, is_main=True):
+        model, tokenizer = load(source, cfg, is_main)
         used.append({"mean": model.pixel_mean.flatten().tolist(), "std": model.pixel_std.flatten().tolist()})
-        return model, tokenizer, cfg
+        return model, tokenizer
 
-    inference.load_model_for_inference = recording_load
+    model_source.TrainingCheckpoint.load = recording_load
     tests = os.path.join(data_root, "test_file")
     for side, items in (("query", "video_queries.txt"), ("gallery", "goods_gallery.txt")):
         # Nothing but the checkpoint describes the model: no --config, no --pretrained.
@@ -102,7 +102,7 @@ def evaluate_and_convert(checkpoint: str, data_root: str, out: str) -> dict:
         assert stop.code in (0, None), stop.code
     with open(os.path.join(out, "metrics", "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
-    model = load_converted(converted)
+    model = load_exported(converted)
     return {"used": used, "metrics": metrics, "converted": model.pixel_stats,
             "converted_buffers": {"mean": model.pixel_mean.flatten().tolist()}}
 

@@ -3,20 +3,19 @@ import torch
 from torch import nn
 
 from real20m.config import OptimConfig
-from real20m.engine.checkpoint import load_checkpoint, save_checkpoint
 from real20m.engine.optim import build_optimizer, build_scheduler
+from real20m.models.lr_groups import LRGroup
+from real20m.models.qcd import QCDModel
+from real20m.utils.checkpoint_io import load_checkpoint, save_checkpoint
 
 
 class FiveParts(nn.Module):
-    """Stands in for QCDModel: parameter_groups() with the five part names, caption empty."""
+    """Stands in for QCDModel: its five LR groups, with no caption decoder (an empty group)."""
+    LR_GROUPS = QCDModel.LR_GROUPS
 
     def __init__(self):
         super().__init__()
-        self.text, self.vision, self.fusion, self.frame = (nn.Linear(2, 2) for _ in range(4))
-
-    def parameter_groups(self):
-        return {"text": list(self.text.parameters()), "vision": list(self.vision.parameters()),
-                "fusion": list(self.fusion.parameters()), "frame": list(self.frame.parameters()), "caption": []}
+        self.text, self.vision, self.pooling, self.frame = (nn.Linear(2, 2) for _ in range(4))
 
 
 def group_lrs(optimizer):
@@ -39,6 +38,21 @@ def test_overridden_multiplier_loss_group_and_other_optimizers():
     assert isinstance(build_optimizer(FiveParts(), OptimConfig(lr=0.1, optimizer="adam")), torch.optim.Adam)
 
 
+def test_the_groups_follow_the_models_declaration_in_its_order_with_its_multipliers():
+    class TwoParts(nn.Module):
+        LR_GROUPS = (LRGroup("head", "head.", 0.5, "the head"), LRGroup("body", "body.", 0.25, "the body"))
+
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Linear(2, 3), nn.Linear(3, 1)
+
+    model = TwoParts()
+    optimizer = build_optimizer(model, OptimConfig(lr=2.0, optimizer="sgd", lr_mult={"body": 0.125}))
+    assert group_lrs(optimizer) == {"head": 1.0, "body": 0.25}
+    assert [group["params"] for group in optimizer.param_groups] == [
+        [model.head.weight, model.head.bias], [model.body.weight, model.body.bias]]
+
+
 def test_configuration_mistakes_are_refused():
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer(FiveParts(), OptimConfig(lr=0.1, optimizer="lamb"))
@@ -46,6 +60,12 @@ def test_configuration_mistakes_are_refused():
     model.extra = nn.Linear(2, 2)  # trainable but in no group: it would never be updated
     with pytest.raises(ValueError, match="in no parameter group"):
         build_optimizer(model, OptimConfig(lr=0.1))
+
+    class Overlapping(FiveParts):
+        LR_GROUPS = (*QCDModel.LR_GROUPS, LRGroup("bias", "text.bias", 1.0, "a bias"))
+
+    with pytest.raises(ValueError, match="in both groups 'text' and 'bias'"):
+        build_optimizer(Overlapping(), OptimConfig(lr=0.1))
 
 
 def lrs_over(cfg, steps, steps_per_epoch=10):

@@ -4,7 +4,7 @@ import torch
 
 from real20m.config import OptimConfig
 from real20m.engine.trainer import CappedGradScaler, Trainer, clip_gradients
-from tests.engine.test_trainer import SINGLE_CPU, tiny_cfg
+from tests.engine.test_trainer import SINGLE_CPU, tiny_argv, tiny_cfg
 
 
 def trained(data_root, output_dir, *extra, steps=2):
@@ -89,10 +89,9 @@ def test_without_query_guidance_goods_and_videos_of_one_query_are_contrasted(tin
 
 def test_gpu_decode_mode_trains_and_evaluates_with_the_decoder_on_the_cpu(tiny_data_root, tmp_path):
     """The byte-sending loader and the device decoder end to end (nvjpeg itself needs CUDA)."""
-    from real20m.engine.inference import write_features
+    from real20m.cli.train import run as train_main
     trainer, before = trained(tiny_data_root, tmp_path / "run", "--gpu_decode")
     assert trainer.decoder is not None and changed(trainer, before, "vision.")
-    cfg = tiny_cfg(tiny_data_root, tmp_path / "eval", "--gpu_decode", "--evaluate", "--resume",
-                   str(tmp_path / "run" / "checkpoints" / "last.pth.tar"),
-                   "--test_file", f"{tiny_data_root}/test_file/goods_gallery.txt")
-    assert write_features(cfg) > 0
+    assert train_main(tiny_argv(tiny_data_root, tmp_path / "eval", "--gpu_decode", "--evaluate", "--resume",
+                                str(tmp_path / "run" / "checkpoints" / "last.pth.tar"),
+                                "--test_file", f"{tiny_data_root}/test_file/goods_gallery.txt")) > 0

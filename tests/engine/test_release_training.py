@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from real20m.engine.checkpoint import load_checkpoint
+from real20m.utils.checkpoint_io import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO.parent / "shared" / "fixtures"

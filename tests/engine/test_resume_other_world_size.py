@@ -8,8 +8,8 @@ import pytest
 
 from real20m.datasets import build_train_dataset
 from real20m.datasets.samplers import SourceBatchSampler
-from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.trainer import Trainer
+from real20m.utils.checkpoint_io import load_checkpoint
 from tests.engine.test_trainer import SINGLE_CPU, tiny_cfg
 from tests.utils.process_group import run_in_processes
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from real20m.config import override
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 import train_step_fidelity  # noqa: E402
@@ -74,7 +73,7 @@ def test_a_step_outside_the_tolerances_fails():
     fixture = train_step_fidelity.Fixture.read(str(FIXTURE))
     comparison = train_step_fidelity.Comparison(fixture, train_step_fidelity.OriginalLayout(fixture.meta["before"]))
     run = fixture.meta["runs"]["goods_det"]
-    cfg = override(train_step_fidelity.paper_config(fixture, run), {"loss.normalize_query": True}, "test")
+    cfg = train_step_fidelity.paper_config(fixture, run, ("--loss.normalize_query", "true"))
     model = train_step_fidelity.build_start_model(cfg, fixture)
     parts = train_step_fidelity.StepParts.build(cfg, model, steps_per_epoch=1)
     with np.load(FIXTURE / run["npz"]) as arrays:

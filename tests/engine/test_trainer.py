@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from real20m.config import DataConfig, parse_config
-from real20m.engine.checkpoint import load_checkpoint
-from real20m.engine.distributed import DistEnv
+from real20m.utils.checkpoint_io import load_checkpoint
 from real20m.engine.trainer import Trainer
 from real20m.factory import build_train_loader
+from real20m.utils.distributed import DistEnv
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, backend=None)
@@ -23,10 +23,14 @@ def data_root(tiny_data_root):
     return tiny_data_root
 
 
+def tiny_argv(data_root, output_dir, *extra):
+    return ["--config", str(REPO / "configs" / "tiny.yaml"), "--data_root", data_root, "--output_dir",
+            str(output_dir), "--batch_size", "4", "--workers", "0", "--image_size", "32", "--vocab_size", "300",
+            "--print_freq", "2", *extra]
+
+
 def tiny_cfg(data_root, output_dir, *extra):
-    return parse_config(["--config", str(REPO / "configs" / "tiny.yaml"), "--data_root", data_root,
-                         "--output_dir", str(output_dir), "--batch_size", "4", "--workers", "0",
-                         "--image_size", "32", "--vocab_size", "300", "--print_freq", "2", *extra])
+    return parse_config(tiny_argv(data_root, output_dir, *extra))
 
 
 def recorded_losses(trainer):

@@ -7,9 +7,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from real20m.config import ConfigError
-from real20m.engine.checkpoint import load_checkpoint
 from real20m.engine.trainer import Trainer
 from real20m.engine.validation import score_task
+from real20m.utils.checkpoint_io import load_checkpoint
 
 from tests.engine.test_trainer import SINGLE_CPU, tiny_cfg
 

@@ -4,7 +4,7 @@ import faiss
 import numpy as np
 import pytest
 
-from real20m.evaluate.cli import build_parser, main, run_evaluation
+from real20m.evaluate.cli import build_parser, main, parse_request, run_evaluation
 from real20m.evaluate.feature_io import write_legacy_features
 
 GPU_BUILD = hasattr(faiss, "StandardGpuResources")
@@ -25,7 +25,7 @@ def _features(tmp_path):
 
 def _search_record(tmp_path, *flags):
     out = tmp_path / "eval"
-    run_evaluation(build_parser().parse_args(_features(tmp_path) + ["--output_dir", str(out), *flags]))
+    run_evaluation(parse_request(_features(tmp_path) + ["--output_dir", str(out), *flags]))
     return json.load(open(out / "metrics.json"))["search"]
 
 

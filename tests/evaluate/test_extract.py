@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from real20m.evaluate.extract import extract_features, rank_slice
+from real20m.evaluate.encoder import Encoder
+from real20m.evaluate.extract import ExtractionSettings, extract_features, rank_slice
 from real20m.evaluate.feature_io import load_features
 
 
@@ -58,7 +59,9 @@ def test_rank_slices_cover_items_once():
 def test_single_process_extraction(tmp_path):
     torch.manual_seed(0)
     model, dataset = FakeModel(), FakeDataset(11)
-    count = extract_features(model, dataset, collate, _env(0, 1), str(tmp_path), batch_size=4, workers=0)
+    env = _env(0, 1)
+    count = extract_features(Encoder(model, env.device), dataset, collate, env, str(tmp_path),
+                             ExtractionSettings(batch_size=4))
     features = load_features(str(tmp_path))
     assert count == 11 and np.array_equal(features.ids, dataset.pids)
     np.testing.assert_allclose(np.linalg.norm(features.feats, axis=1), 1.0, rtol=1e-5)
@@ -80,8 +83,9 @@ def _ddp_worker(rank, world_size, port, out_dir, results):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)   # same weights on both ranks, as after DDP broadcast
-        count = extract_features(FakeModel(), FakeDataset(7), collate, _env(rank, world_size), out_dir,
-                                 batch_size=2, workers=0, partition_size=2)
+        env = _env(rank, world_size)
+        count = extract_features(Encoder(FakeModel(), env.device), FakeDataset(7), collate, env, out_dir,
+                                 ExtractionSettings(batch_size=2, partition_size=2))
         results[rank] = count
     finally:
         dist.destroy_process_group()

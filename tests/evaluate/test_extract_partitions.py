@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from real20m.evaluate import extract as extract_module
-from real20m.evaluate.extract import extract_features, verify_shards
-from real20m.evaluate.feature_io import (FeatureFileError, ShardedArray, load_features, partition_paths,
-                                         progress_path, read_rows, read_sample, write_feature_meta,
-                                         write_feature_shard)
+from real20m.evaluate import feature_partitions
+from real20m.evaluate.encoder import Encoder
+from real20m.evaluate.extract import ExtractionSettings, extract_features
+from real20m.evaluate.feature_folder import partition_paths
+from real20m.evaluate.feature_io import FeatureFileError, ShardedArray, load_features, read_rows, read_sample
+from real20m.evaluate.feature_partitions import progress_path, verify_shards
 from real20m.evaluate.search import search
+from real20m.evaluate.search_config import SearchConfig
+from tests.evaluate.feature_folders import write_one_shard_folder
 from tests.evaluate.test_extract import FakeDataset, FakeModel, _env, collate
 
 N_ITEMS, BATCH, PART = 23, 4, 8   # partitions of 8, 8 and 7 items, two batches each
@@ -43,11 +46,12 @@ def _model(seed=0, **kwargs):
 
 def _extract(folder, model=None, n=N_ITEMS, world_size=1, **kwargs):
     """Run every rank in this process (rank 0 last: it writes meta.json once the others are done)."""
-    kwargs = {"batch_size": BATCH, "workers": 0, "partition_size": PART, **kwargs}
+    settings = ExtractionSettings(**{"batch_size": BATCH, "partition_size": PART, **kwargs})
     model = model if model is not None else _model()
     count = None
     for rank in reversed(range(world_size)):
-        count = extract_features(model, FakeDataset(n), collate, _env(rank, world_size), str(folder), **kwargs)
+        env = _env(rank, world_size)
+        count = extract_features(Encoder(model, env.device), FakeDataset(n), collate, env, str(folder), settings)
     return count
 
 
@@ -131,9 +135,7 @@ def test_readers_return_the_same_rows_for_both_layouts(tmp_path):
     new = load_features(str(tmp_path / "new"))
     old_dir = str(tmp_path / "old")
     ids, feats = new.ids, _rows(new)
-    for rank, (lo, hi) in enumerate([(0, 7), (7, 15), (15, 23)]):
-        write_feature_shard(old_dir, rank, ids[lo:hi], feats[lo:hi])
-    write_feature_meta(old_dir, 3)
+    write_one_shard_folder(old_dir, [(ids[lo:hi], feats[lo:hi]) for lo, hi in [(0, 7), (7, 15), (15, 23)]])
     old = load_features(old_dir)
     assert old.ids.tolist() == new.ids.tolist() == FakeDataset(N_ITEMS).pids.tolist()
     assert len(new.feats.parts) == 9 and len(old.feats.parts) == 3
@@ -143,8 +145,9 @@ def test_readers_return_the_same_rows_for_both_layouts(tmp_path):
     assert np.array_equal(read_sample(new.feats, rows), read_sample(old.feats, rows))
     assert verify_shards(str(tmp_path / "new"), FakeDataset(N_ITEMS).pids) == N_ITEMS
     for chunk in (4, 1000):
-        new_hits = search(new.feats[0:5], new.feats, 6, chunk_size=chunk, use_gpu=False, show_progress=False)
-        old_hits = search(old.feats[0:5], old.feats, 6, chunk_size=chunk, use_gpu=False, show_progress=False)
+        config = SearchConfig(chunk_size=chunk, use_gpu=False, show_progress=False)
+        new_hits = search(new.feats[0:5], new.feats, 6, config)
+        old_hits = search(old.feats[0:5], old.feats, 6, config)
         assert np.array_equal(new_hits[0], old_hits[0]) and np.array_equal(new_hits[1], old_hits[1])
 
 
@@ -176,14 +179,14 @@ def test_restart_after_a_crash_continues_with_the_first_missing_partition(tmp_pa
 def _killed_run(folder, kill_at=None, torn_part=None):
     """In a child process: extract, and die by SIGKILL at batch ``kill_at`` or while writing ``torn_part``."""
     if torn_part is not None:
-        write = extract_module.write_feature_partition
+        write = feature_partitions.write_feature_partition
 
         def write_then_die(out_dir, rank, part, ids, feats, dtype="float32"):
             if part == torn_part:   # the feats temporary is on disk, neither file of the pair is
                 np.save(partition_paths(out_dir, rank, part)[1] + ".tmp.npy", feats)
                 os.kill(os.getpid(), signal.SIGKILL)
             write(out_dir, rank, part, ids, feats, dtype)
-        extract_module.write_feature_partition = write_then_die
+        feature_partitions.write_feature_partition = write_then_die
     _extract(folder, _model(kill_at=kill_at))
 
 
@@ -283,9 +286,7 @@ def test_a_different_world_size_starts_afresh_and_drops_the_extra_ranks(tmp_path
 def test_extraction_over_a_folder_of_the_one_shard_layout(tmp_path):
     old = load_features(str(_one_shot(tmp_path / "reference")))
     folder = str(tmp_path / "run")
-    write_feature_shard(folder, 0, old.ids[:5], _rows(old)[:5])
-    write_feature_shard(folder, 1, old.ids[5:], _rows(old)[5:])
-    write_feature_meta(folder, 2)
+    write_one_shard_folder(folder, [(old.ids[:5], _rows(old)[:5]), (old.ids[5:], _rows(old)[5:])])
     assert _extract(folder) == N_ITEMS
     assert not os.path.exists(os.path.join(folder, "ids_rank0.npy")) and not os.path.exists(progress_path(folder, 1))
     assert not os.path.exists(os.path.join(folder, "ids_rank1.npy"))
@@ -307,8 +308,6 @@ def test_bad_partition_size_is_refused(tmp_path):
 def test_a_full_disk_is_one_error_and_the_complete_partitions_stay_readable(tmp_path, monkeypatch):
     import errno
 
-    from real20m.evaluate import feature_io
-
     reference = _one_shot(tmp_path / "reference")
     folder = tmp_path / "run"
     real_save, saved = np.save, []
@@ -318,7 +317,7 @@ def test_a_full_disk_is_one_error_and_the_complete_partitions_stay_readable(tmp_
         if len(saved) > 4:   # two complete partitions: feats + ids each
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(path, array, *args, **kwargs)
-    monkeypatch.setattr(feature_io.np, "save", full_at_the_third_partition)
+    monkeypatch.setattr(np, "save", full_at_the_third_partition)
     with pytest.raises(FeatureFileError, match=r"feats_rank0_part00002.npy: cannot write \(No space left on device\)"):
         _extract(folder)
     monkeypatch.undo()

@@ -64,17 +64,28 @@ def _python(code, *args):
 
 
 def test_search_without_faiss_names_the_extras_in_one_line():
-    result = _python("from real20m.evaluate.faiss_backend import FaissNotInstalledError\n"
-                     "try:\n    import real20m.evaluate.search\n"
+    result = _python("import numpy as np\n"
+                     "from real20m.evaluate.faiss_backend import FaissNotInstalledError\n"
+                     "from real20m.evaluate.search import search\n"
+                     "from real20m.evaluate.search_config import SearchConfig\n"
+                     "gallery = np.eye(2, dtype=np.float32)\n"
+                     "try:\n    search(gallery, gallery, 1, SearchConfig(use_gpu='never'))\n"
                      "except FaissNotInstalledError as error:\n    print(error)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == 1 and "Faiss is not installed" in result.stdout
     assert "real20m[cpu] or real20m[gpu]" in result.stdout
 
 
-def test_evaluation_entry_point_without_faiss_fails_with_one_line():
-    result = _python("import runpy; runpy.run_path('evaluation.py', run_name='__main__')", "--help")
-    assert result.returncode == 1 and result.stdout == ""
+def test_evaluation_entry_point_without_faiss_fails_with_one_line(tmp_path):
+    # Importing the entry point needs no Faiss: --help works; a search names the extra to install.
+    assert _python("import runpy; runpy.run_path('evaluation.py', run_name='__main__')", "--help").returncode == 0
+    from real20m.evaluate.feature_io import write_legacy_features
+    write_legacy_features(str(tmp_path / "f.feat"), [1, 2], [[1.0, 0.0], [0.0, 1.0]])
+    (tmp_path / "gt.txt").write_text("video/images/1/1_0.jpg\tgoods/images/2/2.jpg\n")
+    result = _python("import runpy; runpy.run_path('evaluation.py', run_name='__main__')",
+                     "--query_features", str(tmp_path / "f.feat"), "--gallery_features", str(tmp_path / "f.feat"),
+                     "--gt_file", str(tmp_path / "gt.txt"), "--output_dir", str(tmp_path / "eval"), "--quiet")
+    assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: Faiss is not installed") and result.stderr.count("\n") == 1
     assert "real20m[cpu] or real20m[gpu]" in result.stderr
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from real20m.evaluate.feature_io import (FeatureFileError, ShardedArray, load_features, read_legacy_features,
-                                         write_feature_meta, write_feature_shard, write_legacy_features)
+                                         write_legacy_features)
+from tests.evaluate.feature_folders import write_one_shard_folder
 
 
 def _features(n=50, dim=8, seed=0):
@@ -99,9 +100,7 @@ def test_legacy_repeats_with_differing_vectors_name_pid_and_both_lines(tmp_path)
 def test_shards_load_memory_mapped_and_merged(tmp_path):
     ids, feats = _features(n=30)
     feats[0] = 0.5   # keep the float16 copy finite
-    write_feature_shard(str(tmp_path), 0, ids[:10], feats[:10], dtype="float16")
-    write_feature_shard(str(tmp_path), 1, ids[10:], feats[10:], dtype="float16")
-    meta = write_feature_meta(str(tmp_path), 2)
+    meta = write_one_shard_folder(tmp_path, [(ids[:10], feats[:10]), (ids[10:], feats[10:])], dtype="float16")
     assert meta["counts"] == {"0": 10, "1": 20} and meta["dtype"] == "float16" and meta["dim"] == 8
     loaded = load_features(str(tmp_path))
     assert isinstance(loaded.feats, ShardedArray) and loaded.feats.shape == (30, 8)
@@ -113,16 +112,14 @@ def test_shards_load_memory_mapped_and_merged(tmp_path):
 
 def test_shard_merge_detects_duplicates(tmp_path):
     ids, feats = _features(n=20)
-    write_feature_shard(str(tmp_path), 0, ids[:12], feats[:12])
-    write_feature_shard(str(tmp_path), 1, ids[8:], feats[8:])
-    write_feature_meta(str(tmp_path), 2)
+    write_one_shard_folder(tmp_path, [(ids[:12], feats[:12]), (ids[8:], feats[8:])])
     with pytest.raises(FeatureFileError, match=r"4 pids appear more than once \(e.g. \[301, 338, 375, 412\]\)"):
         load_features(str(tmp_path))
 
 
 def test_legacy_round_trip_over_many_read_blocks(tmp_path, monkeypatch):
-    from real20m.evaluate import feature_io
-    monkeypatch.setattr(feature_io, "READ_BLOCK_BYTES", 5000)   # many blocks, lines split across them
+    from real20m.evaluate import legacy_text
+    monkeypatch.setattr(legacy_text, "READ_BLOCK_BYTES", 5000)   # many blocks, lines split across them
     ids, feats = _features(n=400, dim=24, seed=3)
     ids[::9] += 10**9                                           # pid width changes: mixed line lengths
     path = str(tmp_path / "many.feat")

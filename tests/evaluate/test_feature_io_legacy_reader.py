@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from real20m.evaluate import feature_io
+from real20m.evaluate import legacy_text
 from real20m.evaluate.feature_io import FeatureFileError, read_legacy_features
 
 
@@ -25,7 +25,7 @@ def no_line_parser(monkeypatch):
     """Fail if a block goes to the exact line parser: the vectorised parser must take it."""
     def refuse(*args):
         raise AssertionError("the block went to the line parser")
-    monkeypatch.setattr(feature_io, "_parse_lines", refuse)
+    monkeypatch.setattr(legacy_text, "_parse_lines", refuse)
 
 
 def test_a_million_random_values_read_as_float_of_their_text(tmp_path):
@@ -120,7 +120,7 @@ def test_pids_up_to_int64_are_read_and_others_refused(tmp_path, pid, ok):
 
 
 def test_blocks_that_split_lines_and_lines_longer_than_a_block(tmp_path, monkeypatch):
-    monkeypatch.setattr(feature_io, "READ_BLOCK_BYTES", 700)   # lines of ~600 to ~1200 bytes
+    monkeypatch.setattr(legacy_text, "READ_BLOCK_BYTES", 700)   # lines of ~600 to ~1200 bytes
     rng = np.random.default_rng(4)
     rows = [[str(v) for v in row] for row in rng.standard_normal((30, 40)).astype(np.float32).tolist()]
     rows[7] = [repr(v) for v in rng.standard_normal(40).tolist()]   # a line of 17-digit values

@@ -4,13 +4,21 @@ import os
 import numpy as np
 import pytest
 
-from real20m.evaluate.cli import build_parser, main, run_evaluation
-from real20m.evaluate.feature_io import (load_features, read_rows, release_mapped_pages, write_feature_meta,
-                                         write_feature_shard)
-from real20m.evaluate.index import IndexFileError, ShardedIndex, describe_gallery, shard_bounds
-from real20m.evaluate.search import search
+from real20m.evaluate.cli import main, parse_request, run_evaluation
+from real20m.evaluate.faiss_backend import SearchDevice
+from real20m.evaluate.feature_io import load_features, read_rows, release_mapped_pages, write_feature_folder
+from real20m.evaluate.search import search, search_all
+from real20m.evaluate.search_config import SearchConfig
+from real20m.evaluate.searchers import IndexFileError, SavedGallery, describe_gallery, open_searcher
+from real20m.evaluate.searchers.sharded import ShardedIndex, shard_bounds
+from tests.evaluate.feature_folders import write_one_shard_folder
 
 N_GALLERY, N_QUERIES, DIM = 50_000, 200, 32
+CPU = SearchDevice(0)
+
+
+def _config(**values):
+    return SearchConfig(show_progress=False, **values)
 
 
 def _clustered(n, rng, centers):
@@ -31,9 +39,8 @@ def float16_folder(features, tmp_path_factory):
     _, gallery = features
     folder = str(tmp_path_factory.mktemp("gallery"))
     ids = np.arange(N_GALLERY, dtype=np.int64) * 7 + 3
-    for rank, (start, stop) in enumerate([(0, 10_000), (10_000, 31_000), (31_000, N_GALLERY)]):
-        write_feature_shard(folder, rank, ids[start:stop], gallery[start:stop], dtype="float16")
-    write_feature_meta(folder, 3)
+    write_one_shard_folder(folder, [(ids[start:stop], gallery[start:stop])
+                                     for start, stop in [(0, 10_000), (10_000, 31_000), (31_000, N_GALLERY)]], "float16")
     return folder, gallery.astype(np.float16).astype(np.float32)
 
 
@@ -46,16 +53,16 @@ def test_shard_bounds_cover_every_row_once():
 
 def test_ivf_probing_every_list_equals_exact_search(features):
     queries, gallery = features
-    exact_scores, exact_indices = search(queries, gallery, 100, show_progress=False)
-    scores, indices = search(queries, gallery, 100, index_factory="IVF64,Flat", nprobe=64, show_progress=False)
+    exact_scores, exact_indices = search(queries, gallery, 100, _config())
+    scores, indices = search(queries, gallery, 100, _config(index="IVF64,Flat", nprobe=64))
     assert np.array_equal(indices, exact_indices)
     np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
 
 
 def test_fewer_probes_lose_some_recall(features):
     queries, gallery = features
-    _, exact_indices = search(queries, gallery, 100, show_progress=False)
-    _, indices = search(queries, gallery, 100, index_factory="IVF64,Flat", nprobe=1, show_progress=False)
+    _, exact_indices = search(queries, gallery, 100, _config())
+    _, indices = search(queries, gallery, 100, _config(index="IVF64,Flat", nprobe=1))
     recall = np.mean([len(np.intersect1d(a, b)) / 100 for a, b in zip(indices, exact_indices)])
     assert 0.2 < recall < 1.0   # a real approximation, not exact search under another name
 
@@ -63,8 +70,8 @@ def test_fewer_probes_lose_some_recall(features):
 @pytest.mark.parametrize("factory,nprobe", [("IVF64,SQ8", 8), ("IVF64,Flat", 4)])
 def test_sharded_search_equals_unsharded(features, factory, nprobe):
     queries, gallery = features
-    whole = search(queries, gallery, 100, index_factory=factory, nprobe=nprobe, show_progress=False)
-    sharded = search(queries, gallery, 100, index_factory=factory, nprobe=nprobe, shards=3, show_progress=False)
+    whole = search(queries, gallery, 100, _config(index=factory, nprobe=nprobe))
+    sharded = search(queries, gallery, 100, _config(index=factory, nprobe=nprobe, shards=3))
     assert np.array_equal(sharded[1], whole[1]) and np.array_equal(sharded[0], whole[0])
     assert sharded[1].max() >= 2 * N_GALLERY // 3   # ids are global gallery rows, not per-shard rows
 
@@ -74,49 +81,49 @@ def test_memory_mapped_shards_give_the_in_memory_results(float16_folder, feature
     queries, _ = features
     mapped = load_features(folder).feats
     for factory, nprobe in ((None, None), ("IVF64,SQ8", 8)):
-        from_disk = search(queries, mapped, 100, index_factory=factory, nprobe=nprobe, chunk_size=7_000,
-                           show_progress=False)
-        in_memory = search(queries, gallery_in_memory, 100, index_factory=factory, nprobe=nprobe,
-                           chunk_size=7_000, show_progress=False)
+        config = _config(index=factory, nprobe=nprobe, chunk_size=7_000)
+        from_disk = search(queries, mapped, 100, config)
+        in_memory = search(queries, gallery_in_memory, 100, config)
         assert np.array_equal(from_disk[1], in_memory[1]) and np.array_equal(from_disk[0], in_memory[0])
 
 
 def test_saved_index_searches_like_the_built_one(features, tmp_path):
     queries, gallery = features
     description = describe_gallery(np.arange(N_GALLERY))
-    built = search(queries, gallery, 50, index_factory="IVF64,PQ8", nprobe=8, shards=2,
-                   save_index=str(tmp_path / "index"), gallery_description=description, show_progress=False)
+    saving = _config(index="IVF64,PQ8", nprobe=8, shards=2, save_index=str(tmp_path / "index"))
+    built = search_all(queries, open_searcher(gallery, saving, gallery_description=description), 50)
     assert sorted(os.listdir(tmp_path / "index")) == ["meta.json", "shard0.faiss", "shard1.faiss"]
-    loaded = search(queries, gallery, 50, nprobe=8, load_index=str(tmp_path / "index"),
-                    gallery_description=description, show_progress=False)
+    loading = _config(nprobe=8, load_index=str(tmp_path / "index"))
+    loaded = search_all(queries, open_searcher(gallery, loading, gallery_description=description), 50)
     assert np.array_equal(loaded[1], built[1]) and np.array_equal(loaded[0], built[0])
 
 
 def test_saved_index_is_refused_for_another_gallery_or_sharding(features, tmp_path):
     _, gallery = features
     folder = str(tmp_path / "index")
-    ShardedIndex.build(gallery[:5000], "IVF16,Flat", shards=2, show_progress=False).save(
+    ShardedIndex.build(gallery[:5000], _config(index="IVF16,Flat", shards=2), CPU).save(
         folder, describe_gallery(np.arange(5000)))
+    this_gallery = SavedGallery(DIM, describe_gallery(np.arange(5000)))
     with pytest.raises(IndexFileError, match=r"index: the saved index has gallery .*build it again"):
-        ShardedIndex.load(folder, describe_gallery(np.arange(1, 5001)), DIM)
+        ShardedIndex.load(folder, _config(), CPU, SavedGallery(DIM, describe_gallery(np.arange(1, 5001))))
     with pytest.raises(IndexFileError, match="the saved index has dim 32, but this evaluation has 64"):
-        ShardedIndex.load(folder, describe_gallery(np.arange(5000)), 64)
+        ShardedIndex.load(folder, _config(), CPU, SavedGallery(64, this_gallery.description))
     with pytest.raises(IndexFileError, match="has 2 shards, --shards asks for 3"):
-        ShardedIndex.load(folder, describe_gallery(np.arange(5000)), DIM, shards=3)
+        ShardedIndex.load(folder, _config(shards=3), CPU, this_gallery)
     shard = os.path.join(folder, "shard1.faiss")
     with open(shard, "r+b") as f:
         f.truncate(100)
     with pytest.raises(IndexFileError, match=r"shard1.faiss: cannot read the Faiss index"):
-        ShardedIndex.load(folder, describe_gallery(np.arange(5000)), DIM)
+        ShardedIndex.load(folder, _config(), CPU, this_gallery)
     os.remove(os.path.join(folder, "meta.json"))
     with pytest.raises(IndexFileError, match="meta.json: cannot read the index description"):
-        ShardedIndex.load(folder, describe_gallery(np.arange(5000)), DIM)
+        ShardedIndex.load(folder, _config(), CPU, this_gallery)
 
 
 def test_shards_and_saving_need_an_approximate_index(features, capsys):
     queries, gallery = features
     with pytest.raises(ValueError, match="--shards, --save_index and --load_index need an approximate --index"):
-        search(queries, gallery, 10, shards=2, show_progress=False)
+        search(queries, gallery, 10, _config(shards=2))
     with pytest.raises(SystemExit) as exit_info:
         main(["--query_features", "q", "--gallery_features", "g", "--gt_file", "gt", "--output_dir", "o",
               "--shards", "4"])
@@ -145,19 +152,18 @@ def test_reading_a_mapped_gallery_releases_its_pages(tmp_path):
 def test_cli_sharded_ivf_with_saved_index(float16_folder, features, tmp_path):
     folder, gallery = float16_folder
     queries, _ = features
-    nearest = search(queries, gallery, 1, show_progress=False)[1][:, 0]   # each query's GT: its true top-1
+    nearest = search(queries, gallery, 1, _config())[1][:, 0]   # each query's GT: its true top-1
     query_folder = str(tmp_path / "queries")
-    write_feature_shard(query_folder, 0, np.arange(N_QUERIES, dtype=np.int64), queries)
-    write_feature_meta(query_folder, 1)
+    write_feature_folder(query_folder, [(np.arange(N_QUERIES, dtype=np.int64), queries)], {"test": "queries"})
     gt = tmp_path / "gt.txt"
     gt.write_text("".join(f"video/images/{q}/{q}_0.jpg\tgoods/images/{7 * row + 3}.jpg\n"
                           for q, row in enumerate(nearest.tolist())))
     common = ["--query_features", query_folder, "--gallery_features", folder, "--gt_file", str(gt), "--quiet",
               "--topk", "100", "--nprobe", "8"]
-    built = run_evaluation(build_parser().parse_args(
+    built = run_evaluation(parse_request(
         common + ["--output_dir", str(tmp_path / "a"), "--index", "IVF64,SQ8", "--shards", "2",
                   "--save_index", str(tmp_path / "index")]))
-    loaded = run_evaluation(build_parser().parse_args(
+    loaded = run_evaluation(parse_request(
         common + ["--output_dir", str(tmp_path / "b"), "--load_index", str(tmp_path / "index")]))
     recalls = {key: value for key, value in built.items() if key.startswith("recall@")}
     assert recalls == {key: value for key, value in loaded.items() if key.startswith("recall@")}

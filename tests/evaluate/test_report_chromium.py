@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from real20m.evaluate.report import write_report
+from real20m.evaluate.item_lookup import ItemView
+from real20m.evaluate.metrics import RetrievalScores
+from real20m.evaluate.report import FoundItems, write_report
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 import render_report  # noqa: E402
@@ -58,12 +60,12 @@ def _write_hostile_report(folder):
     image = os.path.join(folder, "frame.jpg")
     Image.new("RGB", (64, 48), (10, 120, 200)).save(image)
 
-    def resolver(pid):
-        return TITLES.get(pid, f"item {pid}"), [image]
+    def lookup(pid):
+        return ItemView(pid, "goods", TITLES.get(pid, f"item {pid}"), (image,))
 
     retrieved = np.array([[10, 11, 12, 13], [12, 10, 13, -1]])
-    metrics = {"recall@1": 0.5, "hit@1": 0.5, "map@1": 0.5, "num_queries": 2}
-    return write_report(folder, TASK, [1, 2], retrieved, {1: [11], 2: [13]}, metrics, resolver)
+    metrics = RetrievalScores({"recall": {1: 0.5}, "hit": {1: 0.5}, "map": {1: 0.5}}, {"num_queries": 2})
+    return write_report(folder, TASK, FoundItems([1, 2], retrieved, {1: [11], 2: [13]}, metrics), lookup)
 
 
 def test_report_renders_hostile_titles_as_text_in_chromium(tmp_path):

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from real20m.evaluate.cli import build_parser, run_evaluation
+from real20m.evaluate.cli import build_parser, request_from_args, run_evaluation
 from real20m.evaluate.feature_io import write_legacy_features
-from real20m.evaluate.report import plot_recall, write_report
+from real20m.evaluate.metrics import RetrievalScores
+from real20m.evaluate.item_lookup import ItemView
+from real20m.evaluate.report import FoundItems, plot_recall, write_report
 
 NASTY = 'Tom & "Jerry" <script>alert(1)</script>'
 
@@ -16,12 +18,12 @@ def test_report_escapes_titles_and_embeds_thumbnails(tmp_path):
     image = tmp_path / "img.jpg"
     Image.new("RGB", (64, 48), (200, 10, 10)).save(image)
 
-    def resolver(pid):
-        return f"{NASTY} #{pid}", [str(image)]
+    def lookup(pid):
+        return ItemView(pid, "goods", f"{NASTY} #{pid}", (str(image),))
 
-    metrics = {"recall@1": 0.5, "hit@1": 0.5, "map@1": 0.5, "num_queries": 2}
-    retrieved = np.array([[5, 6, 7], [6, 5, -1]])
-    path = write_report(str(tmp_path), "video2goods <b>", [1, 2], retrieved, {1: [6], 2: [9]}, metrics, resolver)
+    metrics = RetrievalScores({"recall": {1: 0.5}, "hit": {1: 0.5}, "map": {1: 0.25}}, {"num_queries": 2})
+    found = FoundItems([1, 2], np.array([[5, 6, 7], [6, 5, -1]]), {1: [6], 2: [9]}, metrics)
+    path = write_report(str(tmp_path), "video2goods <b>", found, lookup)
     text = open(path, encoding="utf-8").read()
     assert "<script>" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -30,6 +32,8 @@ def test_report_escapes_titles_and_embeds_thumbnails(tmp_path):
     assert text.count("data:image/jpeg;base64,") == 2 + 2 + 5   # query frames + GT panels + 5 results
     assert text.count('class="item hit"') == 1 and "&#10003;" in text
     assert str(tmp_path) not in text                      # nothing links outside the report
+    assert "<th>K</th><th>Recall@K</th><th>hit@K</th><th>mAP@K</th>" in text
+    assert "<tr><td>1</td><td>0.5000</td><td>0.5000</td><td>0.2500</td></tr>" in text and "num_queries: 2" in text
 
 
 def test_text_queries_are_shown_as_their_escaped_text_without_frames(tmp_path):
@@ -37,14 +41,13 @@ def test_text_queries_are_shown_as_their_escaped_text_without_frames(tmp_path):
     Image.new("RGB", (64, 48), (200, 10, 10)).save(image)
     asked = []
 
-    def resolver(pid):
+    def lookup(pid):
         asked.append(pid)
-        return f"item #{pid}", [str(image)]
+        return ItemView(pid, "goods", f"item #{pid}", (str(image),))
 
-    metrics = {"recall@1": 0.5, "hit@1": 0.5, "map@1": 0.5, "num_queries": 2}
-    retrieved = np.array([[5, 6, 7], [6, 5, -1]])
-    path = write_report(str(tmp_path), "query2goods", [1, 2], retrieved, {1: [6], 2: [9]}, metrics, resolver,
-                        query_texts={1: NASTY, 2: "蓝色连衣裙"})
+    metrics = RetrievalScores({"recall": {1: 0.5}, "hit": {1: 0.5}, "map": {1: 0.25}}, {"num_queries": 2})
+    found = FoundItems([1, 2], np.array([[5, 6, 7], [6, 5, -1]]), {1: [6], 2: [9]}, metrics)
+    path = write_report(str(tmp_path), "query2goods", found, lookup, query_texts={1: NASTY, 2: "蓝色连衣裙"})
     text = open(path, encoding="utf-8").read()
     assert "<script>" not in text
     assert "text query 1: Tom &amp; &#34;Jerry&#34; &lt;script&gt;alert(1)&lt;/script&gt;</h3>" in text
@@ -55,8 +58,8 @@ def test_text_queries_are_shown_as_their_escaped_text_without_frames(tmp_path):
 
 
 def test_plot_recall_writes_png(tmp_path):
-    metrics = {f"{name}@{k}": k / 100 for name in ("recall", "hit", "map") for k in (1, 10, 100)}
-    path = plot_recall(metrics, str(tmp_path / "recall.png"))
+    metrics = RetrievalScores({name: {k: k / 100 for k in (1, 10, 100)} for name in ("recall", "hit", "map")}, {})
+    path = plot_recall(metrics, str(tmp_path / "recall.png"), "video2goods")
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
@@ -75,7 +78,7 @@ def test_run_evaluation_end_to_end(tmp_path):
     args = build_parser().parse_args([
         "--query_features", str(tmp_path / "q.feat"), "--gallery_features", str(tmp_path / "g.feat"),
         "--gt_file", str(tmp_path / "gt.txt"), "--output_dir", str(out), "--topk", "50", "--quiet"])
-    metrics = run_evaluation(args)
+    metrics = run_evaluation(request_from_args(args))
     saved = json.load(open(out / "metrics.json"))
     assert saved["recall@1"] == metrics["recall@1"] >= 0.9
     assert saved["recall@50"] == 1.0 and "recall@100" not in saved
@@ -122,7 +125,7 @@ def _report_args(tmp_path, *extra):
 
 def test_cli_report_shows_titles_from_text_files_scores_and_ground_truth(tmp_path):
     feats = _item_file_dataset(tmp_path)
-    metrics = run_evaluation(_report_args(tmp_path))
+    metrics = run_evaluation(request_from_args(_report_args(tmp_path)))
     text = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
     assert metrics["num_queries"] == 2
     # The video title is title|text|caption of its text file (text is null), escaped.
@@ -144,7 +147,7 @@ def test_cli_report_all_queries_are_split_over_linked_pages(tmp_path, monkeypatc
     from real20m.evaluate import report
     monkeypatch.setattr(report, "QUERIES_PER_PAGE", 1)
     _item_file_dataset(tmp_path)
-    run_evaluation(_report_args(tmp_path, "--report_queries", "all"))
+    run_evaluation(request_from_args(_report_args(tmp_path, "--report_queries", "all")))
     out = tmp_path / "eval"
     index = (out / "report.html").read_text(encoding="utf-8")
     assert 'href="report_001.html"' in index and 'href="report_002.html"' in index

@@ -1,7 +1,7 @@
 """--save_topk: search_res.npy / search_res_dis.npy / search_res_queries.npy as the original's scripts saved."""
 import numpy as np
 
-from real20m.evaluate.cli import build_parser, run_evaluation
+from real20m.evaluate.cli import parse_request, run_evaluation
 from real20m.evaluate.feature_io import write_legacy_features
 
 
@@ -13,7 +13,7 @@ def _evaluate(tmp_path, n_gallery, *extra):
     write_legacy_features(str(tmp_path / "q.feat"), query_ids, feats[:7])
     write_legacy_features(str(tmp_path / "g.feat"), gallery_ids, feats[7:])
     (tmp_path / "gt.txt").write_text(f"video/images/0/900_0.jpg\tgoods/images/0/{gallery_ids[0]}.jpg\n")
-    run_evaluation(build_parser().parse_args([
+    run_evaluation(parse_request([
         "--query_features", str(tmp_path / "q.feat"), "--gallery_features", str(tmp_path / "g.feat"),
         "--gt_file", str(tmp_path / "gt.txt"), "--output_dir", str(tmp_path / "eval"), "--quiet", *extra]))
     saved = [np.load(tmp_path / "eval" / name) for name in

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from real20m.evaluate.faiss_backend import SearchDeviceError
-from real20m.evaluate.search import ExactSearcher, exact_knn, iter_search, search, sort_results, stream_topk
+from real20m.evaluate.search import iter_search, search
+from real20m.evaluate.search_config import SearchConfig
+from real20m.evaluate.searchers import open_searcher
+from real20m.evaluate.searchers.exact import ExactSearcher, exact_knn, stream_topk
+from real20m.evaluate.searchers.topk import sort_results
+
+
+QUIET = SearchConfig(show_progress=False)
 
 
 def _reference(queries, gallery, k):
@@ -24,7 +31,7 @@ def _normalised(n, dim, rng):
 def test_chunked_exact_search_equals_brute_force():
     rng = np.random.default_rng(0)
     gallery, queries = _normalised(2000, 16, rng), _normalised(40, 16, rng)
-    scores, indices = search(queries, gallery, 50, chunk_size=300, query_chunk=7, show_progress=False)
+    scores, indices = search(queries, gallery, 50, SearchConfig(chunk_size=300, query_chunk=7, show_progress=False))
     ref_scores, ref_indices = _reference(queries, gallery, 50)
     assert scores.dtype == np.float32 and indices.dtype == np.int64 and indices.shape == (40, 50)
     assert np.array_equal(indices, ref_indices)
@@ -39,7 +46,7 @@ def test_float16_memmap_gallery_with_ties(tmp_path):
     path = tmp_path / "gallery.npy"
     np.save(path, gallery)
     mapped = np.load(path, mmap_mode="r")
-    scores, indices = search(queries, mapped, 40, chunk_size=256, query_chunk=11, show_progress=False)
+    scores, indices = search(queries, mapped, 40, SearchConfig(chunk_size=256, query_chunk=11, show_progress=False))
     ref_scores, ref_indices = _reference(queries, gallery.astype(np.float32), 40)
     assert np.array_equal(scores, ref_scores.astype(np.float32))
     assert np.array_equal(indices, ref_indices)
@@ -50,7 +57,7 @@ def test_ties_at_the_cut_off_break_by_gallery_index():
     gallery = rng.integers(-2, 3, (1500, 8)).astype(np.float32)   # in memory: one fused faiss pass
     queries = rng.integers(-2, 3, (30, 8)).astype(np.float32)
     for k in (40, 200):
-        scores, indices = search(queries, gallery, k, show_progress=False)
+        scores, indices = search(queries, gallery, k, QUIET)
         ref_scores, ref_indices = _reference(queries, gallery, k)
         assert np.array_equal(indices, ref_indices) and np.array_equal(scores, ref_scores.astype(np.float32))
 
@@ -58,15 +65,15 @@ def test_ties_at_the_cut_off_break_by_gallery_index():
 def test_ivf_with_all_lists_probed_is_exact():
     rng = np.random.default_rng(2)
     gallery, queries = _normalised(5000, 32, rng), _normalised(50, 32, rng)
-    _, indices = search(queries, gallery, 20, index_factory="IVF16,Flat", nprobe=16, show_progress=False)
+    _, indices = search(queries, gallery, 20, SearchConfig(index="IVF16,Flat", nprobe=16, show_progress=False))
     assert np.array_equal(indices, _reference(queries, gallery, 20)[1])
 
 
 def test_hnsw_runs_and_finds_itself():
     rng = np.random.default_rng(3)
     gallery = _normalised(1000, 16, rng)
-    scores, indices = search(gallery[:20], gallery, 5, index_factory="HNSW32", params="efSearch=64",
-                             show_progress=False)
+    scores, indices = search(gallery[:20], gallery, 5,
+                             SearchConfig(index="HNSW32", params="efSearch=64", show_progress=False))
     assert indices.shape == (20, 5)
     assert (indices[:, 0] == np.arange(20)).mean() >= 0.95
 
@@ -75,7 +82,7 @@ def test_k_larger_than_gallery_is_clamped_with_one_info_line(caplog):
     rng = np.random.default_rng(4)
     gallery, queries = _normalised(10, 4, rng), _normalised(3, 4, rng)
     with caplog.at_level(logging.INFO, logger="real20m.evaluate.search"):
-        scores, indices = search(queries, gallery, 50, show_progress=False)
+        scores, indices = search(queries, gallery, 50, QUIET)
     assert [record.getMessage() for record in caplog.records if record.name == "real20m.evaluate.search"] == [
         "k=50 is larger than the gallery (10 items); using k=10"]
     assert indices.shape == (3, 10) and sorted(indices[0].tolist()) == list(range(10))
@@ -84,7 +91,8 @@ def test_k_larger_than_gallery_is_clamped_with_one_info_line(caplog):
 def test_iter_search_yields_query_chunks():
     rng = np.random.default_rng(5)
     gallery, queries = _normalised(100, 4, rng), _normalised(25, 4, rng)
-    starts = [start for start, _, _ in iter_search(queries, gallery, 3, query_chunk=10, show_progress=False)]
+    searcher = open_searcher(gallery, QUIET)
+    starts = [start for start, _, _ in iter_search(queries, searcher, 3, query_chunk=10, show_progress=False)]
     assert starts == [0, 10, 20]
 
 
@@ -92,11 +100,11 @@ def test_iter_search_yields_query_chunks():
 def test_exact_search_at_k_1000_matches_float64_reference():
     rng = np.random.default_rng(7)
     gallery, queries = _normalised(20000, 32, rng), _normalised(300, 32, rng)
-    scores, indices = search(queries, gallery, 1000, show_progress=False)
+    scores, indices = search(queries, gallery, 1000, QUIET)
     ref_scores, ref_indices = _reference(queries, gallery, 1000)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
     assert (indices == ref_indices).mean() > 0.99   # only float32 near-ties may swap places
-    chunked = search(queries, gallery, 1000, chunk_size=3000, query_chunk=77, show_progress=False)
+    chunked = search(queries, gallery, 1000, SearchConfig(chunk_size=3000, query_chunk=77, show_progress=False))
     assert np.array_equal(chunked[1], indices) and np.array_equal(chunked[0], scores)
 
 
@@ -172,18 +180,16 @@ def test_exact_knn_repairs_an_arbitrary_choice_among_ties_at_the_cut_off():
     assert np.array_equal(indices, _reference(queries, gallery, 60)[1])
 
 
-def test_search_info_records_index_device_and_faiss_build():
+def test_searcher_describes_index_device_and_faiss_build():
     rng = np.random.default_rng(13)
-    gallery, queries = _normalised(50, 4, rng), _normalised(3, 4, rng)
-    info = {}
-    search(queries, gallery, 5, use_gpu="never", show_progress=False, info=info)
-    assert info == {"index_factory": "Flat", "device": "cpu", "num_gpus": 0, "device_note": None,
+    gallery = _normalised(50, 4, rng)
+    info = open_searcher(gallery, SearchConfig(use_gpu="never", show_progress=False)).describe()
+    assert info == {"index": "Flat", "device": "cpu", "num_gpus": 0, "device_note": None,
                     "faiss_version": faiss.__version__,
                     "faiss_build": "gpu" if hasattr(faiss, "StandardGpuResources") else "cpu"}
-    info = {}
-    search(queries, gallery, 5, index_factory="IVF2,Flat", nprobe=2, use_gpu="never", train_size=50,
-           show_progress=False, info=info)
-    assert info["index_factory"] == "IVF2,Flat" and info["device"] == "cpu"
+    info = open_searcher(gallery, SearchConfig(index="IVF2,Flat", nprobe=2, use_gpu="never", train_size=50,
+                                               show_progress=False)).describe()
+    assert info["index"] == "IVF2,Flat" and info["device"] == "cpu"
 
 
 def _faiss_gpus():
@@ -200,7 +206,7 @@ def test_use_gpu_always_without_a_gpu_faiss_fails_clearly():
     gallery = _normalised(20, 4, rng)
     for use_gpu in ("always", True):
         with pytest.raises(SearchDeviceError, match="--use_gpu always: .*faiss-gpu-cu12|sees no GPU"):
-            search(gallery[:2], gallery, 3, use_gpu=use_gpu, show_progress=False)
+            search(gallery[:2], gallery, 3, SearchConfig(use_gpu=use_gpu, show_progress=False))
 
 
 @needs_gpu_faiss
@@ -253,7 +259,8 @@ def test_gpu_exact_search_streams_one_block_per_gpu_and_equals_cpu():
     if sample_memory:
         gallery_bytes = gallery.nbytes
         assert max(used) - baseline < gallery_bytes / 4, (max(used) - baseline, gallery_bytes)
-    cpu_scores, cpu_ids = search(queries, gallery, k, chunk_size=block, use_gpu="never", show_progress=False)
+    cpu_scores, cpu_ids = search(queries, gallery, k, SearchConfig(chunk_size=block, use_gpu="never",
+                                                                   show_progress=False))
     np.testing.assert_allclose(gpu_scores, cpu_scores, atol=1e-4)
     differ = gpu_ids != cpu_ids   # only float32 near-ties may swap: their exact scores agree
     exact = np.einsum("qd,qkd->qk", queries.astype(np.float64), gallery[gpu_ids].astype(np.float64))
@@ -265,9 +272,10 @@ def test_gpu_exact_search_streams_one_block_per_gpu_and_equals_cpu():
 def test_gpu_exact_search_resolves_ties_like_the_cpu():
     rng = np.random.default_rng(16)
     gallery, queries = _small_integers((50000, 16), rng), _small_integers((64, 16), rng)
-    info = {}
-    gpu = search(queries, gallery, 50, chunk_size=7000, use_gpu="always", show_progress=False, info=info)
-    cpu = search(queries, gallery, 50, chunk_size=7000, use_gpu="never", show_progress=False)
+    gpu_config = SearchConfig(chunk_size=7000, use_gpu="always", show_progress=False)
+    info = open_searcher(gallery, gpu_config).describe()
+    gpu = search(queries, gallery, 50, gpu_config)
+    cpu = search(queries, gallery, 50, SearchConfig(chunk_size=7000, use_gpu="never", show_progress=False))
     n_blocks = 8   # 50000 rows in chunks of 7000: at most 8 GPUs get a block
     assert info["device"] == "cuda" and info["num_gpus"] == min(faiss.get_num_gpus(), n_blocks)
     assert info["faiss_build"] == "gpu"

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from real20m.engine.checkpoint import load_checkpoint, save_checkpoint
 from real20m.losses.memory_bank import CrossBatchMemory
+from real20m.utils.checkpoint_io import load_checkpoint, save_checkpoint
 
 
 def rows(*values):

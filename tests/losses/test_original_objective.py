@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from real20m.losses.memory_bank import MemorySpec
 from real20m.losses.qcd_loss import QCDLoss
 from tests.losses.reference import numpy_symmetric_info_nce
 from tests.utils.process_group import run_in_processes
@@ -29,8 +30,8 @@ def as_tensors(values, rows=slice(None)):
 def _local_negatives_worker(env, out_dir):
     rows = slice(3 * env.rank, 3 * env.rank + 3)
     values = embeddings(0)
-    _, local = QCDLoss({"caption": 0.0}, logit_scale=SCALE, local_negatives=True, embed_dim=4)(as_tensors(values, rows))
-    _, gathered = QCDLoss({"caption": 0.0}, logit_scale=SCALE, embed_dim=4)(as_tensors(values, rows))
+    _, local = QCDLoss({"caption": 0.0}, logit_scale=SCALE, local_negatives=True)(as_tensors(values, rows))
+    _, gathered = QCDLoss({"caption": 0.0}, logit_scale=SCALE)(as_tensors(values, rows))
     torch.save({"local": local["fused"], "gathered": gathered["fused"], "top1": local["top1"]},
                f"{out_dir}/rank{env.rank}.pt")
 
@@ -70,8 +71,7 @@ def numpy_original_xbm(steps, batch, slots, scale=SCALE):
 def test_original_xbm_matches_a_hand_computed_reference():
     batch, slots = 2, 5
     steps = [embeddings(seed, batch) for seed in range(7)]  # fills, wraps around, counts as full
-    loss = QCDLoss(ONLY_FUSED, logit_scale=SCALE, xbm_size=slots, embed_dim=4, xbm_mode="original",
-                   local_negatives=True)
+    loss = QCDLoss(ONLY_FUSED, logit_scale=SCALE, memory=MemorySpec(slots, 4, "original"), local_negatives=True)
     produced = [loss(as_tensors(step))[1]["fused"] for step in steps]
     expected = numpy_original_xbm([(step["query"], step["fused"]) for step in steps], batch, slots)
     assert produced == pytest.approx(expected, rel=1e-5)
@@ -80,8 +80,8 @@ def test_original_xbm_matches_a_hand_computed_reference():
 
 def test_a_logged_term_is_reported_but_not_added():
     values = as_tensors(embeddings(3))
-    total, terms = QCDLoss({"caption": 0.0, "itc": 0.0}, log_terms=("itc",), embed_dim=4)(values)
-    plain_total, plain = QCDLoss({"caption": 0.0, "itc": 0.0}, embed_dim=4)(values)
+    total, terms = QCDLoss({"caption": 0.0, "itc": 0.0}, log_terms=("itc",))(values)
+    plain_total, plain = QCDLoss({"caption": 0.0, "itc": 0.0})(values)
     assert total.item() == pytest.approx(plain_total.item())
     assert plain["itc"] == 0.0 and terms["itc"] > 0.1
     with pytest.raises(ValueError, match="unknown QCD loss term"):
@@ -92,7 +92,7 @@ def test_without_query_normalisation_the_raw_query_projection_is_scored():
     values = embeddings(3)
     raw = values["query"] * np.array([[2.0], [3.0], [0.5], [1.0], [4.0], [1.5]])  # norms the original keeps
     out = {**as_tensors(values), "query_raw": torch.tensor(raw, dtype=torch.float32)}
-    _, terms = QCDLoss(ONLY_FUSED, logit_scale=SCALE, embed_dim=4, normalize_query=False)(out)
-    _, unit = QCDLoss(ONLY_FUSED, logit_scale=SCALE, embed_dim=4)(out)
+    _, terms = QCDLoss(ONLY_FUSED, logit_scale=SCALE, normalize_query=False)(out)
+    _, unit = QCDLoss(ONLY_FUSED, logit_scale=SCALE)(out)
     assert terms["fused"] == pytest.approx(numpy_symmetric_info_nce(raw, values["fused"], SCALE), rel=1e-5)
     assert unit["fused"] == pytest.approx(numpy_symmetric_info_nce(values["query"], values["fused"], SCALE), rel=1e-5)

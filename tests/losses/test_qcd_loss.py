@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from real20m.losses.contrastive import info_nce
+from real20m.losses.memory_bank import MemorySpec
 from real20m.losses.qcd_loss import QCDLoss
 from tests.losses.reference import numpy_symmetric_info_nce
 from tests.utils.process_group import run_in_processes
@@ -48,7 +49,7 @@ def numpy_caption_cross_entropy():
 
 def test_terms_and_total_match_hand_computed_reference():
     weights = {"fused": 1.0, "title": 0.5, "visual": 2.0, "consistency": 3.0, "caption": 0.3, "itc": 0.25}
-    loss = QCDLoss(weights, logit_scale=20.0, embed_dim=4)
+    loss = QCDLoss(weights, logit_scale=20.0)
     total, terms = loss({**outputs(), **caption_outputs()})
 
     expected = {
@@ -71,7 +72,7 @@ def test_terms_and_total_match_hand_computed_reference():
 
 
 def test_paper_defaults_and_disabled_terms():
-    loss = QCDLoss({"caption": 0.0}, embed_dim=4)
+    loss = QCDLoss({"caption": 0.0})
     total, terms = loss(outputs())
     assert terms["itc"] == 0.0 and terms["caption"] == 0.0  # itc off by default, caption switched off
     expected = (numpy_symmetric_info_nce(QUERY, FUSED, 20.0) + numpy_symmetric_info_nce(QUERY, TITLE, 20.0)
@@ -85,13 +86,13 @@ def test_bad_configuration_is_refused():
     with pytest.raises(ValueError, match="logit_scale"):
         QCDLoss({}, logit_scale=0.0)
     with pytest.raises(KeyError, match="fused"):
-        QCDLoss({}, embed_dim=4)({"query": torch.zeros(3, 4)})
+        QCDLoss({})({"query": torch.zeros(3, 4)})
     with pytest.raises(KeyError, match="caption decoder"):
-        QCDLoss({}, embed_dim=4)(outputs())  # caption weight 1 but no decoder outputs
+        QCDLoss({})(outputs())  # caption weight 1 but no decoder outputs
 
 
 def test_learnable_scale_gets_a_gradient_and_is_clamped():
-    loss = QCDLoss({"caption": 0.0}, learnable_scale=True, embed_dim=4)
+    loss = QCDLoss({"caption": 0.0}, learnable_scale=True)
     embeddings = {name: value.requires_grad_(True) for name, value in outputs().items()}
     total, _ = loss(embeddings)
     total.backward()
@@ -99,12 +100,12 @@ def test_learnable_scale_gets_a_gradient_and_is_clamped():
     with torch.no_grad():
         loss.log_scale.fill_(math.log(500.0))
     assert loss.logit_scale().item() == pytest.approx(100.0)
-    assert list(QCDLoss({}, embed_dim=4).parameters()) == []  # fixed scale: nothing to optimise
+    assert list(QCDLoss({}).parameters()) == []  # fixed scale: nothing to optimise
 
 
 def test_memory_bank_adds_negatives_only_after_it_has_been_filled():
-    with_memory = QCDLoss({"caption": 0.0}, xbm_size=8, embed_dim=4)
-    without_memory = QCDLoss({"caption": 0.0}, embed_dim=4)
+    with_memory = QCDLoss({"caption": 0.0}, memory=MemorySpec(8, 4))
+    without_memory = QCDLoss({"caption": 0.0})
     _, first = with_memory(outputs())
     _, plain = without_memory(outputs())
     assert first["fused"] == pytest.approx(plain["fused"])  # memory still empty
@@ -149,7 +150,7 @@ def forward_tower(params, batch, rows):
 def qcd_step_results(rows):
     """Two training steps; the second sees the first batch in its memory. Loss + grads of step two."""
     params, batches = make_tower()
-    loss = QCDLoss(WEIGHTS, logit_scale=12.0, learnable_scale=True, xbm_size=32, embed_dim=EMBED_DIM)
+    loss = QCDLoss(WEIGHTS, logit_scale=12.0, learnable_scale=True, memory=MemorySpec(32, EMBED_DIM))
     with torch.no_grad():
         loss(forward_tower(params, batches[0], rows))
     total, terms = loss(forward_tower(params, batches[1], rows))

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from real20m.config import parse_config
@@ -22,8 +23,8 @@ def spread_term():
 
 
 def test_a_registered_term_enters_the_total_with_its_weight(spread_term):
-    without = QCDLoss({"caption": 0.0}, embed_dim=4)
-    with_term = QCDLoss({"caption": 0.0, "test_spread": 0.5}, embed_dim=4)
+    without = QCDLoss({"caption": 0.0})
+    with_term = QCDLoss({"caption": 0.0, "test_spread": 0.5})
     total_without, _ = without(outputs())
     total_with, terms = with_term(outputs())
     expected = outputs()["visual"].var(dim=0).sum().item()
@@ -48,3 +49,30 @@ def test_a_registered_term_is_configured_logged_and_written_to_tensorboard(sprea
 def test_term_names_must_be_unique(spread_term):
     with pytest.raises(ValueError, match="already registered"):
         register_term("test_spread")(lambda inputs: inputs.scale)
+
+
+def test_a_term_is_handed_only_the_outputs_it_reads():
+    seen = {}
+
+    @register_term("test_reader", reads=("fused",), gathers=("visual",))
+    def reader(inputs):
+        seen.update(local=set(inputs.local), gathered=set(inputs.gathered), outputs=set(inputs.outputs))
+        return inputs.local["fused"].sum() * 0
+    try:
+        QCDLoss({"caption": 0.0, "test_reader": 1.0})({**outputs(), "extra": torch.zeros(3)})
+    finally:
+        del TERMS["test_reader"]
+    assert TERMS["fused"].reads == ("query", "fused")
+    assert seen == {"local": {"fused", "visual"}, "gathered": {"visual"}, "outputs": {"fused", "visual"}}
+
+
+def test_an_output_a_term_reads_but_the_model_lacks_is_named_with_its_term():
+    register_term("test_needs_extra", reads=("extra",), needs="a registered 'extra' output")(
+        lambda inputs: inputs.scale)
+    try:
+        with pytest.raises(KeyError, match=r"'test_needs_extra' reads model output\(s\) \['extra'\] that the model "
+                                           r"did not return: the test_needs_extra term needs a registered 'extra'"):
+            QCDLoss({"caption": 0.0, "test_needs_extra": 1.0})(outputs())
+        QCDLoss({"caption": 0.0})(outputs())   # registered with weight 0: not computed, so not needed
+    finally:
+        del TERMS["test_needs_extra"]

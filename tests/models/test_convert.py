@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from real20m.engine.checkpoint import load_checkpoint
-
-from real20m.models import build_model, load_converted, load_weights_into
+from real20m.models import build_model, load_weights_into
 from real20m.models.convert import embed_reference_inputs, save_converted
 from real20m.models.release_layout import model_config_from_release
+from real20m.utils.checkpoint_io import load_checkpoint
 
 from .conftest import VOCAB, deterministic_tiny_config, make_batch
+from .exported import load_exported
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "convert_checkpoint.py"
 
@@ -33,7 +33,7 @@ def test_release_conversion_round_trips(release_fixture, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["use_title_mask"] is False and config["pretrained"] is None
 
-    model = load_converted(out)
+    model = load_exported(out)
     with np.load(release_fixture / "reference_io.npz") as npz:
         reference = dict(npz)
     produced = embed_reference_inputs(model, reference, clip_length=5)
@@ -50,7 +50,7 @@ def test_our_checkpoint_converts_and_reloads_identically(tmp_path):
     torch.save({"model": state, "model_cfg": cfg, "epoch": 3}, tmp_path / "last.pth.tar")
 
     assert _tool_main()([str(tmp_path / "last.pth.tar"), str(tmp_path / "converted")]) == 0
-    reloaded = load_converted(tmp_path / "converted")
+    reloaded = load_exported(tmp_path / "converted")
     batch = make_batch()
     with torch.no_grad():
         expected, got = model(batch), reloaded(batch)
@@ -64,12 +64,13 @@ def test_converted_config_rebuilds_without_the_original_config(tmp_path):
     save_converted(model, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["text"]["vocab_size"] == VOCAB and config["caption"] is None
-    assert load_converted(tmp_path).use_title_mask is False
+    assert load_exported(tmp_path).use_title_mask is False
 
 
 def test_missing_converted_file_is_named(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="config.json"):
-        load_converted(tmp_path)
+        load_exported(tmp_path)
 
 
 def test_release_weights_load_into_a_model_with_caption_decoder(release_fixture):

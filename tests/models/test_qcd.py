@@ -6,6 +6,7 @@ from torchvision.transforms import functional as TF
 
 from real20m.losses.terms import IGNORE_INDEX
 from real20m.models import build_model
+from real20m.models.lr_groups import grouped_parameters
 from real20m.models.qcd import IMAGENET_MEAN, IMAGENET_STD
 
 from .conftest import VOCAB, deterministic_tiny_config, make_batch
@@ -76,9 +77,10 @@ def test_title_mask_is_ignored_in_original_mode(tiny_model):
     assert (masked - unmasked).abs().max() > 1e-4
 
 
-def test_parameter_groups_partition_the_parameters(tiny_model):
-    groups = tiny_model.parameter_groups()
-    assert set(groups) == {"text", "vision", "fusion", "frame", "caption"}
+def test_lr_groups_partition_the_parameters(tiny_model):
+    groups = grouped_parameters(tiny_model.named_parameters(), tiny_model.LR_GROUPS)
+    assert list(groups) == ["text", "vision", "fusion", "frame", "caption"]
+    assert groups["fusion"] == list(tiny_model.pooling.parameters())
     ids = [id(p) for params in groups.values() for p in params]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in tiny_model.parameters()}
@@ -93,7 +95,7 @@ def caption_loss(model, visual, query_ids, query_mask):
 def test_no_caption_decoder_means_no_caption_outputs():
     model = build_model(deterministic_tiny_config(caption=None), vocab_size=VOCAB)
     assert "caption_logits" not in model(make_batch())
-    assert model.parameter_groups()["caption"] == []
+    assert grouped_parameters(model.named_parameters(), model.LR_GROUPS)["caption"] == []
 
 
 def test_caption_outputs_are_next_token_logits_with_padding_ignored(tiny_model):

@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from real20m.engine.checkpoint import load_checkpoint
-
 from real20m.models import (
     WeightMismatchError,
     build_model_from_release_config,
@@ -15,6 +13,7 @@ from real20m.models import (
 )
 from real20m.models.convert import check_fixture, check_state_dict, embed_reference_inputs, main
 from real20m.models.release_layout import ReleaseLayoutError, map_release_checkpoint
+from real20m.utils.checkpoint_io import load_checkpoint
 
 TOLERANCE = 1e-5
 

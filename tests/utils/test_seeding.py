@@ -3,7 +3,7 @@ import random
 import numpy as np
 import torch
 
-from real20m.engine.checkpoint import load_checkpoint, save_checkpoint
+from real20m.utils.checkpoint_io import load_checkpoint, save_checkpoint
 from real20m.utils.seeding import rng_state, seed_everything, set_rng_state
 
 
