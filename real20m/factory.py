@@ -130,11 +130,13 @@ def build_objective(loss: LossConfig, embed_dim: int) -> QCDLoss:
 
 
 def build_train_sampler(data: DataConfig, dataset, dist: DistEnv, seed: int) -> SourceBatchSampler:
-    """Source-homogeneous batches; within one query cluster too with ``hard_sample``."""
+    """Source-homogeneous batches of one optimizer step each (``data.step_batch_size``: with
+    gradient accumulation, the trainer cuts them into micro-batches); within one query cluster too
+    with ``hard_sample``."""
     if data.hard_sample:
-        return ClusterBatchSampler(dataset, data.batch_size, dist.rank, dist.world_size, seed,
+        return ClusterBatchSampler(dataset, data.step_batch_size, dist.rank, dist.world_size, seed,
                                    cluster_file=data.cluster_file)
-    return SourceBatchSampler(dataset, data.batch_size, dist.rank, dist.world_size, seed)
+    return SourceBatchSampler(dataset, data.step_batch_size, dist.rank, dist.world_size, seed)
 
 
 def build_train_loader(data: DataConfig, dataset, sampler, collate, dist: DistEnv, seed: int) -> DataLoader:
@@ -152,7 +154,7 @@ def build_train_data(data: DataConfig, collate, dist: DistEnv, seed: int, datase
     dataset = dataset if dataset is not None else build_train_dataset(data)
     sampler = build_train_sampler(data, dataset, dist, seed)
     if len(sampler) == 0:
-        raise ValueError(f"{data.train_file}: too few samples for one batch of {data.batch_size} "
+        raise ValueError(f"{data.train_file}: too few samples for one batch of {data.step_batch_size} "
                          f"per source on each of {dist.world_size} process(es)")
     return dataset, sampler, build_train_loader(data, dataset, sampler, collate, dist, seed)
 

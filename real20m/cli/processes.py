@@ -16,7 +16,6 @@ import torch
 
 from real20m.config import ConfigError, parse_config
 from real20m.datasets import build_train_dataset
-from real20m.engine.accumulation import step_data
 from real20m.factory import build_train_sampler
 from real20m.utils.distributed import DistEnv
 from real20m.utils.entry import exit_on_input_error
@@ -27,7 +26,7 @@ def batches_per_process(cfg, dataset, world_size: int) -> int:
     ``world_size`` ranks gets in epoch 0; the same for every rank."""
     dist = DistEnv(rank=0, world_size=world_size, local_rank=0, device=torch.device("cpu"), is_main=True,
                    backend=None)
-    return len(build_train_sampler(step_data(cfg), dataset, dist, cfg.seed))
+    return len(build_train_sampler(cfg.data, dataset, dist, cfg.seed))
 
 
 def supported_processes(cfg, wanted: int) -> tuple[int, dict[int, int]]:
@@ -51,7 +50,7 @@ def plan(wanted: int, train_argv: list[str]) -> int:
     count, tried = supported_processes(cfg, wanted)
     if count < wanted and tried[count] > 0:  # with no batch at all the trainer's own error says so
         print(f"launching {count} of {wanted} processes: {cfg.data.train_file} fills "
-              f"{tried[count]} batch(es) of {step_data(cfg).batch_size} per process with {count} and "
+              f"{tried[count]} batch(es) of {cfg.data.step_batch_size} per process with {count} and "
               f"none with {count + 1} (NPROC_PER_NODE sets the count)", file=sys.stderr)
     return count
 

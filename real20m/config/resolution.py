@@ -28,10 +28,11 @@ def resolve(values: dict, facts: FileFacts) -> Config:
     if not isinstance(optim["accum_freq"], int) or optim["accum_freq"] < 1:
         raise ConfigError(f"optim.accum_freq must be a positive integer, got {optim['accum_freq']!r}")
     weights = _resolve_weights(loss, model)
+    # One loader batch is one optimizer step: accum_freq micro-batches of batch_size (accumulation.py).
+    data["step_batch_size"] = data["batch_size"] * optim["accum_freq"]
     if loss["xbm_size"] is None:
         # The original's bank holds 10 of its steps' batches (N x B samples with accumulation).
-        step_batch = data["batch_size"] * optim["accum_freq"]
-        loss["xbm_size"] = 10 * step_batch if loss["xbm_mode"] == "original" else 4096
+        loss["xbm_size"] = 10 * data["step_batch_size"] if loss["xbm_mode"] == "original" else 4096
     return Config(
         seed=int(values["seed"]),
         data=DataConfig(**data),

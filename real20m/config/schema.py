@@ -91,6 +91,7 @@ class DataConfig:
         "default", "training images: default (RandomResizedCrop 0.64-1, flip per frame) or original (NEAREST "
         "squash, one flip per clip)", choices=COMPAT_MODES)
     item_pairs: bool = False   # derived: batches of (goods, video) pairs when loss.query_guidance is off
+    step_batch_size: int = 0   # derived: samples of one optimizer step, batch_size x optim.accum_freq
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ class RunConfig:
 
 
 # Fields resolve() computes; they are not inputs (a YAML file or flag setting one is refused).
-DERIVED = {"data": ("item_pairs",), "model": ("clip_length", "image_size", "use_title_mask", "use_query_mask")}
+DERIVED = {"data": ("item_pairs", "step_batch_size"), "model": ("clip_length", "image_size", "use_title_mask", "use_query_mask")}
 # Mappings whose entries are set one by one (``--optim.lr_mult.text``) and merged over the defaults.
 MAPPING_FIELDS = {"model.text", "model.vision", "model.caption", "loss.weights", "optim.lr_mult"}
 

@@ -13,6 +13,7 @@ DERIVED_FROM = {
     "model.use_title_mask": "title masking follows data.compat",
     "model.use_query_mask": "query masking follows data.compat",
     "data.item_pairs": "item-pair batches follow loss.query_guidance",
+    "data.step_batch_size": "an optimizer step's samples are data.batch_size x optim.accum_freq",
 }
 
 

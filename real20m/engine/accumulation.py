@@ -12,8 +12,8 @@ are constants, so pass j yields exactly the part of the gradient that flows thro
 and the N passes sum to the gradient of the objective over one batch of N x B.
 
 What keeps the sum exact, and the run coherent:
-* Data: the training sampler is built for batches of N x B (``step_data``), so one loader batch is
-  one optimizer step, cut here into N micro-batches. The step's samples share one bucket (source,
+* Data: the training sampler is built for batches of N x B (``data.step_batch_size``), so one
+  loader batch is one optimizer step, cut here into N micro-batches. The step's samples share one bucket (source,
   query cluster) as any batch does, and its texts are padded alike in every micro-batch. The epoch
   length, the LR schedule, ``global_step``, ``--max_steps``, ``--save_freq``, ``--print_freq`` and
   the resume position ``batch_in_epoch`` count optimizer steps, as without accumulation: a run with
@@ -40,20 +40,11 @@ caption decoder's (N x B, query length, vocabulary) logits included.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from typing import Callable, ContextManager
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-
-from real20m.config import Config, DataConfig
-
-
-def step_data(cfg: Config) -> DataConfig:
-    """The data section the training sampler and loader are built from: batches of one optimizer
-    step, ``accum_freq`` micro-batches of ``batch_size`` samples."""
-    return dataclasses.replace(cfg.data, batch_size=cfg.data.batch_size * cfg.optim.accum_freq)
 
 
 def split_batch(batch: dict, size: int) -> list[dict]:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from real20m.config import Config, OptimConfig, log_configuration_notes, write_config
 from real20m.datasets import DeviceJpegDecoder, build_train_dataset, decode_batch_pixels
-from real20m.engine.accumulation import MicroBatchStep, accumulate_gradients, step_data
+from real20m.engine.accumulation import MicroBatchStep, accumulate_gradients
 from real20m.engine.checkpoint import BEST_NAME, CheckpointManager
 from real20m.engine.distributed import cleanup_distributed, init_distributed, restart_count
 from real20m.engine.faults import planned_fault
@@ -206,7 +206,7 @@ class Trainer:
                                                  dataset.training_texts, dist.is_main, start.vocabulary())
         # One loader batch per optimizer step: accum_freq micro-batches of batch_size (accumulation.py).
         self.dataset, self.sampler, self.loader = build_train_data(
-            step_data(cfg), build_collator(cfg.data, self.tokenizer), dist, cfg.seed, dataset)
+            cfg.data, build_collator(cfg.data, self.tokenizer), dist, cfg.seed, dataset)
         self.decoder = DeviceJpegDecoder(cfg.data.image_size, train=True, device=dist.device) \
             if cfg.data.gpu_decode else None
 
@@ -223,7 +223,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, extra_params=list(self.criterion.parameters()))
         self.steps_per_epoch = len(self.sampler)  # a whole epoch on this run's ranks
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch)
-        self.scaler = build_grad_scaler(cfg.optim, step_data(cfg).batch_size, dist.device)
+        self.scaler = build_grad_scaler(cfg.optim, cfg.data.step_batch_size, dist.device)
         if cfg.optim.accum_freq > 1:
             logger.info("gradient accumulation: each optimizer step scores %d micro-batches of %d together",
                         cfg.optim.accum_freq, cfg.data.batch_size)
@@ -352,7 +352,7 @@ class Trainer:
         place_schedule(self.scheduler, self.epoch * self.steps_per_epoch + max(0, self.steps_per_epoch - remaining))
         if self.dist.rank < len(rng_states):
             set_rng_state(rng_states[self.dist.rank])
-        batch = step_data(self.cfg).batch_size
+        batch = self.cfg.data.step_batch_size
         logger.warning("resuming on %d processes instead of %d: the rest of epoch %d is re-dealt as %d steps of "
                        "%d x %d samples (the global batch is now %d); %d sample(s) that do not split evenly over "
                        "the processes skipped; the LR schedule continues at step %d (%d steps per epoch)",
