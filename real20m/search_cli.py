@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF cells visited (saved approximate index)")
     parser.add_argument("--search_params", default=None, help="Faiss ParameterSpace string, e.g. efSearch=128")
+    parser.add_argument("--search_backend", default=None,
+                        help="a registered search backend (default: exact, or the saved index's own)")
     add_version_argument(parser)
     return parser
 
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
                                               options={path: value for path, value in options.items() if value},
                                               device=args.device)
         retriever.load_gallery(args.gallery, args.items, nprobe=args.nprobe, search_params=args.search_params,
-                               **roots)
+                               search_backend=args.search_backend, **roots)
         results = retriever.search(queries, args.topk) if queries else []
     except (OSError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

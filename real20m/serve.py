@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gallery", required=True,
                         help="gallery features written by --evaluate (folder or .feat file), or a saved index folder")
     parser.add_argument("--items", default=None, help="the gallery's one-item-a-line file (sources, titles, images)")
+    parser.add_argument("--search_backend", default=None,
+                        help="a registered search backend (default: exact, or the saved index's own)")
     parser.add_argument("--config", default=None,
                         help="YAML file or packaged name (tiny, paper); needed with --checkpoint init")
     parser.add_argument("--data_root", default=None, help="dataset root: default image and text roots")
@@ -373,7 +375,7 @@ def load_retriever(args, config_args=()):
     LOGGER.info("loading gallery %s%s", args.gallery, f" with items {args.items}" if args.items else "")
     retriever.load_gallery(args.gallery, items=args.items, goods_img_root=args.goods_img_root,
                            photo_img_root=args.photo_img_root, goods_text_root=args.goods_text_root,
-                           photo_text_root=args.photo_text_root)
+                           photo_text_root=args.photo_text_root, search_backend=args.search_backend)
     size = gallery_size(retriever)
     LOGGER.info("loaded gallery: %s items in %.1f s", size if size is not None else "?",
                 time.perf_counter() - started)

@@ -52,6 +52,16 @@ def test_queries_file_writes_one_json_line_per_query(trained, tiny_data_root, tm
     assert all(isinstance(result["pid"], int) for record in records for result in record["results"])
 
 
+def test_the_search_backend_is_chosen_by_name(trained, tiny_data_root, capsys):  # noqa: F811
+    query = ["--query", "黑色格子皮革背包", "-k", "3", "--json"]
+    assert main(base_args(trained, tiny_data_root) + query) == 0
+    default = capsys.readouterr().out
+    assert main(base_args(trained, tiny_data_root) + query + ["--search_backend", "exact"]) == 0
+    assert capsys.readouterr().out == default
+    assert main(base_args(trained, tiny_data_root) + query + ["--search_backend", "nope"]) == 2
+    assert "unknown search backend 'nope'; registered: exact, faiss" in capsys.readouterr().err
+
+
 def test_missing_gallery_is_an_error_message(trained, tiny_data_root, tmp_path, capsys):  # noqa: F811
     args = base_args(trained, tiny_data_root)
     args[args.index("--gallery") + 1] = str(tmp_path / "nowhere")

@@ -8,7 +8,7 @@ from real20m.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "annotations": ["SOURCES", "AnnotationError", "QueryFileError", "UnsafePathError", "ClusterTable", "ItemTable",
-                    "QueryGroups", "detect_format", "load_clusters", "load_ground_truth", "load_items",
+                    "QueryGroups", "annotation_format", "load_clusters", "load_ground_truth", "load_items",
                     "load_query_groups", "parse_doc_id", "parse_query_id", "read_queries", "safe_join"],
     "collate": ["Collator", "decode_batch_pixels"],
     "dataset": ["EvalDataset", "TrainDataset", "build_eval_dataset", "build_train_dataset"],

@@ -341,12 +341,6 @@ def annotation_format(path) -> AnnotationFormat:
     _raise(path, lineno, f"expected 3 or 4 (query-grouped) or 5 (item) fields, got {n_fields}", line)
 
 
-def detect_format(path) -> str:
-    """The name of the format that reads ``path``: ``"query_groups"`` (3 fields a line, 4 with the
-    English query), ``"items"`` (5 fields), or a registered one."""
-    return annotation_format(path).name
-
-
 def _field_count(path) -> int:
     """Fields of the first non-blank line of a tab-separated file of the built-in formats."""
     annotation_format(path)

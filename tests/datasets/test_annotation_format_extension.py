@@ -51,7 +51,7 @@ def test_the_registered_format_reads_what_the_built_in_one_reads(jsonl_format, t
     original = load_query_groups(os.path.join(tiny_data_root, "train_file", "train.txt"))
     path = str(tmp_path / "train.jsonl")
     write_jsonl(original, path)
-    assert annotations.detect_format(path) == "jsonl_groups"
+    assert annotations.annotation_format(path).name == "jsonl_groups"
     converted = annotations.annotation_format(path).load(path, "zh")
     assert [converted.query(row) for row in range(len(converted))] == \
         [original.query(row) for row in range(len(original))]
@@ -73,4 +73,4 @@ def test_without_the_entry_the_file_is_refused_with_its_line(tiny_data_root, tmp
     path = tmp_path / "train.jsonl"
     path.write_text('{"query": "q", "goods": [1], "videos": []}\n', encoding="utf-8")
     with pytest.raises(annotations.AnnotationError, match=r"train\.jsonl:1: expected 3 or 4"):
-        annotations.detect_format(str(path))
+        annotations.annotation_format(str(path))

@@ -3,7 +3,7 @@ import pytest
 
 from real20m.datasets import annotations
 from real20m.datasets.annotations import (
-    AnnotationError, UnsafePathError, detect_format, load_clusters, load_ground_truth, load_items,
+    AnnotationError, UnsafePathError, annotation_format, load_clusters, load_ground_truth, load_items,
     load_query_groups, parse_doc_id, parse_query_id, safe_join,
 )
 
@@ -61,7 +61,7 @@ BILINGUAL = "红色连衣裙\t1,2\tNone\tred dress\n\n背包\tNone\t7\tbackpack\
 
 def test_four_field_train_file_gives_the_query_of_the_language(tmp_path):
     path = write(tmp_path, "train.txt", BILINGUAL)
-    assert detect_format(path) == "query_groups"
+    assert annotation_format(path).name == "query_groups"
     assert groups_as_lists(load_query_groups(path)) == [("红色连衣裙", [1, 2], []), ("背包", [], [7])]
     assert groups_as_lists(load_query_groups(path, "zh")) == groups_as_lists(load_query_groups(path))
     assert groups_as_lists(load_query_groups(path, "en")) == [("red dress", [1, 2], []), ("backpack", [], [7])]
@@ -186,8 +186,8 @@ def test_clusters(tmp_path):
         load_clusters(bad)
 
 
-def test_detect_format(tmp_path):
-    assert detect_format(write(tmp_path, "a.txt", "\nq\t1\tNone\n")) == "query_groups"
-    assert detect_format(write(tmp_path, "b.txt", ITEMS)) == "items"
+def test_the_format_of_a_file_is_found_by_its_fields(tmp_path):
+    assert annotation_format(write(tmp_path, "a.txt", "\nq\t1\tNone\n")).name == "query_groups"
+    assert annotation_format(write(tmp_path, "b.txt", ITEMS)).name == "items"
     with pytest.raises(AnnotationError, match="got 2"):
-        detect_format(write(tmp_path, "c.txt", "a\tb\n"))
+        annotation_format(write(tmp_path, "c.txt", "a\tb\n"))
