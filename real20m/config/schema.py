@@ -13,6 +13,7 @@ import yaml
 from real20m.config.value_types import str2bool, yaml_value
 from real20m.datasets.annotations import QUERY_LANGUAGES
 from real20m.errors import InputError
+from real20m.models.architecture_defaults import ARCHITECTURE_DEFAULTS
 from real20m.models.backbones import DEFAULT_BACKBONE, backbone_names, get_backbone
 
 SECTIONS = ("data", "model", "loss", "optim", "run")
@@ -108,14 +109,18 @@ class ModelConfig:
         None, "constructor arguments of the timm model, e.g. '{channels: [16, 32, 64, 128]}' (replaces the "
         "configured ones as a whole: they belong to one model name)", parse=yaml_value, factory=dict)
     embed_dim: int = option_field(512, "embedding size D", "--embedding_size", "--embed_dim", parse=int)
-    frame_heads: int = option_field(8, "attention heads of the frame transformer", parse=int)
+    frame_heads: int = option_field(ARCHITECTURE_DEFAULTS["frame_heads"], "attention heads of the frame transformer",
+                                    parse=int)
     caption: Mapping | None = None
-    gradient_checkpointing: bool = switch_field(False, "recompute tower activations in the backward pass")
-    frame_aggregation: str = option_field("transformer", "frames -> clip embedding (ablation: mean)",
-                                          choices=("transformer", "mean"))
-    fusion: str = option_field("attention", "title + visual -> item embedding (ablations: one modality)",
+    gradient_checkpointing: bool = switch_field(ARCHITECTURE_DEFAULTS["gradient_checkpointing"],
+                                                "recompute tower activations in the backward pass")
+    frame_aggregation: str = option_field(ARCHITECTURE_DEFAULTS["frame_aggregation"],
+                                          "frames -> clip embedding (ablation: mean)", choices=("transformer", "mean"))
+    fusion: str = option_field(ARCHITECTURE_DEFAULTS["fusion"],
+                               "title + visual -> item embedding (ablations: one modality)",
                                choices=("attention", "title_only", "visual_only"))
-    frame_init: str = option_field("default", "frame transformer initialisation (original: truncated normal 0.02)",
+    frame_init: str = option_field(ARCHITECTURE_DEFAULTS["frame_init"],
+                                   "frame transformer initialisation (original: truncated normal 0.02)",
                                    choices=("default", "original"))
     text_pooling: str | None = option_field(
         None, "token states -> text feature: cls, eos or mean (default: the backbone's own, cls; eos for clip)",
@@ -127,10 +132,10 @@ class ModelConfig:
         "ImageNet's for a from-scratch tower) or imagenet (default: imagenet with --compat original, else "
         "backbone)", choices=("backbone", "imagenet"))
     # derived in resolve()
-    clip_length: int = 5
+    clip_length: int = ARCHITECTURE_DEFAULTS["clip_length"]
     image_size: int = 224
-    use_title_mask: bool = True
-    use_query_mask: bool = True
+    use_title_mask: bool = ARCHITECTURE_DEFAULTS["use_title_mask"]
+    use_query_mask: bool = ARCHITECTURE_DEFAULTS["use_query_mask"]
 
     def architecture(self) -> dict:
         """The plain dict ``QCDModel`` is built from (a from-scratch vision tower gets the data's
@@ -236,7 +241,8 @@ class RunConfig:
 
 
 # Fields resolve() computes; they are not inputs (a YAML file or flag setting one is refused).
-DERIVED = {"data": ("item_pairs", "step_batch_size"), "model": ("clip_length", "image_size", "use_title_mask", "use_query_mask")}
+DERIVED = {"data": ("item_pairs", "step_batch_size"),
+           "model": ("clip_length", "image_size", "use_title_mask", "use_query_mask")}
 # Mappings whose entries are set one by one (``--optim.lr_mult.text``) and merged over the defaults.
 MAPPING_FIELDS = {"model.text", "model.vision", "model.caption", "loss.weights", "optim.lr_mult"}
 

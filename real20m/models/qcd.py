@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architecture_defaults import with_defaults
 from .backbones import backbone_of
 from .caption import CaptionConfig, CaptionDecoder
 from .frame_transformer import FRAME_AGGREGATIONS
@@ -90,31 +91,31 @@ class QCDModel(nn.Module):
     def __init__(self, model_cfg: dict, vocab_size: int | None = None, pad_token_id: int = 0):
         super().__init__()
         self.model_cfg = copy.deepcopy(model_cfg)
+        model_cfg = with_defaults(model_cfg)
         self.embed_dim = int(model_cfg["embed_dim"])
         self.backbone = backbone_of(model_cfg)
         self.text, self.vision = self.backbone.build_towers(model_cfg, vocab_size, pad_token_id)
-        aggregation, fusion = model_cfg.get("frame_aggregation", "transformer"), model_cfg.get("fusion", "attention")
+        aggregation, fusion = model_cfg["frame_aggregation"], model_cfg["fusion"]
         if aggregation not in FRAME_AGGREGATIONS or fusion not in FUSIONS:
             raise ValueError(f"model.frame_aggregation must be one of {sorted(FRAME_AGGREGATIONS)} and model.fusion "
                              f"one of {sorted(FUSIONS)}; got {aggregation!r}, {fusion!r}")
-        self.frame = FRAME_AGGREGATIONS[aggregation](self.embed_dim, int(model_cfg.get("clip_length", 5)),
-                                                     int(model_cfg.get("frame_heads", 8)),
-                                                     init=model_cfg.get("frame_init", "default"))
+        self.frame = FRAME_AGGREGATIONS[aggregation](self.embed_dim, int(model_cfg["clip_length"]),
+                                                     int(model_cfg["frame_heads"]), init=model_cfg["frame_init"])
         self.pooling = FUSIONS[fusion](self.embed_dim)
         caption_cfg = model_cfg.get("caption")
         text_vocab = self.text.encoder.get_input_embeddings().num_embeddings
         self.caption = CaptionDecoder(self.embed_dim, text_vocab, CaptionConfig(**caption_cfg)) if caption_cfg else None
-        self.use_title_mask = bool(model_cfg.get("use_title_mask", True))
-        self.use_query_mask = bool(model_cfg.get("use_query_mask", True))
+        self.use_title_mask = bool(model_cfg["use_title_mask"])
+        self.use_query_mask = bool(model_cfg["use_query_mask"])
         self.vision_frozen = False   # freeze_vision()
-        self.frame_fp16 = bool(model_cfg.get("frame_fp16", False))
+        self.frame_fp16 = bool(model_cfg["frame_fp16"])
         self.pixel_stats = resolve_pixel_stats(model_cfg, self.vision)
         # Non-persistent buffers: they follow the model to its device (a host-to-GPU copy of the
         # statistics at every step would wait for the GPU) and stay out of state dicts (the
         # checkpoint's model_cfg holds them: resolved_config).
         self.register_buffer("pixel_mean", torch.tensor(self.pixel_stats["mean"]).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.pixel_stats["std"]).view(3, 1, 1), persistent=False)
-        self.set_gradient_checkpointing(bool(model_cfg.get("gradient_checkpointing", False)))
+        self.set_gradient_checkpointing(bool(model_cfg["gradient_checkpointing"]))
 
     def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """(..., 3, H, W) uint8 RGB -> float32 (pixels / 255 - mean) / std; float pixels pass unchanged.
