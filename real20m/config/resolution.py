@@ -9,6 +9,7 @@ from real20m.config.file_layout import FileFacts, checkpoint_folder, fill_data_p
 from real20m.config.schema import (COMPAT_MODES, LATEST, SECTIONS, Config, ConfigError, DataConfig, LossConfig,
                                    ModelConfig, OptimConfig, RunConfig)
 from real20m.models.backbones import get_backbone
+from real20m.models.component_registry import FRAME_AGGREGATIONS, FUSIONS
 from real20m.models.lr_groups import QCD_LR_GROUPS, default_multipliers
 
 # Token lengths when not set: ours, and the original release's (queries 20 tokens, titles 90).
@@ -25,6 +26,8 @@ def resolve(values: dict, facts: FileFacts) -> Config:
     _resolve_data(data, loss, facts)
     _check_lr_mult(optim["lr_mult"])
     get_backbone(model["backbone"])   # an unknown name is one line listing the registered ones
+    FRAME_AGGREGATIONS.check(model["frame_aggregation"])
+    FUSIONS.check(model["fusion"])
     if not isinstance(optim["accum_freq"], int) or optim["accum_freq"] < 1:
         raise ConfigError(f"optim.accum_freq must be a positive integer, got {optim['accum_freq']!r}")
     weights = _resolve_weights(loss, model)

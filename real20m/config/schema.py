@@ -15,6 +15,7 @@ from real20m.datasets.annotations import QUERY_LANGUAGES
 from real20m.errors import InputError
 from real20m.models.architecture_defaults import ARCHITECTURE_DEFAULTS
 from real20m.models.backbones import DEFAULT_BACKBONE, backbone_names, get_backbone
+from real20m.models.component_registry import FRAME_AGGREGATIONS, FUSIONS
 
 SECTIONS = ("data", "model", "loss", "optim", "run")
 COMPAT_MODES = ("default", "original")
@@ -115,10 +116,11 @@ class ModelConfig:
     gradient_checkpointing: bool = switch_field(ARCHITECTURE_DEFAULTS["gradient_checkpointing"],
                                                 "recompute tower activations in the backward pass")
     frame_aggregation: str = option_field(ARCHITECTURE_DEFAULTS["frame_aggregation"],
-                                          "frames -> clip embedding (ablation: mean)", choices=("transformer", "mean"))
+                                          "frames -> clip embedding (ablation: mean; X-CLIP's: xclip)",
+                                          choices=FRAME_AGGREGATIONS.names)
     fusion: str = option_field(ARCHITECTURE_DEFAULTS["fusion"],
-                               "title + visual -> item embedding (ablations: one modality)",
-                               choices=("attention", "title_only", "visual_only"))
+                               "title + visual -> item embedding (ablations: one modality; CLIP4Cir's: combiner)",
+                               choices=FUSIONS.names)
     frame_init: str = option_field(ARCHITECTURE_DEFAULTS["frame_init"],
                                    "frame transformer initialisation (original: truncated normal 0.02)",
                                    choices=("default", "original"))

@@ -18,6 +18,8 @@ import time
 import numpy as np
 
 from real20m.datasets.annotations import read_queries
+from real20m.evaluate.bootstrap import BootstrapSettings
+from real20m.evaluate.distractor_curve import DistractorCurveSettings, distractor_curve
 from real20m.evaluate.feature_io import FeatureFileError, load_features
 from real20m.evaluate.metrics import DEFAULT_KS, RetrievalMetrics, format_table
 from real20m.evaluate.faiss_backend import USE_GPU_CHOICES, resolve_search_device
@@ -77,6 +79,14 @@ def build_parser():
                         help="text root of videos (report; default: 'text' next to --photo_img_root)")
     parser.add_argument("--report_queries", type=_report_queries, default=20,
                         help="queries shown in report.html, or 'all' (pages of at most 100 queries each)")
+    parser.add_argument("--bootstrap_samples", type=_non_negative, default=1000,
+                        help="resamples of the queries for the 95%% intervals of Recall@K and hit@K (0: off)")
+    parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap resamples")
+    parser.add_argument("--distractor_curve", action="store_true",
+                        help="also compute Recall@10 as the gallery grows from the ground-truth items to the whole "
+                             "gallery (5 steps, each an exact search; slow on a large gallery)")
+    parser.add_argument("--distractor_seed", type=int, default=0,
+                        help="seed of the order the distractor curve adds non-ground-truth items in")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -145,7 +155,7 @@ def _search_and_score(request, searcher, queries, gallery_ids, ground_truth):
     Returns (metrics, (Q, REPORT_DEPTH) retrieved ids, their scores). With --save_topk deeper than
     --topk the search goes that deep, and the metrics still see only the first --topk columns.
     """
-    metrics = RetrievalMetrics(ground_truth, gallery_ids, DEFAULT_KS)
+    metrics = RetrievalMetrics(ground_truth, gallery_ids, DEFAULT_KS, request.bootstrap)
     topk_writer = TopKWriter(request.output_dir, queries.ids, request.save_topk) if request.save_topk else None
     top_rows, top_scores = [], []
     config = request.search
@@ -200,21 +210,37 @@ def run_evaluation(request: EvaluationRequest):
     timings["total_s"] = time.perf_counter() - started
     query_ids = queries.ids
     described = searcher.describe()
-    del queries, gallery, searcher   # the feature matrices are not needed for plots and report
+    del searcher
+    curve = _distractor_curve(request, queries, gallery, ground_truth, timings)
+    del queries, gallery   # the feature matrices are not needed for plots and report
 
     metrics = dict(scores)   # the flat view metrics.json keeps: recall@10, ..., then the counters
     metrics["task"] = request.task
     metrics["search"] = _search_record(request, described)
     metrics["timings"] = timings
+    metrics.update(scores.spread_record())
+    if curve is not None:
+        metrics["distractor_curve"] = [point.record() for point in curve]
+        metrics["distractor_seed"] = request.distractor_curve.seed
     print(format_table(scores))
     with open(os.path.join(request.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
 
     from real20m.evaluate import report
-    report.plot_recall(scores, os.path.join(request.output_dir, "recall.png"), request.task)
+    report.plot_recall(scores, os.path.join(request.output_dir, "recall.png"), request.task, curve)
     if request.report is not None:
         _write_report(request, report.FoundItems(query_ids, top_retrieved, ground_truth, scores, top_scores))
     return metrics
+
+
+def _distractor_curve(request, queries, gallery, ground_truth, timings):
+    """The distractor curve's points (None when not asked for); its time goes into ``timings``."""
+    if request.distractor_curve is None:
+        return None
+    started = time.perf_counter()
+    curve = distractor_curve(queries, gallery, ground_truth, request.distractor_curve, request.search)
+    timings["distractor_curve_s"] = time.perf_counter() - started
+    return curve
 
 
 def _write_report(request, found):
@@ -260,7 +286,10 @@ def request_from_args(args) -> EvaluationRequest:
     return EvaluationRequest(query_features=args.query_features, gallery_features=args.gallery_features,
                              gt_file=args.gt_file, output_dir=args.output_dir, search=search_config_from_args(args),
                              task=args.task, topk=args.topk, save_topk=args.save_topk,
-                             report=report_options_from_args(args))
+                             report=report_options_from_args(args),
+                             bootstrap=BootstrapSettings(samples=args.bootstrap_samples, seed=args.bootstrap_seed),
+                             distractor_curve=(DistractorCurveSettings(seed=args.distractor_seed)
+                                               if args.distractor_curve else None))
 
 
 def parse_request(argv=None) -> EvaluationRequest:

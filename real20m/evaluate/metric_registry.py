@@ -9,6 +9,10 @@ validation's log line show it. The table, report, plot and validation iterate ``
 order, so a new metric is one ``@register_metric`` function here or in any module imported
 before the evaluation runs.
 
+A metric that is a mean of one value per query (Recall@K, hit@K) is registered with
+``@register_per_query_metric`` as ``per_query(hits, k) -> (q,) values`` instead: the evaluation then
+keeps those values (one float per query and K) and reports a bootstrap interval of the mean too.
+
 The built-in metrics are those the Real20M paper defines (see metrics.py) and the chance level of
 Recall@K and hit@K for a uniformly random ranking of the gallery.
 """
@@ -57,6 +61,13 @@ class RankedHits:
         """(q,) number of GT docs in each query's top k."""
         return self._cached(("hits", k), lambda: np.bincount(self.rows[self._within(k)], minlength=self.num_queries))
 
+    def first_hit_rank(self, not_found: int) -> np.ndarray:
+        """(q,) 1-based rank of each query's first retrieved GT doc; ``not_found`` where none was retrieved."""
+        first = np.full(self.num_queries, not_found, np.int64)
+        rows, first_of_row = np.unique(self.rows, return_index=True)   # hits are sorted by row, then rank
+        first[rows] = self.ranks[first_of_row] + 1
+        return first
+
     def precision_sum_within(self, k: int) -> np.ndarray:
         """(q,) sum of the precision at each hit rank within the top k."""
         within = self._within(k)
@@ -93,18 +104,37 @@ class Metric:
     total: Callable[[RankedHits, int], float | None]
     ks: tuple[int, ...] | None = None   # None: every K the evaluation reports
     display: Display = Display()
+    # Its (q,) per-query values, whose mean it is; such a metric also gets a bootstrap interval.
+    per_query: Callable[[RankedHits, int], np.ndarray] | None = None
 
 
 METRICS: dict[str, Metric] = {}
 
 
+def _add_metric(metric: Metric) -> None:
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name!r} is already registered")
+    METRICS[metric.name] = metric
+
+
+def _sorted_ks(ks: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    return None if ks is None else tuple(sorted(set(ks)))
+
+
 def register_metric(name: str, ks: tuple[int, ...] | None = None, display: Display = Display()):
     """Decorator: add ``total(hits, k) -> float | None`` as metric ``name`` (see the module docstring)."""
     def add(total: Callable[[RankedHits, int], float | None]) -> Callable[[RankedHits, int], float | None]:
-        if name in METRICS:
-            raise ValueError(f"metric {name!r} is already registered")
-        METRICS[name] = Metric(name, total, None if ks is None else tuple(sorted(set(ks))), display)
+        _add_metric(Metric(name, total, _sorted_ks(ks), display))
         return total
+    return add
+
+
+def register_per_query_metric(name: str, ks: tuple[int, ...] | None = None, display: Display = Display()):
+    """Decorator: add ``per_query(hits, k) -> (q,) values`` as metric ``name``, their mean over the
+    queries, with a bootstrap interval (see the module docstring)."""
+    def add(per_query: Callable[[RankedHits, int], np.ndarray]) -> Callable[[RankedHits, int], np.ndarray]:
+        _add_metric(Metric(name, lambda hits, k: per_query(hits, k).sum(), _sorted_ks(ks), display, per_query))
+        return per_query
     return add
 
 
@@ -115,17 +145,17 @@ def metric_key(name: str, k: int) -> str:
 
 # Order = the columns of the table and the order of the keys in metrics.json.
 
-@register_metric("recall", display=Display("Recall@K", in_report=True, in_plot=True, log_label="R",
-                                            chance="chance_recall"))
-def recall(hits: RankedHits, k: int) -> float:
+@register_per_query_metric("recall", display=Display("Recall@K", in_report=True, in_plot=True, log_label="R",
+                                                      chance="chance_recall"))
+def recall(hits: RankedHits, k: int) -> np.ndarray:
     """GT docs in the top K over all GT docs of the query (those missing from the gallery too)."""
-    return (hits.hits_within(k) / np.maximum(hits.gt_sizes, 1)).sum()
+    return hits.hits_within(k) / np.maximum(hits.gt_sizes, 1)
 
 
-@register_metric("hit", display=Display("hit@K", in_report=True, in_plot=True))
-def hit(hits: RankedHits, k: int) -> float:
+@register_per_query_metric("hit", display=Display("hit@K", in_report=True, in_plot=True))
+def hit(hits: RankedHits, k: int) -> np.ndarray:
     """1 if at least one GT doc is in the top K."""
-    return np.count_nonzero(hits.hits_within(k))
+    return (hits.hits_within(k) > 0).astype(np.float64)
 
 
 @register_metric("map", display=Display("mAP@K", in_report=True, in_plot=True))

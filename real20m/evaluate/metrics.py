@@ -18,6 +18,13 @@ a uniformly random ranking of the gallery, so a figure can be read against its g
 a query with g of its GT docs in a gallery of N distinct items has expected Recall@K
 (g / |GT|) * min(K, N) / N and hit@K 1 - C(N - g, K) / C(N, K).
 
+The median rank of the first GT doc (``median_first_gt_rank``) is over the same queries, 1-based;
+a query with no GT doc in the retrieved depth D counts as rank D + 1.
+
+With bootstrap settings the accumulator also keeps the per-query values of the metrics that have
+them (Recall@K, hit@K: one float per query and K) and reports a percentile bootstrap interval of
+each mean over queries (bootstrap.py).
+
 Each metric is an entry of metric_registry.py; this module finds the GT hits of each chunk of
 results, accumulates every registered metric over the chunks and prints the table.
 """
@@ -26,10 +33,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from real20m.evaluate.bootstrap import BootstrapSettings, MetricIntervals, percentile_intervals
 from real20m.evaluate.metric_registry import METRICS, RankedHits, metric_key
 
 DEFAULT_KS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
 GT_BROADCAST_LIMIT = 64   # queries with more GT docs are matched with np.isin
+INTERVAL_WIDTH = 18       # a printed interval column: "[0.3812, 0.4410]" and two spaces
 COUNTERS_SHOWN = ("num_queries", "num_gallery", "queries_without_gt", "gt_queries_missing_from_query_set",
                   "gt_docs_missing_from_gallery", "duplicate_gallery_ids")
 
@@ -85,11 +94,15 @@ def _gt_matches(retrieved, gt_lists, width):
 class RetrievalScores(Mapping):
     """The metrics of one evaluation: ``per_metric`` by metric name and K (``{"recall": {10: 0.41}}``)
     and the ``counters``. As a mapping it is the flat view metrics.json stores: ``recall@10``, ...
-    K by K in the registry's order, then the counters."""
+    K by K in the registry's order, then the counters. ``intervals`` (bootstrap intervals, when
+    drawn) and ``median_first_gt_rank`` are beside the mapping: ``spread_record`` gives their keys."""
 
-    def __init__(self, per_metric: dict[str, dict[int, float]], counters: dict[str, int]):
+    def __init__(self, per_metric: dict[str, dict[int, float]], counters: dict[str, int],
+                 intervals: MetricIntervals | None = None, median_first_gt_rank: float | None = None):
         self.per_metric = per_metric
         self.counters = counters
+        self.intervals = intervals
+        self.median_first_gt_rank = median_first_gt_rank
         self._flat = {**self.flat_values(), **counters}
 
     def at(self, name: str) -> dict[int, float]:
@@ -105,6 +118,22 @@ class RetrievalScores(Mapping):
         return {metric_key(metric.name, k): self.at(metric.name)[k] for k in self.ks(METRICS.values())
                 for metric in METRICS.values() if k in self.at(metric.name)}
 
+    def spread_record(self) -> dict:
+        """metrics.json's keys beyond the flat view: ``median_first_gt_rank``, and with intervals
+        ``bootstrap`` (samples, seed, level) and ``intervals`` (``{"recall@10": [lo, hi], ...}``)."""
+        record = {"median_first_gt_rank": self.median_first_gt_rank}
+        if self.intervals is not None:
+            record["bootstrap"] = self.intervals.settings.record()
+            record["intervals"] = {key: list(bounds) for key, bounds in self.flat_intervals().items()}
+        return record
+
+    def flat_intervals(self) -> dict[str, tuple[float, float]]:
+        """The intervals under their metrics' metrics.json keys, in the flat view's order."""
+        if self.intervals is None:
+            return {}
+        return {metric_key(metric.name, k): self.intervals.at(metric.name)[k] for k in self.ks(METRICS.values())
+                for metric in METRICS.values() if k in self.intervals.at(metric.name)}
+
     def __getitem__(self, key):
         return self._flat[key]
 
@@ -118,7 +147,7 @@ class RetrievalScores(Mapping):
 class RetrievalMetrics:
     """Accumulates every registered metric over chunks of queries (see the module docstring)."""
 
-    def __init__(self, ground_truth, gallery_ids, ks=DEFAULT_KS):
+    def __init__(self, ground_truth, gallery_ids, ks=DEFAULT_KS, bootstrap: BootstrapSettings | None = None):
         self.ground_truth = ground_truth
         gallery_ids = np.asarray(gallery_ids, dtype=np.int64)
         unique_gallery = np.unique(gallery_ids)
@@ -135,6 +164,10 @@ class RetrievalMetrics:
         self.depth = None
         self.seen_gt_queries = set()
         self.sums = {}
+        self.first_gt_ranks = []
+        # (metric name, K) -> per-query value chunks, kept only to draw bootstrap intervals.
+        self.bootstrap = bootstrap if bootstrap is not None and bootstrap.enabled else None
+        self.per_query_values = {}
 
     @staticmethod
     def _count_missing_docs(ground_truth, unique_gallery):
@@ -166,12 +199,21 @@ class RetrievalMetrics:
         rows, ranks = _hit_positions(retrieved, gt_lists)
         hits = RankedHits(rows, ranks, np.array([len(g) for g in gt_lists], dtype=np.float64),
                           self._count_in_gallery(gt_lists), len(self.unique_gallery))
+        self.first_gt_ranks.append(hits.first_hit_rank(not_found=self.depth + 1))
         for metric in METRICS.values():
             for k in self.reported_ks(metric):
-                total = metric.total(hits, k)
+                total = self._total(metric, hits, k)
                 if total is not None:
                     sums = self.sums.setdefault(metric.name, {})
                     sums[k] = sums.get(k, 0.0) + float(total)
+
+    def _total(self, metric, hits, k):
+        """The metric's sum over the chunk; its per-query values are kept when intervals are drawn."""
+        if self.bootstrap is None or metric.per_query is None:
+            return metric.total(hits, k)
+        values = metric.per_query(hits, k)
+        self.per_query_values.setdefault((metric.name, k), []).append(values)
+        return values.sum()
 
     def _count_in_gallery(self, gt_lists):
         """How many of each query's (unique) GT docs the gallery holds, all queries in one binary search."""
@@ -189,7 +231,22 @@ class RetrievalMetrics:
         missing = set(self.ground_truth) - self.seen_gt_queries
         counters = {**self.counters, "gt_queries_missing_from_query_set": len(missing),
                     "retrieved_depth": int(self.depth or 0)}
-        return RetrievalScores(values, counters)
+        return RetrievalScores(values, counters, self._intervals(), self._median_first_gt_rank())
+
+    def _median_first_gt_rank(self):
+        ranks = np.concatenate(self.first_gt_ranks) if self.first_gt_ranks else np.empty(0)
+        return float(np.median(ranks)) if len(ranks) else None
+
+    def _intervals(self) -> MetricIntervals | None:
+        if self.bootstrap is None:
+            return None
+        keys = list(self.per_query_values)
+        bounds = {}
+        if self.counters["num_queries"] and keys:
+            values = np.column_stack([np.concatenate(self.per_query_values[key]) for key in keys])
+            for (name, k), (low, high) in zip(keys, percentile_intervals(values, self.bootstrap)):
+                bounds.setdefault(name, {})[k] = (float(low), float(high))
+        return MetricIntervals(self.bootstrap, bounds)
 
 
 def _in_sorted(sorted_values, values):
@@ -215,4 +272,28 @@ def format_table(scores: RetrievalScores) -> str:
         cells = (scores.at(metric.name).get(k, float("nan")) for metric in shown)
         lines.append(f"{k:>6}" + "".join(f" {value:>{metric.display.width}.4f}" for metric, value in zip(shown, cells)))
     lines += [f"{name}: {scores.counters[name]}" for name in COUNTERS_SHOWN if name in scores.counters]
-    return "\n".join(lines)
+    if scores.median_first_gt_rank is not None:
+        depth = scores.counters.get("retrieved_depth", 0)
+        lines.append(f"median_first_gt_rank: {scores.median_first_gt_rank:g} ({depth + 1} = not in the top {depth})")
+    return "\n".join(lines + _interval_lines(scores, shown))
+
+
+def _interval_lines(scores: RetrievalScores, shown) -> list[str]:
+    """The bootstrap intervals as a second table, a column per shown metric that has them."""
+    intervals = scores.intervals
+    with_intervals = [metric for metric in shown if intervals is not None and intervals.at(metric.name)]
+    if not with_intervals:
+        return []
+    settings = intervals.settings
+    lines = [f"bootstrap {settings.level:.0%} intervals ({settings.samples} resamples of the queries, "
+             f"seed {settings.seed}):",
+             f"{'K':>6}" + "".join(f" {metric.display.column:>{INTERVAL_WIDTH}}" for metric in with_intervals)]
+    for k in scores.ks(with_intervals):
+        cells = (format_interval(intervals.at(metric.name).get(k)) for metric in with_intervals)
+        lines.append(f"{k:>6}" + "".join(f" {cell:>{INTERVAL_WIDTH}}" for cell in cells))
+    return lines
+
+
+def format_interval(bounds) -> str:
+    """``[0.3812, 0.4410]``; ``-`` where there is no interval."""
+    return "-" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"

@@ -25,7 +25,7 @@ import numpy as np
 
 from real20m.evaluate.metric_registry import METRICS
 from real20m.evaluate.item_lookup import ItemView
-from real20m.evaluate.metrics import COUNTERS_SHOWN, RetrievalScores
+from real20m.evaluate.metrics import COUNTERS_SHOWN, RetrievalScores, format_interval
 
 THUMBNAIL_SIZE = (96, 96)
 RESULTS_SHOWN = 20
@@ -62,7 +62,7 @@ PAGE = jinja2.Template("""<!DOCTYPE html><html><head><meta charset="utf-8"><titl
 {%- endmacro -%}
 {% if metrics %}<table class="metrics"><tr><th>K</th>{% for column in metrics.columns %}<th>{{ column }}</th>
 {%- endfor %}</tr>
-{%- for row in metrics.rows %}<tr><td>{{ row.k }}</td>{% for value in row.cells %}<td>{{ '%.4f' % value }}</td>
+{%- for row in metrics.rows %}<tr><td>{{ row.k }}</td>{% for cell in row.cells %}<td>{{ cell }}</td>
 {%- endfor %}</tr>{% endfor %}</table>
 <ul>{% for name, value in metrics.counters %}<li>{{ name }}: {{ value }}</li>{% endfor %}</ul>{% endif %}
 <p class="legend">{{ legend }}; a green frame and <span class="badge">&#10003; GT</span> mark a ground-truth item
@@ -109,12 +109,33 @@ def _item(pid, lookup, rank=None, score=None, hit=False):
 
 
 def _metrics_view(scores):
-    """The report's table: a column per metric the registry shows in reports, a row per K."""
+    """The report's table: a column per metric the registry shows in reports (followed by its
+    bootstrap interval's column when it has one), a row per K; the counters and median rank below."""
     shown = [metric for metric in METRICS.values() if metric.display.in_report and metric.display.column]
-    rows = [{"k": k, "cells": [scores.at(metric.name).get(k, float("nan")) for metric in shown]}
+    columns = [cell for metric in shown for cell in _metric_columns(metric, scores)]
+    rows = [{"k": k, "cells": [cell for metric in shown for cell in _metric_cells(metric, scores, k)]}
             for k in scores.ks(shown)]
     counters = [(name, scores.counters[name]) for name in COUNTERS_SHOWN if name in scores.counters]
-    return {"columns": [metric.display.column for metric in shown], "rows": rows, "counters": counters}
+    if scores.median_first_gt_rank is not None:
+        counters.append(("median_first_gt_rank", f"{scores.median_first_gt_rank:g}"))
+    return {"columns": columns, "rows": rows, "counters": counters}
+
+
+def _has_interval(metric, scores):
+    return scores.intervals is not None and bool(scores.intervals.at(metric.name))
+
+
+def _metric_columns(metric, scores):
+    if not _has_interval(metric, scores):
+        return [metric.display.column]
+    return [metric.display.column, f"{scores.intervals.settings.level:.0%} interval"]
+
+
+def _metric_cells(metric, scores, k):
+    value = f"{scores.at(metric.name).get(k, float('nan')):.4f}"
+    if not _has_interval(metric, scores):
+        return [value]
+    return [value, format_interval(scores.intervals.at(metric.name).get(k))]
 
 
 def _sample_queries(query_ids, ground_truth, max_queries, seed):
@@ -194,23 +215,52 @@ def write_report(out_dir, task, found: FoundItems, lookup: Callable[[int], ItemV
     return _write_page(index_path, metrics=_metrics_view(metrics), pages=pages, queries=[], **page_view)
 
 
-def plot_recall(scores, path, title="retrieval"):
-    """Every metric the registry plots (Recall@K, hit@K, mAP@K) against K (log-x) into a PNG."""
+def plot_recall(scores, path, title="retrieval", distractor_curve=None):
+    """Every metric the registry plots (Recall@K, hit@K, mAP@K) against K (log-x) into a PNG, each
+    with its bootstrap interval as a band when it has one; with ``distractor_curve`` (its points)
+    a second panel shows Recall@10 against the gallery size."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for metric in (metric for metric in METRICS.values() if metric.display.in_plot):
-        values = scores.at(metric.name)
-        axes.plot(sorted(values), [values[k] for k in sorted(values)], marker="o", label=f"{metric.name}@K")
-    axes.set_xscale("log")
-    axes.set_xlabel("K")
-    axes.set_ylim(0, 1)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.set_title(str(title))
-    axes.legend()
+    panels = 1 if distractor_curve is None else 2
+    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    _plot_metrics(axes[0][0], scores, title)
+    if distractor_curve is not None:
+        _plot_distractor_curve(axes[0][1], distractor_curve)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _plot_metrics(axes, scores, title):
+    for metric in (metric for metric in METRICS.values() if metric.display.in_plot):
+        values = scores.at(metric.name)
+        ks = sorted(values)
+        line, = axes.plot(ks, [values[k] for k in ks], marker="o", label=f"{metric.name}@K")
+        bounds = scores.intervals.at(metric.name) if scores.intervals is not None else {}
+        shaded = [k for k in ks if k in bounds]
+        if shaded:
+            axes.fill_between(shaded, [bounds[k][0] for k in shaded], [bounds[k][1] for k in shaded],
+                              color=line.get_color(), alpha=0.2, linewidth=0)
+    axes.set_xscale("log")
+    axes.set_xlabel("K")
+    axes.set_ylim(0, 1)
+    axes.grid(True, which="both", alpha=0.3)
+    banded = scores.intervals is not None and scores.intervals.bounds
+    axes.set_title(str(title) + (f" (bands: {scores.intervals.settings.level:.0%} intervals)" if banded else ""))
+    axes.legend()
+
+
+def _plot_distractor_curve(axes, points):
+    sizes = [point.gallery_size for point in points]
+    axes.plot(sizes, [point.recall for point in points], marker="o", color="tab:red")
+    for point in points:
+        axes.annotate(f"{point.fraction:.0%}", (point.gallery_size, point.recall), textcoords="offset points",
+                      xytext=(0, 6), ha="center", fontsize=8)
+    axes.set_xlabel("gallery size (ground-truth items + share of the others)")
+    axes.set_ylabel("Recall@10")
+    axes.set_ylim(0, 1)
+    axes.grid(True, alpha=0.3)
+    axes.set_title("Recall@10 as distractors are added")

@@ -3,6 +3,8 @@
 
 from dataclasses import dataclass, field
 
+from real20m.evaluate.bootstrap import BootstrapSettings
+from real20m.evaluate.distractor_curve import DistractorCurveSettings
 from real20m.evaluate.search_config import SearchConfig
 
 
@@ -25,7 +27,9 @@ class EvaluationRequest:
     """Feature files + ground truth -> search -> metrics.json, recall.png and (``report``) report.html.
 
     The search goes ``max(topk, save_topk)`` deep; the metrics see the first ``topk`` columns and
-    ``save_topk`` > 0 saves that many ids and scores of every query.
+    ``save_topk`` > 0 saves that many ids and scores of every query. ``bootstrap``: how the
+    intervals of metrics.json are drawn (``samples`` 0: none); ``distractor_curve``: Recall@10 as
+    the gallery grows (None: not computed).
     """
 
     query_features: str
@@ -37,6 +41,8 @@ class EvaluationRequest:
     topk: int = 1000
     save_topk: int = 0
     report: ReportOptions | None = None   # None: no report.html
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+    distractor_curve: DistractorCurveSettings | None = None
 
     @property
     def depth(self) -> int:

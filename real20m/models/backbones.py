@@ -8,7 +8,9 @@ and what a checkpoint stores to rebuild its towers offline. Nothing outside this
 backbone names: the configuration, the factory and the model ask the object.
 
 Adding a vision backbone is one entry: subclass ``Backbone``, implement ``build_vision`` and call
-``register_backbone``. Its text tower is a from-scratch Chinese-CLIP (BERT) one, as timm's is.
+``register_backbone``. Its text tower is a from-scratch one of the transformers family
+``text_model_type``: Chinese-CLIP's (BERT) unless the entry names another (``timm_bert``,
+``timm_roberta``: a timm vision tower beside a BERT or RoBERTa text tower).
 
 This module imports no model library, so that the configuration can list and check backbones
 before anything heavy is imported; the towers module is imported when a tower is first built.
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
     from .towers import TextTower, VisionTower
 
 DEFAULT_BACKBONE = "chinese_clip"
-# The transformers family of the from-scratch text tower beside a vision-only backbone (BERT).
+# The transformers family of the from-scratch text tower beside a vision-only backbone, unless
+# its entry names another (towers.TEXT_ENCODERS).
 VISION_ONLY_TEXT_MODEL_TYPE = "chinese_clip"
 # Keys by which a timm folder's config.json (timm's save_for_hf / push_to_hub) is recognised.
 TIMM_FOLDER_KEYS = ("architecture", "pretrained_cfg")
@@ -37,8 +40,8 @@ class UnknownBackboneError(InputError, ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Backbone:
-    """A vision backbone beside a from-scratch Chinese-CLIP (BERT) text tower; a subclass states
-    what its family does differently.
+    """A vision backbone beside a from-scratch text tower of the transformers family
+    ``text_model_type``; a subclass states what its family does differently.
 
     ``default_text_pooling``: how the text tower pools its token states when model.text_pooling is
     unset; ``eos_pooling``: its text tower has an end-of-text token to pool (CLIP's);
@@ -49,6 +52,7 @@ class Backbone:
     that one of its weights folders supersedes, as the folder names its own architecture."""
 
     name: str
+    text_model_type: str = VISION_ONLY_TEXT_MODEL_TYPE
     default_text_pooling: str = "cls"
     eos_pooling: bool = False
     fixed_input_size: bool = False
@@ -63,7 +67,7 @@ class Backbone:
         """(text tower, vision tower), both projecting to model_cfg's embed_dim."""
         from .towers import build_random_text_tower
 
-        text = build_random_text_tower(VISION_ONLY_TEXT_MODEL_TYPE, model_cfg, vocab_size, pad_token_id,
+        text = build_random_text_tower(self.text_model_type, model_cfg, vocab_size, pad_token_id,
                                        self.text_pooling(model_cfg))
         return text, self.build_vision(model_cfg, int(model_cfg["embed_dim"]))
 
@@ -192,3 +196,5 @@ def backbone_of(model_cfg: dict) -> Backbone:
 register_backbone(TransformersDualEncoder(name="chinese_clip", model_type="chinese_clip"))
 register_backbone(TransformersDualEncoder(name="clip", model_type="clip", default_text_pooling="eos", eos_pooling=True))
 register_backbone(TimmBackbone(name="timm"))
+register_backbone(TimmBackbone(name="timm_bert", text_model_type="bert"))
+register_backbone(TimmBackbone(name="timm_roberta", text_model_type="roberta"))

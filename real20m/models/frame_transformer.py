@@ -49,6 +49,48 @@ class ResidualAttentionBlock(nn.Module):
 FRAME_INITS = ("default", "original")
 
 
+def check_frame_init(init: str) -> None:
+    if init not in FRAME_INITS:
+        raise ValueError(f"frame transformer init must be one of {FRAME_INITS}, got {init!r}")
+
+
+def check_frame_shape(frames: torch.Tensor, clip_length: int) -> None:
+    if frames.dim() != 3 or frames.shape[1] not in (1, clip_length):
+        raise ValueError(
+            f"frame embeddings must be (B, T, D) with T in (1, {clip_length}); got {tuple(frames.shape)}"
+        )
+
+
+def clip_frames(frames: torch.Tensor, clip_length: int) -> torch.Tensor:
+    """(B, T, D) frame embeddings with T = clip_length, or T = 1 (a single image) broadcast over
+    the clip_length slots, which equals feeding the image clip_length times."""
+    check_frame_shape(frames, clip_length)
+    return frames.expand(-1, clip_length, -1) if frames.shape[1] == 1 else frames
+
+
+def run_block(block: nn.Module, x: torch.Tensor, recompute: bool) -> torch.Tensor:
+    """``block(x)``; with ``recompute`` (gradient checkpointing while training) its activations are
+    recomputed in the backward pass instead of stored."""
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(block, x, use_reentrant=False)
+    return block(x)
+
+
+def truncated_normal_init(module: nn.Module, positional_embedding: nn.Parameter) -> None:
+    """The release's initialisation: truncated normal (std 0.02) for the positional embedding
+    and every Linear (bias 0), LayerNorm weight 1 / bias 0; the attention's packed input
+    projection keeps PyTorch's default, as it does there."""
+    nn.init.trunc_normal_(positional_embedding, std=0.02)
+    for part in module.modules():
+        if isinstance(part, nn.Linear):
+            nn.init.trunc_normal_(part.weight, std=0.02)
+            if part.bias is not None:
+                nn.init.zeros_(part.bias)
+        elif isinstance(part, nn.LayerNorm):
+            nn.init.ones_(part.weight)
+            nn.init.zeros_(part.bias)
+
+
 class FrameTransformer(nn.Module):
     """(B, T, D) frame embeddings -> (B, D) L2-normalised clip embedding.
 
@@ -59,45 +101,22 @@ class FrameTransformer(nn.Module):
 
     def __init__(self, width: int, clip_length: int, heads: int, layers: int = 1, init: str = "default"):
         super().__init__()
-        if init not in FRAME_INITS:
-            raise ValueError(f"frame transformer init must be one of {FRAME_INITS}, got {init!r}")
+        check_frame_init(init)
         self.clip_length = clip_length
         self.positional_embedding = nn.Parameter(torch.empty(1, clip_length, width))
         nn.init.normal_(self.positional_embedding, std=0.01)
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
         if init == "original":
-            self._original_init()
+            truncated_normal_init(self, self.positional_embedding)
         self.gradient_checkpointing = False
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        if frames.dim() != 3 or frames.shape[1] not in (1, self.clip_length):
-            raise ValueError(
-                f"frame embeddings must be (B, T, D) with T in (1, {self.clip_length}); got {tuple(frames.shape)}"
-            )
-        if frames.shape[1] == 1:
-            frames = frames.expand(-1, self.clip_length, -1)
+        frames = clip_frames(frames, self.clip_length)
         x = frames + self.positional_embedding
         for block in self.resblocks:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = run_block(block, x, self.gradient_checkpointing and self.training)
         x = x + frames  # outer residual back to the raw frame embeddings
         return F.normalize(x.mean(dim=1), dim=-1)
-
-    def _original_init(self) -> None:
-        """The release's initialisation: truncated normal (std 0.02) for the positional embedding
-        and every Linear (bias 0), LayerNorm weight 1 / bias 0; the attention's packed input
-        projection keeps PyTorch's default, as it does there."""
-        nn.init.trunc_normal_(self.positional_embedding, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
 
 class MeanFrames(nn.Module):
@@ -110,11 +129,5 @@ class MeanFrames(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        if frames.dim() != 3 or frames.shape[1] not in (1, self.clip_length):
-            raise ValueError(
-                f"frame embeddings must be (B, T, D) with T in (1, {self.clip_length}); got {tuple(frames.shape)}")
+        check_frame_shape(frames, self.clip_length)
         return F.normalize(frames.mean(dim=1), dim=-1)
-
-
-# model.frame_aggregation -> module (width, clip_length, heads, init=...) turning frames into one embedding.
-FRAME_AGGREGATIONS = {"transformer": FrameTransformer, "mean": MeanFrames}

@@ -38,9 +38,9 @@ class SingleModality(nn.Module):
         return F.normalize(chosen, dim=-1), weights
 
 
-# model.fusion -> module(embed_dim) with forward(title, visual) -> (fused, weights).
-FUSIONS = {
-    "attention": AttentionPooling,
-    "title_only": lambda embed_dim: SingleModality(embed_dim, "title"),
-    "visual_only": lambda embed_dim: SingleModality(embed_dim, "visual"),
-}
+def title_only(embed_dim: int) -> SingleModality:
+    return SingleModality(embed_dim, "title")
+
+
+def visual_only(embed_dim: int) -> SingleModality:
+    return SingleModality(embed_dim, "visual")

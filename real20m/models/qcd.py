@@ -10,10 +10,11 @@ model_cfg keys (YAML section `model:`):
                   token, whose position CLIP pools)
     timm_name     timm model name (backbone timm); timm_args: its constructor kwargs (resolved configs)
     embed_dim     D; clip_length: frames per video; frame_heads: heads of the frame transformer
-    frame_aggregation  transformer (default) | mean;  frame_init: default | original
+    frame_aggregation  transformer (default) | mean | xclip | a registered one (component_registry);
+                  frame_init: default | original
     text_pooling  cls | eos | mean (token states -> text feature); absent = the backbone's own
                   (eos for clip, else cls)
-    fusion        attention (default) | title_only | visual_only
+    fusion        attention (default) | title_only | visual_only | combiner | a registered one
     caption       {n_layer, n_head, n_embd[, n_positions, dropout, ignore_padding, token_type_ids,
                   visual_projection, attn_implementation]} or null (no caption decoder)
     gradient_checkpointing (bool), use_title_mask / use_query_mask (bool, default true; false =
@@ -46,11 +47,10 @@ from torch import nn
 from .architecture_defaults import with_defaults
 from .backbones import backbone_of
 from .caption import CaptionConfig, CaptionDecoder
-from .frame_transformer import FRAME_AGGREGATIONS
+from .component_registry import FRAME_AGGREGATIONS, FUSIONS
 from .lr_groups import QCD_LR_GROUPS
 from .outputs import add_registered_outputs
-from .pooling import FUSIONS
-from .towers import architecture_kwargs
+from .towers import architecture_kwargs, max_text_tokens
 
 # ImageNet statistics: the original release's, and those of every config without pixel_stats.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -95,13 +95,10 @@ class QCDModel(nn.Module):
         self.embed_dim = int(model_cfg["embed_dim"])
         self.backbone = backbone_of(model_cfg)
         self.text, self.vision = self.backbone.build_towers(model_cfg, vocab_size, pad_token_id)
-        aggregation, fusion = model_cfg["frame_aggregation"], model_cfg["fusion"]
-        if aggregation not in FRAME_AGGREGATIONS or fusion not in FUSIONS:
-            raise ValueError(f"model.frame_aggregation must be one of {sorted(FRAME_AGGREGATIONS)} and model.fusion "
-                             f"one of {sorted(FUSIONS)}; got {aggregation!r}, {fusion!r}")
-        self.frame = FRAME_AGGREGATIONS[aggregation](self.embed_dim, int(model_cfg["clip_length"]),
-                                                     int(model_cfg["frame_heads"]), init=model_cfg["frame_init"])
-        self.pooling = FUSIONS[fusion](self.embed_dim)
+        aggregation = FRAME_AGGREGATIONS.lookup(model_cfg["frame_aggregation"])
+        self.frame = aggregation(self.embed_dim, int(model_cfg["clip_length"]), int(model_cfg["frame_heads"]),
+                                 init=model_cfg["frame_init"])
+        self.pooling = FUSIONS.lookup(model_cfg["fusion"])(self.embed_dim)
         caption_cfg = model_cfg.get("caption")
         text_vocab = self.text.encoder.get_input_embeddings().num_embeddings
         self.caption = CaptionDecoder(self.embed_dim, text_vocab, CaptionConfig(**caption_cfg)) if caption_cfg else None
@@ -139,7 +136,7 @@ class QCDModel(nn.Module):
     @property
     def max_text_tokens(self) -> int:
         """Longest token sequence the text tower embeds (its position embeddings)."""
-        return int(self.text.encoder.config.max_position_embeddings)
+        return max_text_tokens(self.text.encoder.config)
 
     # ----------------------------------------------------------------------------- embeddings
     def query_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,8 @@ from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from transformers import (
     AutoImageProcessor,
+    BertConfig,
+    BertModel,
     ChineseCLIPModel,
     ChineseCLIPTextConfig,
     ChineseCLIPTextModel,
@@ -27,6 +29,8 @@ from transformers import (
     CLIPTextModel,
     CLIPVisionConfig,
     CLIPVisionModel,
+    RobertaConfig,
+    RobertaModel,
 )
 
 from real20m.errors import InputError
@@ -193,6 +197,26 @@ DUAL_ENCODER_CLASSES = {
 }
 
 
+# transformers model_type -> a from-scratch text encoder (config kwargs -> encoder): the dual
+# encoders' text towers, and the text-only families a vision-only backbone can sit beside
+# (``backbones.Backbone.text_model_type``). No pooling layer: ``TEXT_POOLINGS`` pools the states.
+TEXT_ENCODERS: dict[str, Callable[[dict], nn.Module]] = {
+    **{model_type: classes.text for model_type, classes in DUAL_ENCODER_CLASSES.items()},
+    "bert": lambda kwargs: BertModel(BertConfig(**kwargs), add_pooling_layer=False),
+    "roberta": lambda kwargs: RobertaModel(RobertaConfig(**kwargs), add_pooling_layer=False),
+}
+
+# transformers model_type -> the rows of its position table that no token takes: RoBERTa numbers
+# positions from pad_token_id + 1.
+RESERVED_POSITIONS: dict[str, Callable] = {"roberta": lambda config: config.pad_token_id + 1}
+
+
+def max_text_tokens(config) -> int:
+    """Longest token sequence a text encoder with this config embeds."""
+    reserved = RESERVED_POSITIONS.get(config.model_type)
+    return int(config.max_position_embeddings) - (reserved(config) if reserved else 0)
+
+
 def _load_pretrained_pair(model_type: str, pretrained: str):
     """Load the full dual-encoder once; both towers and projections are taken from it.
 
@@ -242,7 +266,7 @@ def build_dual_encoder_towers(model_type: str, model_cfg: dict, vocab_size: int 
 def build_random_text_tower(model_type: str, model_cfg: dict, vocab_size: int | None, pad_token_id: int,
                             pooling: str) -> TextTower:
     """A from-scratch text tower of the transformers family ``model_type`` from model_cfg `text`."""
-    encoder = DUAL_ENCODER_CLASSES[model_type].text(_text_config_kwargs(model_cfg, vocab_size, pad_token_id))
+    encoder = TEXT_ENCODERS[model_type](_text_config_kwargs(model_cfg, vocab_size, pad_token_id))
     return TextTower(encoder, _projection(encoder.config.hidden_size, int(model_cfg["embed_dim"])), pooling)
 
 

@@ -1,0 +1,159 @@
+"""The comparison's four outputs under OUT: ``comparison.json`` (everything, with every run's
+value), ``comparison.csv`` (one row per variant, a mean/std/low/high column per task and metric),
+``comparison.md`` (a summary table at Recall@10 and one table per task, one row per variant) and
+``comparison.png`` (Recall@K curves per variant; bars at Recall@10 with their intervals).
+Each is written whole or not at all."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+
+from real20m.cli.compare_grid import Grid, Variant
+from real20m.cli.compare_summary import CURVE_KS, TABLE_METRICS, MetricSummary
+from real20m.utils.atomic import atomic_open, atomic_path
+
+OUTPUT_NAMES = ("comparison.md", "comparison.csv", "comparison.json", "comparison.png")
+HEADLINE_METRIC = "recall@10"
+STATISTICS = ("mean", "std", "low", "high")
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    variant: Variant
+    runs: int
+    train_s: float   # mean training wall time of its runs
+    tasks: dict[str, dict[str, MetricSummary]]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    grid_file: str
+    grid: Grid
+    results: tuple[VariantResult, ...]
+
+
+def write_outputs(comparison: Comparison, out: str) -> list[str]:
+    writers = (write_markdown, write_csv, write_json, write_plot)
+    paths = [os.path.join(out, name) for name in OUTPUT_NAMES]
+    for writer, path in zip(writers, paths):
+        writer(comparison, path)
+    return paths
+
+
+def _label(metric: str) -> str:
+    return metric.replace("recall@", "R@")
+
+
+def _cell(summary: MetricSummary | None) -> str:
+    if summary is None:
+        return "-"
+    return f"{summary.mean:.3f} ± {summary.std:.3f} [{summary.low:.3f}, {summary.high:.3f}]"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def markdown(comparison: Comparison) -> str:
+    grid = comparison.grid
+    steps = f"{grid.max_steps} steps" if grid.max_steps else "the configs' epochs"
+    lines = [f"# Comparison: {comparison.grid_file}", "",
+             f"Datasets {', '.join(map(str, grid.datasets))}; training seeds {', '.join(map(str, grid.seeds))}; "
+             f"{steps}. Each cell: mean ± std over the runs (seeds x datasets) [95% interval].", "",
+             f"## {_label(HEADLINE_METRIC)} of every task", ""]
+    header = ["variant", "runs", *grid.tasks, "train s"]
+    lines += _markdown_table(header, [
+        [result.variant.name, str(result.runs),
+         *(_cell(result.tasks[task].get(HEADLINE_METRIC)) for task in grid.tasks), f"{result.train_s:.1f}"]
+        for result in comparison.results])
+    for task in grid.tasks:
+        lines += [f"## {task}", ""]
+        lines += _markdown_table(["variant", *map(_label, TABLE_METRICS)], [
+            [result.variant.name, *(_cell(result.tasks[task].get(name)) for name in TABLE_METRICS)]
+            for result in comparison.results])
+    return "\n".join(lines)
+
+
+def write_markdown(comparison: Comparison, path: str) -> None:
+    with atomic_open(path, encoding="utf-8") as file:
+        file.write(markdown(comparison))
+
+
+def csv_columns(tasks: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    return [(task, name, statistic) for task in tasks for name in TABLE_METRICS for statistic in STATISTICS]
+
+
+def write_csv(comparison: Comparison, path: str) -> None:
+    columns = csv_columns(comparison.grid.tasks)
+    with atomic_open(path, encoding="utf-8") as file:
+        writer = csv.writer(file, lineterminator="\n")
+        writer.writerow(["variant", "runs", "train_s",
+                         *(f"{task}/{name}/{statistic}" for task, name, statistic in columns)])
+        for result in comparison.results:
+            values = []
+            for task, name, statistic in columns:
+                summary = result.tasks[task].get(name)
+                values.append("" if summary is None else f"{getattr(summary, statistic):.6f}")
+            writer.writerow([result.variant.name, result.runs, f"{result.train_s:.2f}", *values])
+
+
+def write_json(comparison: Comparison, path: str) -> None:
+    grid = comparison.grid
+    document = {
+        "grid": comparison.grid_file, "datasets": [str(dataset) for dataset in grid.datasets],
+        "seeds": list(grid.seeds), "max_steps": grid.max_steps, "tasks": list(grid.tasks),
+        "variants": {result.variant.name: {
+            "config": result.variant.config, "options": dict(result.variant.options),
+            "description": result.variant.description, "runs": result.runs, "train_s": result.train_s,
+            "tasks": {task: {name: summary.as_dict() for name, summary in metrics.items()}
+                      for task, metrics in result.tasks.items()}}
+            for result in comparison.results}}
+    with atomic_open(path, encoding="utf-8") as file:
+        json.dump(document, file, indent=1)
+
+
+def write_plot(comparison: Comparison, path: str) -> None:
+    """One row per task: Recall@K curves (left), Recall@10 bars with the 95% interval (right)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = comparison.grid.tasks
+    figure, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.2 * len(tasks)), squeeze=False)
+    for row, task in zip(axes, tasks):
+        _plot_curves(row[0], comparison.results, task)
+        _plot_bars(row[1], comparison.results, task)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=90)
+    plt.close(figure)
+
+
+def _plot_curves(axis, results: tuple[VariantResult, ...], task: str) -> None:
+    for result in results:
+        points = [(k, result.tasks[task][f"recall@{k}"].mean) for k in CURVE_KS if f"recall@{k}" in result.tasks[task]]
+        if points:
+            axis.plot(*zip(*points), marker="o", label=result.variant.name)
+    axis.set_xscale("log")
+    axis.set_xlabel("K")
+    axis.set_ylabel("Recall@K")
+    axis.set_ylim(0, 1.02)
+    axis.set_title(f"{task}: Recall@K (mean over runs)")
+    axis.legend(fontsize="x-small", loc="best")
+
+
+def _plot_bars(axis, results: tuple[VariantResult, ...], task: str) -> None:
+    names = [result.variant.name for result in results]
+    summaries = [result.tasks[task].get(HEADLINE_METRIC) for result in results]
+    means = [summary.mean if summary else 0.0 for summary in summaries]
+    # An interval from the runs' own intervals need not be centred on the mean of the values.
+    errors = [[max(0.0, summary.mean - summary.low) if summary else 0.0 for summary in summaries],
+              [max(0.0, summary.high - summary.mean) if summary else 0.0 for summary in summaries]]
+    axis.bar(range(len(names)), means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+    axis.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize="small")
+    axis.set_ylim(0, 1.02)
+    axis.set_ylabel(_label(HEADLINE_METRIC))
+    axis.set_title(f"{task}: {_label(HEADLINE_METRIC)} with 95% interval")

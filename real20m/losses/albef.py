@@ -1,0 +1,67 @@
+"""ALBEF's image-text contrast with momentum distillation (Li et al., NeurIPS 2021), between the
+query and the fused (item) embedding, term ``albef_itc``.
+
+Each local query is scored against the item features of the whole batch followed by the queue's,
+and each local item against the queries likewise; the columns carry no gradient (in ALBEF they come
+from the momentum encoder). The target of a row mixes its one-hot positive with the momentum
+model's own softmax over the same columns:
+  targets = ALBEF_ALPHA * softmax(scale * momentum_row @ columns^T) + (1 - ALBEF_ALPHA) * one_hot
+and the term is the mean of the two directions' soft cross-entropies.
+
+What is and is not ALBEF here. The queue is the objective's cross-batch memory (``--is_xbm``, mode
+"ours"): a FIFO ring of past gathered (query, fused) pairs, the oldest dropped first, which the fused
+term also uses as negatives. The momentum encoder is the model itself at this step (an EMA momentum
+of 0): the momentum features are the detached current embeddings, because the objective sees the
+model's outputs but neither the model nor the batch, so it cannot run an EMA copy of the towers
+(that needs the model to return momentum embeddings, e.g. a registered output computed only when
+this term is weighted).
+"""
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from real20m.errors import InputError
+from real20m.losses.contrastive import local_row_offset
+from real20m.losses.terms import TermInputs, register_term
+
+ALBEF_ALPHA = 0.4  # ALBEF's distillation weight
+
+
+class QueueModeError(InputError, ValueError):
+    """The original release's memory holds the current batch among its rows: it cannot be the queue."""
+
+
+def distillation_targets(momentum_logits: Tensor, offset: int, alpha: float) -> Tensor:
+    """alpha * softmax(momentum_logits) + (1 - alpha) * one-hot at column offset + i of row i."""
+    positives = torch.arange(momentum_logits.shape[0], device=momentum_logits.device) + offset
+    one_hot = F.one_hot(positives, momentum_logits.shape[1]).to(momentum_logits.dtype)
+    return alpha * momentum_logits.softmax(dim=1) + (1 - alpha) * one_hot
+
+
+def distilled_contrast(rows: Tensor, momentum_rows: Tensor, columns: Tensor, scale: Tensor | float,
+                       offset: int, alpha: float) -> Tensor:
+    """Mean soft cross-entropy of ``rows`` against ``columns`` with the distillation targets."""
+    columns = columns.detach()
+    targets = distillation_targets(scale * momentum_rows.detach() @ columns.t(), offset, alpha)
+    return -(targets * F.log_softmax(scale * rows @ columns.t(), dim=1)).sum(dim=1).mean()
+
+
+def with_queue(batch: Tensor, queue: Tensor | None) -> Tensor:
+    return batch if queue is None else torch.cat([batch, queue.to(batch.dtype)], dim=0)
+
+
+@register_term("albef_itc", default_weight=0.0, gathers=("query", "fused"))
+def albef_contrast(inputs: TermInputs) -> Tensor:
+    """(query -> items + queue) and (item -> queries + queue) with momentum distillation."""
+    if inputs.memory is not None and inputs.xbm_mode != "ours":
+        raise QueueModeError("the albef_itc term queues past features in the cross-batch memory of --xbm_mode "
+                             f"ours, not {inputs.xbm_mode!r}: drop --xbm_mode {inputs.xbm_mode} or the albef_itc "
+                             "weight")
+    query, fused = inputs.local["query"], inputs.local["fused"]
+    queued_queries, queued_items = inputs.memory if inputs.memory is not None else (None, None)
+    offset = local_row_offset(query.shape[0]) if inputs.offset is None else inputs.offset
+    to_items = distilled_contrast(query, query, with_queue(inputs.gathered["fused"], queued_items), inputs.scale,
+                                  offset, ALBEF_ALPHA)
+    to_queries = distilled_contrast(fused, fused, with_queue(inputs.gathered["query"], queued_queries),
+                                    inputs.scale, offset, ALBEF_ALPHA)
+    return (to_items + to_queries) / 2
