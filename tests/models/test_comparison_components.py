@@ -19,6 +19,7 @@ from real20m.models.combiner import Combiner
 from real20m.models.component_registry import FRAME_AGGREGATIONS, FUSIONS, UnknownComponentError
 from real20m.models.xclip import XClipAggregation
 from real20m.utils.distributed import DistEnv
+from tests.engine.test_trainer import recorded_losses
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, backend=None)
@@ -242,18 +243,6 @@ def test_resnet_d_towers_from_timm_have_the_deep_stem_and_average_downsampling(t
 
 
 # ------------------------------------------------------------------------------------- training
-def recorded_totals(trainer) -> list[float]:
-    totals = []
-    step = trainer.train_step
-
-    def recording_step(batch):
-        terms = step(batch)
-        totals.append(terms["total"])
-        return terms
-    trainer.train_step = recording_step
-    return totals
-
-
 # (options, a parameter of the component itself) for each comparison component.
 COMPONENTS = {
     "xclip": (("--frame_aggregation", "xclip"), "frame.communication.0.message.weight"),
@@ -273,7 +262,7 @@ def test_a_short_training_run_lowers_the_loss(tiny_data_root, tmp_path, componen
                         "--seed", "0", *options])
     trainer = Trainer(cfg, SINGLE_CPU)
     initial = trainer.model.state_dict()[parameter].clone()
-    totals = recorded_totals(trainer)
+    totals = recorded_losses(trainer)
     trainer.fit()
     assert len(totals) == 16
     # Over 3 seeds the mean total of the first 4 steps was 10.8-12.2, of the last 4 5.8-7.1.
