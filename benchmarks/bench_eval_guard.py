@@ -27,6 +27,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from real20m.evaluate.feature_io import read_legacy_features, write_legacy_features  # noqa: E402
+from real20m.evaluate.bootstrap import BootstrapSettings  # noqa: E402
 from real20m.evaluate.metrics import DEFAULT_KS, RetrievalMetrics  # noqa: E402
 from real20m.evaluate.search import gallery_ids_at, iter_search  # noqa: E402
 from real20m.evaluate.search_config import SearchConfig  # noqa: E402
@@ -70,9 +71,10 @@ def gemm_seconds(queries, gallery, rows_per_call=1024):
 
 
 def search_seconds(queries, gallery, gallery_ids, ground_truth, k):
-    """Exact search and metrics, chunk by chunk, the calls evaluation makes."""
+    """Exact search and metrics, chunk by chunk, the calls evaluation makes (with its default
+    bootstrap intervals)."""
     started = time.perf_counter()
-    metrics = RetrievalMetrics(ground_truth, gallery_ids, DEFAULT_KS)
+    metrics = RetrievalMetrics(ground_truth, gallery_ids, DEFAULT_KS, BootstrapSettings())
     searcher = open_searcher(gallery, SearchConfig(use_gpu="never", show_progress=False), depth=k)
     for start, _, rows in iter_search(queries, searcher, k, show_progress=False):
         metrics.update(np.arange(start, start + len(rows)), gallery_ids_at(gallery_ids, rows))
