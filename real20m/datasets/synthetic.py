@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from real20m.datasets import synthetic_english, synthetic_household
-from real20m.datasets.synthetic_drawing import maybe_null, paste, pick, to_image
+from real20m.datasets.synthetic_drawing import caption_or_title, maybe_null, paste, pick, to_image
 from real20m.datasets.layout import SHARD
 from real20m.utils.entry import exit_on_input_error
 
@@ -171,8 +171,7 @@ def video_text_lines(rng, product):
     caption = f"{pick(rng, CHATTER)}，{partial_mention(rng, product)}{pick(rng, CHATTER)}"
     title = f"{pick(rng, CHATTER)} {partial_mention(rng, product)} {pick(rng, MARKETING_WORDS)}"
     text = "，".join(pick(rng, CHATTER, k=3)) + f"，这件{product.category}{pick(rng, CHATTER)}"
-    caption, title = (caption, maybe_null(rng, title, 0.4)) if rng.random() < 0.5 else \
-        (maybe_null(rng, caption, 0.4), title)
+    caption, title = caption_or_title(rng, caption, title)
     return [caption, title, maybe_null(rng, text, 0.4)]
 
 

@@ -9,6 +9,14 @@ def maybe_null(rng, text, p_null):
     return NULL if rng.random() < p_null else text
 
 
+def caption_or_title(rng, caption, title, p_null=0.4):
+    """(caption, title) of a video text with one of the two, drawn at random, kept for sure and the
+    other missing with probability ``p_null``: a video always has one of them."""
+    if rng.random() < 0.5:
+        return caption, maybe_null(rng, title, p_null)
+    return maybe_null(rng, caption, p_null), title
+
+
 def pick(rng, options, k=None):
     """One option, or k distinct ones."""
     if k is None:

@@ -6,7 +6,7 @@ item's English texts are written from its attributes, each translated by its sty
 (``Style.english``), around English shop and video phrases. They draw from random streams of their
 own, so the Chinese files are the same bytes with or without ``--english``.
 """
-from real20m.datasets.synthetic_drawing import maybe_null, pick
+from real20m.datasets.synthetic_drawing import caption_or_title, maybe_null, pick
 
 BRANDS = ("Lumi", "Cotton Home", "South Wind", "First Sight", "Green Field", "Antler", "Cloud Nine", "Maple Lane")
 SHOP_WORDS = ("new", "free shipping", "best seller", "hot sale", "authentic", "special offer", "classic",
@@ -43,6 +43,5 @@ def video_text_lines(rng, item, glossary) -> list[str]:
     caption = f"{pick(rng, CHATTER)}, {mention(rng, item, glossary)}, {pick(rng, CHATTER)}"
     title = f"{pick(rng, CHATTER)} {mention(rng, item, glossary)} {pick(rng, SHOP_WORDS)}"
     text = ", ".join(pick(rng, CHATTER, k=3)) + f", this {glossary[item.category]}, {pick(rng, CHATTER)}"
-    caption, title = (caption, maybe_null(rng, title, 0.4)) if rng.random() < 0.5 else \
-        (maybe_null(rng, caption, 0.4), title)
+    caption, title = caption_or_title(rng, caption, title)
     return [caption, title, maybe_null(rng, text, 0.4)]
