@@ -19,6 +19,7 @@ from real20m.datasets import ClusterBatchSampler, Collator, SourceBatchSampler, 
     build_tokenizer, build_train_dataset, load_saved_tokenizer
 from real20m.losses import QCDLoss
 from real20m.losses.memory_bank import MemorySpec
+from real20m.losses.terms import TermSetting
 from real20m.models import QCDModel, build_model as build_qcd_model
 from real20m.models.backbones import get_backbone
 from real20m.models.towers import describe_pretrained_source
@@ -119,11 +120,11 @@ def with_embedding_inputs(architecture: dict, model: ModelConfig) -> dict:
 # ------------------------------------------------------------------------------ objective
 
 
-def build_objective(loss: LossConfig, embed_dim: int) -> QCDLoss:
-    memory = MemorySpec(loss.xbm_size, embed_dim, loss.xbm_mode) if loss.is_xbm and loss.xbm_size > 0 else None
+def build_objective(loss: LossConfig, setting: TermSetting) -> QCDLoss:
+    memory = MemorySpec(loss.xbm_size, setting.dim, loss.xbm_mode) if loss.is_xbm and loss.xbm_size > 0 else None
     return QCDLoss(weights=dict(loss.weights), logit_scale=loss.logit_scale, learnable_scale=loss.learnable_scale,
                    memory=memory, local_negatives=loss.local_negatives, log_terms=tuple(loss.log_terms),
-                   normalize_query=loss.normalize_query)
+                   normalize_query=loss.normalize_query, setting=setting)
 
 
 # ------------------------------------------------------------------------------ data

@@ -157,7 +157,8 @@ def test_the_original_training_command_line_maps_to_the_same_values(caplog):
     assert cfg.data.cluster_file == "CLUSTER.txt" and cfg.data.train_file == "TRAIN.txt"
     assert cfg.data.photo_text_root == "PI"
     # The original's per-module factors and delta are its defaults here.
-    assert dict(cfg.optim.lr_mult) == {"text": 0.01, "vision": 0.001, "fusion": 1.0, "frame": 0.01, "caption": 0.001}
+    assert dict(cfg.optim.lr_mult) == {"text": 0.01, "vision": 0.001, "fusion": 1.0, "frame": 0.01, "caption": 0.001,
+                                       "category": 1.0}
     warned = " ".join(record.getMessage() for record in caplog.records)
     assert "--cls_num has no effect" in warned and "--sample_info_file has no effect" in warned
 
@@ -175,7 +176,8 @@ def test_original_factor_flags_set_the_module_multipliers_and_delta():
     cfg = parse_config("--text_lr_factor 0.1 --image_lr_factor 0.2 --fusion_lr_factor 0.3 --video_fusion_factor 0.4 "
                        "--text_generation_factor 0.5 --delta_factor 10 --wd 0.05 --learning_rate 0.02 -b 8 -j 1 "
                        "-p 3 -s 7 --momentum 0.8 --start_epoch 2 --global_step 40".split())
-    assert dict(cfg.optim.lr_mult) == {"text": 0.1, "vision": 0.2, "fusion": 0.3, "frame": 0.4, "caption": 0.5}
+    assert dict(cfg.optim.lr_mult) == {"text": 0.1, "vision": 0.2, "fusion": 0.3, "frame": 0.4, "caption": 0.5,
+                                       "category": 1.0}
     assert cfg.loss.weights["consistency"] == 10.0
     assert (cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.momentum) == (0.05, 0.02, 0.8)
     assert (cfg.data.batch_size, cfg.data.workers, cfg.run.print_freq, cfg.run.save_freq) == (8, 1, 3, 7)
@@ -249,7 +251,8 @@ def test_the_paper_config_is_the_original_training():
     assert cfg.optim.weight_decay == 0.0 and cfg.optim.train_vision
     assert (cfg.optim.clip_grad, cfg.optim.clip_grad_mode, cfg.optim.grad_scaler) == (5.0, "per_tower", "original")
     assert cfg.optim.mixed_precision_training and cfg.optim.amp_dtype == "fp16"
-    assert dict(cfg.optim.lr_mult) == {"text": 0.01, "vision": 0.001, "fusion": 1.0, "frame": 0.01, "caption": 0.001}
+    assert dict(cfg.optim.lr_mult) == {"text": 0.01, "vision": 0.001, "fusion": 1.0, "frame": 0.01, "caption": 0.001,
+                                       "category": 1.0}
 
 
 def test_resume_latest_finds_the_newest_checkpoint_or_starts_fresh(tmp_path):
@@ -293,3 +296,24 @@ def test_importing_the_configuration_imports_no_torch():
     code = "import sys, real20m.config; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_momentum_encoder_is_built_when_a_computed_term_reads_a_momentum_output():
+    from real20m.losses.terms import TERMS, register_term
+    assert parse_config(["--config", "tiny"]).model.momentum_encoder is False
+    assert "momentum" not in parse_config(["--config", "tiny"]).model.architecture()
+    albef = parse_config(["--config", "tiny", "--loss.weights.albef_itc", "1", "--model.momentum", "0.99"]).model
+    assert albef.momentum_encoder and albef.architecture()["momentum"] == 0.99
+    # Any term that reads one, weighted or only logged: the registry decides, not a term's name.
+    register_term("config_test_momentum_reader", reads=("momentum_fused",))(lambda inputs: None)
+    try:
+        assert parse_config(["--config", "tiny", "--loss.weights.config_test_momentum_reader", "0.5"]
+                            ).model.momentum_encoder
+        assert parse_config(["--config", "tiny", "--loss.log_terms", "[config_test_momentum_reader]"]
+                            ).model.momentum_encoder
+        assert not parse_config(["--config", "tiny", "--loss.weights.config_test_momentum_reader", "0"]
+                                ).model.momentum_encoder
+    finally:
+        del TERMS["config_test_momentum_reader"]
+    with pytest.raises(ConfigError, match=r"model.momentum must be in \[0, 1\]"):
+        parse_config(["--config", "tiny", "--model.momentum", "1.5"])

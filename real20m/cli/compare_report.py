@@ -1,6 +1,7 @@
 """The comparison's four outputs under OUT: ``comparison.json`` (everything, with every run's
 value), ``comparison.csv`` (one row per variant, a mean/std/low/high column per task and metric),
-``comparison.md`` (a summary table at Recall@10 and one table per task, one row per variant) and
+``comparison.md`` (a summary table at Recall@10, the differences from the first variant that fall
+outside the intervals, and one table per task, one row per variant) and
 ``comparison.png`` (Recall@K curves per variant; bars at Recall@10 with their intervals).
 Each is written whole or not at all."""
 from __future__ import annotations
@@ -69,12 +70,40 @@ def markdown(comparison: Comparison) -> str:
         [result.variant.name, str(result.runs),
          *(_cell(result.tasks[task].get(HEADLINE_METRIC)) for task in grid.tasks), f"{result.train_s:.1f}"]
         for result in comparison.results])
+    lines += differences_section(comparison)
     for task in grid.tasks:
         lines += [f"## {task}", ""]
         lines += _markdown_table(["variant", *map(_label, TABLE_METRICS)], [
             [result.variant.name, *(_cell(result.tasks[task].get(name)) for name in TABLE_METRICS)]
             for result in comparison.results])
     return "\n".join(lines)
+
+
+def outside_intervals(reference: MetricSummary, other: MetricSummary) -> str:
+    """"above" or "below" when the two 95% intervals are disjoint, else "" (a conservative test:
+    disjoint intervals differ at well below the 5% level)."""
+    if other.low > reference.high:
+        return "above"
+    if other.high < reference.low:
+        return "below"
+    return ""
+
+
+def differences_section(comparison: Comparison) -> list[str]:
+    """Per task, the variants whose headline interval is disjoint from the first variant's."""
+    reference, *others = comparison.results
+    lines = [f"## {_label(HEADLINE_METRIC)}: differences from {reference.variant.name} outside the intervals", ""]
+    for task in comparison.grid.tasks:
+        base = reference.tasks[task].get(HEADLINE_METRIC)
+        found = {"above": [], "below": []}
+        for result in others:
+            summary = result.tasks[task].get(HEADLINE_METRIC)
+            side = outside_intervals(base, summary) if base and summary else ""
+            if side:
+                found[side].append(f"{result.variant.name} ({summary.mean - base.mean:+.3f})")
+        listed = "; ".join(f"{side}: {', '.join(names)}" for side, names in found.items() if names)
+        lines.append(f"- {task}: {listed or 'none'}")
+    return [*lines, ""]
 
 
 def write_markdown(comparison: Comparison, path: str) -> None:

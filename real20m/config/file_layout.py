@@ -12,6 +12,9 @@ class FileFacts:
     so that resolve() itself reads no file."""
     latest_checkpoint: str | None = None   # the newest checkpoint, when run.resume is "latest"
     cluster_file_present: bool = False     # DATA_ROOT/train_file/cluster.txt exists
+    # The goods-category vocabulary (datasets/categories.py), read when a weighted loss term reads
+    # categories and the cluster file exists.
+    category_names: tuple[str, ...] = ()
 
 
 def checkpoint_folder(run: dict) -> str:
@@ -21,6 +24,11 @@ def checkpoint_folder(run: dict) -> str:
 
 def cluster_file_of(data_root: str) -> str:
     return os.path.join(data_root, "train_file", "cluster.txt")
+
+
+def category_file_of(data: dict) -> str | None:
+    """The cluster file the category labels come from: data.cluster_file, else the layout's."""
+    return data["cluster_file"] or (cluster_file_of(data["data_root"]) if data["data_root"] else None)
 
 
 def fill_data_paths(data: dict, cluster_file_present: bool) -> None:

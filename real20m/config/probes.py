@@ -1,12 +1,15 @@
 """Everything the configuration reads from the file system: the backbone a weights folder holds,
 whether ``--pretrained`` names a whole-model checkpoint, the newest checkpoint for
-``--resume latest``, the validation split's files, the cluster file under ``data_root``."""
+``--resume latest``, the validation split's files, the cluster file under ``data_root`` and the
+goods-category vocabulary in it."""
 from __future__ import annotations
 
 import logging
 import os
 
-from real20m.config.file_layout import FileFacts, checkpoint_folder, cluster_file_of, fill_data_paths
+from real20m.config.file_layout import FileFacts, category_file_of, checkpoint_folder, cluster_file_of, \
+    fill_data_paths
+from real20m.config.resolution import category_labels_wanted
 from real20m.config.schema import LATEST, ConfigError
 from real20m.config.values import default_of
 from real20m.models.backbone_folder import BackboneFolderError, backbone_of_folder
@@ -25,12 +28,21 @@ def read_file_facts(values: dict) -> FileFacts:
     latest = latest_checkpoint(checkpoint_folder(run)) if run["resume"] == LATEST else None
     cluster_present = bool(data["data_root"] and data["hard_sample"]
                            and os.path.exists(cluster_file_of(data["data_root"])))
-    facts = FileFacts(latest_checkpoint=latest, cluster_file_present=cluster_present)
+    names = category_names(data) if category_labels_wanted(values) else ()
+    facts = FileFacts(latest_checkpoint=latest, cluster_file_present=cluster_present, category_names=names)
     if run["val_freq"] and not run["evaluate"]:
         filled = dict(data)
         fill_data_paths(filled, facts.cluster_file_present)
         check_validation_split(filled["val_dir"])
     return facts
+
+
+def category_names(data: dict) -> tuple[str, ...]:
+    """The category vocabulary of the cluster file; none when there is no such file (building the
+    training data then says so, naming it: a configuration may be resolved before its data exist)."""
+    from real20m.datasets.categories import read_category_names
+    path = category_file_of(data)
+    return read_category_names(path) if path and os.path.isfile(path) else ()
 
 
 def find_latest(folder: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Mapping
 
-from real20m.config.file_layout import FileFacts, checkpoint_folder, fill_data_paths
+from real20m.config.file_layout import FileFacts, category_file_of, checkpoint_folder, fill_data_paths
 from real20m.config.schema import (COMPAT_MODES, LATEST, SECTIONS, Config, ConfigError, DataConfig, LossConfig,
                                    ModelConfig, OptimConfig, RunConfig)
 from real20m.models.backbones import get_backbone
@@ -31,6 +31,7 @@ def resolve(values: dict, facts: FileFacts) -> Config:
     if not isinstance(optim["accum_freq"], int) or optim["accum_freq"] < 1:
         raise ConfigError(f"optim.accum_freq must be a positive integer, got {optim['accum_freq']!r}")
     weights = _resolve_weights(loss, model)
+    _resolve_categories(data, weights, facts)
     # One loader batch is one optimizer step: accum_freq micro-batches of batch_size (accumulation.py).
     data["step_batch_size"] = data["batch_size"] * optim["accum_freq"]
     if loss["xbm_size"] is None:
@@ -39,7 +40,7 @@ def resolve(values: dict, facts: FileFacts) -> Config:
     return Config(
         seed=int(values["seed"]),
         data=DataConfig(**data),
-        model=ModelConfig(**{**model, **_derived_model(data, model, weights)}),
+        model=ModelConfig(**{**model, **_derived_model(data, model, weights, loss["log_terms"])}),
         loss=LossConfig(**{**loss, "weights": weights}),
         optim=OptimConfig(**{**optim, "lr_mult": {**default_lr_mult(), **optim["lr_mult"]}}),
         run=RunConfig(**run),
@@ -47,8 +48,12 @@ def resolve(values: dict, facts: FileFacts) -> Config:
     )
 
 
-def _derived_model(data: dict, model: dict, weights: Mapping[str, float]) -> dict:
-    """The model's values that follow from the data section and the loss weights."""
+def _derived_model(data: dict, model: dict, weights: Mapping[str, float], log_terms: tuple[str, ...]) -> dict:
+    """The model's values that follow from the data section and the loss terms computed (weighted
+    or logged)."""
+    terms = tuple(dict.fromkeys((*(name for name, weight in weights.items() if weight), *log_terms)))
+    if not 0.0 <= model["momentum"] <= 1.0:
+        raise ConfigError(f"model.momentum must be in [0, 1], got {model['momentum']!r}")
     masked = data["compat"] != "original"
     return {
         "clip_length": data["clip_length"],
@@ -59,7 +64,39 @@ def _derived_model(data: dict, model: dict, weights: Mapping[str, float]) -> dic
         "pixel_stats": model["pixel_stats"] or ("backbone" if masked else "imagenet"),
         # A decoder whose loss has weight 0 never gets a gradient (DDP refuses such parameters).
         "caption": model["caption"] if weights.get("caption", 0) else None,
+        # The classification head exists only for its term, so other runs initialise as before.
+        "category_classes": len(data["category_names"]) if weights.get("category", 0) else 0,
+        "momentum_encoder": _reads_momentum(terms),
     }
+
+
+def _reads_momentum(terms: tuple[str, ...]) -> bool:
+    """Whether one of ``terms`` reads momentum-encoder outputs (its copy of the model costs memory
+    and time: built only then)."""
+    from real20m.losses.terms import TERMS
+    return any(TERMS[name].reads_momentum for name in terms)
+
+
+def _resolve_categories(data: dict, weights: Mapping[str, float], facts: FileFacts) -> None:
+    """Batches carry goods-category labels only when a weighted term reads them (otherwise the
+    data, the sampler and the RNG are as without the feature); their vocabulary and file."""
+    data["category_labels"] = reads_categories(weights)
+    data["category_names"] = tuple(facts.category_names) if data["category_labels"] else ()
+    if data["category_labels"] and data["cluster_file"] is None:
+        data["cluster_file"] = category_file_of(data)
+
+
+def reads_categories(weights: Mapping[str, float]) -> bool:
+    """Whether a term with a nonzero weight reads the training samples' categories."""
+    from real20m.datasets.categories import CATEGORY_KEY
+    from real20m.losses.terms import TERMS
+    return any(weight and CATEGORY_KEY in TERMS[name].reads for name, weight in weights.items())
+
+
+def category_labels_wanted(values: dict) -> bool:
+    """``reads_categories`` of the weights that the merged inputs ``values`` resolve to (for the
+    file probe, which runs before resolving)."""
+    return reads_categories(_resolve_weights(copy.deepcopy(values["loss"]), values["model"]))
 
 
 def _resolve_run(run: dict, facts: FileFacts) -> None:

@@ -58,7 +58,9 @@ class DataConfig:
     photo_img_root: str | None = option_field(None, "video frames root")
     photo_text_root: str | None = option_field(None, "video text root")
     frameid_root: str | None = option_field(None, "optional frame lists <root>/<pid %% 50000>/<pid>.txt")
-    cluster_file: str | None = option_field(None, "query clusters for --hard_sample", "--cluster_file", "--cls_file")
+    cluster_file: str | None = option_field(
+        None, "query clusters (query, category, cluster, query) for --hard_sample and the goods-category term "
+        "(default DATA_ROOT/train_file/cluster.txt)", "--cluster_file", "--cls_file")
     val_dir: str | None = option_field(
         None, "validation split for --val_freq: a folder with video_queries.txt, goods_gallery.txt, "
         "eval_gt_video2goods.txt and eval_gt_goods2video.txt (default DATA_ROOT/val_file)")
@@ -94,6 +96,8 @@ class DataConfig:
         "squash, one flip per clip)", choices=COMPAT_MODES)
     item_pairs: bool = False   # derived: batches of (goods, video) pairs when loss.query_guidance is off
     step_batch_size: int = 0   # derived: samples of one optimizer step, batch_size x optim.accum_freq
+    category_labels: bool = False  # derived: batches carry goods-category classes (a weighted term reads them)
+    category_names: tuple = ()     # derived: the category vocabulary of the cluster file; a class is a position
 
 
 @dataclass(frozen=True)
@@ -133,11 +137,17 @@ class ModelConfig:
         None, "pixel mean/std: backbone (the pretrained backbone's image processor or timm data config; "
         "ImageNet's for a from-scratch tower) or imagenet (default: imagenet with --compat original, else "
         "backbone)", choices=("backbone", "imagenet"))
+    momentum: float = option_field(
+        0.995, "EMA coefficient m of the momentum encoder (ALBEF's 0.995): after each optimizer step its weights "
+        "become m x theirs + (1 - m) x the model's; the encoder is built only when a weighted loss term reads its "
+        "momentum_* outputs (albef_itc)", "--model.momentum", parse=float)
     # derived in resolve()
+    momentum_encoder: bool = False   # whether a computed loss term reads the momentum encoder's outputs
     clip_length: int = ARCHITECTURE_DEFAULTS["clip_length"]
     image_size: int = 224
     use_title_mask: bool = ARCHITECTURE_DEFAULTS["use_title_mask"]
     use_query_mask: bool = ARCHITECTURE_DEFAULTS["use_query_mask"]
+    category_classes: int = ARCHITECTURE_DEFAULTS["category_classes"]  # the category head's outputs (0: none)
 
     def architecture(self) -> dict:
         """The plain dict ``QCDModel`` is built from (a from-scratch vision tower gets the data's
@@ -146,6 +156,10 @@ class ModelConfig:
             "backbone", "pretrained", "text", "vision", "timm_name", "timm_args", "embed_dim", "frame_heads", "caption",
             "gradient_checkpointing", "frame_aggregation", "fusion", "frame_init", "text_pooling", "frame_fp16",
             "clip_length", "use_title_mask", "use_query_mask", "pixel_stats")}
+        if self.momentum_encoder:
+            arch["momentum"] = self.momentum
+        if self.category_classes:   # stored only with a head, so other architectures read as before
+            arch["category_classes"] = self.category_classes
         if not self.pretrained and get_backbone(self.backbone).fixed_input_size:
             arch["vision"] = {**arch["vision"], "image_size": self.image_size}
         # The input size it is trained for, which a CNN tower's own config does not state.
@@ -243,8 +257,8 @@ class RunConfig:
 
 
 # Fields resolve() computes; they are not inputs (a YAML file or flag setting one is refused).
-DERIVED = {"data": ("item_pairs", "step_batch_size"),
-           "model": ("clip_length", "image_size", "use_title_mask", "use_query_mask")}
+DERIVED = {"data": ("item_pairs", "step_batch_size", "category_labels", "category_names"),
+           "model": ("clip_length", "image_size", "use_title_mask", "use_query_mask", "category_classes")}
 # Mappings whose entries are set one by one (``--optim.lr_mult.text``) and merged over the defaults.
 MAPPING_FIELDS = {"model.text", "model.vision", "model.caption", "loss.weights", "optim.lr_mult"}
 

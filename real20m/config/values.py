@@ -14,6 +14,9 @@ DERIVED_FROM = {
     "model.use_query_mask": "query masking follows data.compat",
     "data.item_pairs": "item-pair batches follow loss.query_guidance",
     "data.step_batch_size": "an optimizer step's samples are data.batch_size x optim.accum_freq",
+    "data.category_labels": "category labels follow the weights of the loss terms that read them",
+    "data.category_names": "the category vocabulary is read from the cluster file (data.cluster_file)",
+    "model.category_classes": "the category head follows loss.weights.category and the cluster file's categories",
 }
 
 

@@ -142,6 +142,7 @@ class ClusterTable:
 
     queries: list[str]
     labels: np.ndarray  # (n_queries, 3) int64
+    names: tuple[tuple[str, ...], ...] = ()  # per level, the label of each code
 
     def labels_for(self, queries, level: int = 0) -> np.ndarray:
         """Cluster code per query text; -1 for queries missing from the cluster file."""
@@ -165,7 +166,8 @@ def load_clusters(path) -> ClusterTable:
             _raise(path, lineno, "expected 'query \\t level0 \\t level1 \\t level2'", line)
         queries.append(fields[0])
         codes.append(tuple(table.setdefault(label, len(table)) for table, label in zip(label_codes, fields[1:])))
-    return ClusterTable(queries, np.array(codes, dtype=np.int64).reshape(-1, 3))
+    return ClusterTable(queries, np.array(codes, dtype=np.int64).reshape(-1, 3),
+                        tuple(tuple(table) for table in label_codes))
 
 
 def _text_lines(path):

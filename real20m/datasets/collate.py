@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .categories import CATEGORY_KEY
+
 
 class Collator:
     """callable(list of sample dicts) -> batch dict.
@@ -36,6 +38,9 @@ class Collator:
         if all("query" in sample for sample in samples):
             queries = [sample["query"] for sample in samples]
             batch["query_ids"], batch["query_mask"] = self._tokenize(queries, self.max_query_len)
+        if all(CATEGORY_KEY in sample for sample in samples):
+            # Goods-category classes (categories.py), present when a weighted loss term reads them.
+            batch[CATEGORY_KEY] = torch.tensor([sample[CATEGORY_KEY] for sample in samples], dtype=torch.long)
         if all("pair" in sample for sample in samples):
             # Item pairs (no query guidance): each goods item's video of the same query.
             batch["pair"] = self([sample["pair"] for sample in samples])

@@ -12,7 +12,8 @@ import torch
 
 from .annotations import GOODS, PHOTO, QUERY_LANGUAGES, SOURCES, AnnotationError, ItemTable, QueryGroups, \
     annotation_format
-from .items import ItemLoader, ItemRoots, item_text, shard_path
+from .categories import CATEGORY_KEY, IGNORED_LABEL, UNKNOWN_CATEGORY, CategoryLabels
+from .items import ItemLoader, ItemRoots, goods_category, item_text, read_text_lines, shard_path
 from .transforms import build_eval_transform, build_train_transform
 
 MAX_REPLACEMENTS = 10
@@ -31,18 +32,20 @@ def item_roots(data) -> ItemRoots:
 class TrainDataset(torch.utils.data.Dataset):
     """Training samples addressed by ``SampleKey(row, source, member, seed)`` (see samplers.py).
 
-    ``__getitem__`` returns ``{"pid","source","query","title","frames","issues"}``. An item with no
-    readable frame is replaced by a random item of the same source (drawn from the key's seed,
-    so deterministic) and reported as ``("replaced_item", <its image path>)``."""
+    ``__getitem__`` returns ``{"pid","source","query","title","frames","issues"}``, and with
+    ``categories`` the sample's goods-category class under "category" (categories.py). An item
+    with no readable frame is replaced by a random item of the same source (drawn from the key's
+    seed, so deterministic) and reported as ``("replaced_item", <its image path>)``."""
 
     def __init__(self, table: QueryGroups | ItemTable, loader: ItemLoader, cluster_file: str | None = None,
-                 item_pairs: bool = False):
+                 item_pairs: bool = False, categories: CategoryLabels | None = None):
         if item_pairs and not isinstance(table, QueryGroups):
             raise AnnotationError(f"{table.path}: item pairs (no query guidance) need the query-grouped train file")
         self.table = table
         self.loader = loader
         self.cluster_file = cluster_file
         self.item_pairs = item_pairs
+        self.categories = categories
 
     @property
     def grouped(self) -> bool:
@@ -86,10 +89,24 @@ class TrainDataset(torch.utils.data.Dataset):
             sample = self.loader.load(pid, source, rng, generator, frame_paths, text_path, issues)
             if sample is not None:
                 sample["query"] = query
+                if self.categories is not None:
+                    sample[CATEGORY_KEY] = self._category(pid, source, query, text_path, sample["issues"])
                 return sample
             issues.append(("replaced_item", shard_path(self.loader.roots.image_root(source), pid, "jpg")))
             row, member = self._random_member(source, rng)
         raise RuntimeError(f"no readable frames in {MAX_REPLACEMENTS + 1} {SOURCES[source]} items in a row: {issues}")
+
+    def _category(self, pid: int, source: int, query: str, text_path: str | None, issues: list) -> int:
+        """The sample's class; an unknown category is reported as an issue (and ignored by the loss)."""
+        if source == GOODS:
+            path = self.loader.text_file(pid, source, text_path)
+            # Read a second time: the loader keeps only the title, and the file is a few hundred bytes.
+            label, where = self.categories.goods(goods_category(read_text_lines(path, []))), path
+        else:
+            label, where = self.categories.video(query), f"query {query!r}"
+        if label == IGNORED_LABEL:
+            issues.append((UNKNOWN_CATEGORY, where))
+        return label
 
     def _pair(self, row: int, goods_member: int, seed: int) -> dict:
         """The goods sample of a query row, with one of the row's videos under "pair"."""
@@ -175,11 +192,23 @@ def build_train_dataset(data) -> TrainDataset:
     """Train dataset of ``data.train_file`` (the data config section) in any registered annotation
     format: query-grouped (3 fields, 4 with the English query; the query of ``data.query_language``),
     item file (5 fields), or another registered in ``annotations.ANNOTATION_FORMATS``."""
+    categories = train_categories(data)   # first: a missing cluster file is named before any data is read
     table = annotation_format(data.train_file).load(data.train_file, data.query_language)
     loader = ItemLoader(item_roots(data), build_train_transform(data.image_size, data.train_transform),
                         data.clip_length, text_aug=data.text_aug, reduced_decode=data.reduced_decode,
                         jpeg_bytes=data.gpu_decode, train_text=data.train_text)
-    return TrainDataset(table, loader, data.cluster_file, item_pairs=data.item_pairs)
+    return TrainDataset(table, loader, data.cluster_file, item_pairs=data.item_pairs, categories=categories)
+
+
+def train_categories(data) -> CategoryLabels | None:
+    """The category labels of the training samples when a weighted loss term reads them, else None."""
+    if not data.category_labels:
+        return None
+    if not data.category_names:   # the configuration found no cluster file to read them from
+        where = data.cluster_file or "data.cluster_file (or DATA_ROOT/train_file/cluster.txt)"
+        raise AnnotationError(f"{where}: not found; a weighted loss term reads goods categories, which this query "
+                              "cluster file (query \\t category \\t cluster \\t query) lists")
+    return CategoryLabels.from_cluster_file(data.cluster_file, data.category_names)
 
 
 def build_eval_dataset(data, test_file: str) -> EvalDataset:

@@ -92,6 +92,11 @@ def goods_text(lines: list[str], rng: np.random.Generator | None = None) -> str:
     return perturb_title(title, rng) if rng is not None else title
 
 
+def goods_category(lines: list[str]) -> str:
+    """Category line of a goods text file ("" when missing or the word null)."""
+    return _field(lines, 1)
+
+
 def video_text(lines: list[str], rng: np.random.Generator | None = None) -> str:
     """``title|text[:40]|caption`` of a video text file (caption, title, text), cut at 80 characters.
 

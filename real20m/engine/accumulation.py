@@ -23,6 +23,8 @@ What keeps the sum exact, and the run coherent:
 * The cross-batch memory takes the step's batch once: the original's XBM writes it before scoring,
   so in the first pass (and every pass then scores against it, as one batch of N x B would); ours
   enqueues it after scoring, so in the last pass.
+* A momentum encoder (models/momentum.py) runs in eval mode and is averaged once per optimizer
+  step, after it (``apply_gradients``): every pass of a step sees the same momentum features.
 * Random ops: pass j replays the RNG state its no-gradient forward started from, so dropout draws
   the same masks and the kept outputs are the recomputed ones; afterwards the RNG continues from
   where the no-gradient forwards left it. Masks are drawn per micro-batch, so with dropout the

@@ -34,6 +34,7 @@ from real20m.evaluate.metric_registry import metric_key
 from real20m.factory import build_collator, build_model, build_objective, build_tokenizer_for, \
     build_train_data, restore_tokenizer, tokenizer_files, TOKENIZER_DIR
 from real20m.losses import QCDLoss
+from real20m.losses.terms import TermSetting
 from real20m.model_source import inspect_source, load_weights
 from real20m.utils.checkpoint_io import CheckpointError
 from real20m.utils.distributed import DistEnv, barrier, broadcast_object
@@ -163,7 +164,7 @@ def compute_gradients(step_module: nn.Module, batch: dict, optimizer: torch.opti
 def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
                     optim: OptimConfig) -> dict[str, float]:
     """Unscale and clip the gradients (``optim.clip_grad``, ``optim.clip_grad_mode``), step the
-    optimizer and the LR schedule. Returns the gradient norms before clipping."""
+    optimizer, the LR schedule and the model's momentum encoder. Returns the gradient norms before clipping."""
     norms = {}
     if optim.clip_grad > 0:
         scaler.unscale_(optimizer)
@@ -171,6 +172,7 @@ def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
+    model.update_momentum()   # once per optimizer step, whatever the accumulation (models/momentum.py)
     return norms
 
 
@@ -212,7 +214,8 @@ class Trainer:
 
         self.model = build_model(start.training_architecture(cfg, resuming=bool(cfg.run.resume)), self.tokenizer, cfg.seed,
                                  cfg.optim.train_vision).to(dist.device)
-        self.criterion = build_objective(cfg.loss, self.model.embed_dim).to(dist.device)
+        term_setting = TermSetting(self.model.embed_dim, categories=len(cfg.data.category_names))
+        self.criterion = build_objective(cfg.loss, term_setting).to(dist.device)
         self.step_module = TrainStep(self.model, self.criterion) if cfg.optim.accum_freq == 1 else \
             MicroBatchStep(self.model, self.criterion)
         if dist.world_size > 1:

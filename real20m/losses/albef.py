@@ -1,20 +1,19 @@
 """ALBEF's image-text contrast with momentum distillation (Li et al., NeurIPS 2021), between the
 query and the fused (item) embedding, term ``albef_itc``.
 
-Each local query is scored against the item features of the whole batch followed by the queue's,
-and each local item against the queries likewise; the columns carry no gradient (in ALBEF they come
-from the momentum encoder). The target of a row mixes its one-hot positive with the momentum
-model's own softmax over the same columns:
+Each local query is scored against the momentum encoder's item features of the whole batch followed
+by the queue's, and each local item against the momentum query features likewise; the columns carry
+no gradient. The target of a row mixes its one-hot positive with the momentum model's own softmax
+over the same columns:
   targets = ALBEF_ALPHA * softmax(scale * momentum_row @ columns^T) + (1 - ALBEF_ALPHA) * one_hot
 and the term is the mean of the two directions' soft cross-entropies.
 
-What is and is not ALBEF here. The queue is the objective's cross-batch memory (``--is_xbm``, mode
-"ours"): a FIFO ring of past gathered (query, fused) pairs, the oldest dropped first, which the fused
-term also uses as negatives. The momentum encoder is the model itself at this step (an EMA momentum
-of 0): the momentum features are the detached current embeddings, because the objective sees the
-model's outputs but neither the model nor the batch, so it cannot run an EMA copy of the towers
-(that needs the model to return momentum embeddings, e.g. a registered output computed only when
-this term is weighted).
+The momentum features are the model outputs "momentum_query" and "momentum_fused", the unit-norm
+embeddings of the model's EMA copy (models/momentum.py); reading them makes the configuration build
+that copy (``--model.momentum``, ALBEF's 0.995). The queue is the objective's cross-batch memory
+(``--is_xbm``, mode "ours", ``--xbm_size`` rows; ALBEF keeps 65536): with this term computed it holds
+the momentum features of past gathered (query, fused) pairs, a FIFO ring whose oldest rows are
+dropped first. Without ``--is_xbm`` the columns are the batch's alone.
 """
 import torch
 import torch.nn.functional as F
@@ -50,9 +49,11 @@ def with_queue(batch: Tensor, queue: Tensor | None) -> Tensor:
     return batch if queue is None else torch.cat([batch, queue.to(batch.dtype)], dim=0)
 
 
-@register_term("albef_itc", default_weight=0.0, gathers=("query", "fused"))
+@register_term("albef_itc", default_weight=0.0, reads=("query", "fused"),
+               gathers=("momentum_query", "momentum_fused"),
+               needs="the momentum encoder (built by the configuration when this term is weighted)")
 def albef_contrast(inputs: TermInputs) -> Tensor:
-    """(query -> items + queue) and (item -> queries + queue) with momentum distillation."""
+    """(query -> momentum items + queue) and (item -> momentum queries + queue) with momentum distillation."""
     if inputs.memory is not None and inputs.xbm_mode != "ours":
         raise QueueModeError("the albef_itc term queues past features in the cross-batch memory of --xbm_mode "
                              f"ours, not {inputs.xbm_mode!r}: drop --xbm_mode {inputs.xbm_mode} or the albef_itc "
@@ -60,8 +61,10 @@ def albef_contrast(inputs: TermInputs) -> Tensor:
     query, fused = inputs.local["query"], inputs.local["fused"]
     queued_queries, queued_items = inputs.memory if inputs.memory is not None else (None, None)
     offset = local_row_offset(query.shape[0]) if inputs.offset is None else inputs.offset
-    to_items = distilled_contrast(query, query, with_queue(inputs.gathered["fused"], queued_items), inputs.scale,
-                                  offset, ALBEF_ALPHA)
-    to_queries = distilled_contrast(fused, fused, with_queue(inputs.gathered["query"], queued_queries),
-                                    inputs.scale, offset, ALBEF_ALPHA)
+    momentum_query, momentum_fused = inputs.local["momentum_query"], inputs.local["momentum_fused"]
+    to_items = distilled_contrast(query, momentum_query, with_queue(inputs.gathered["momentum_fused"], queued_items),
+                                  inputs.scale, offset, ALBEF_ALPHA)
+    to_queries = distilled_contrast(fused, momentum_fused,
+                                    with_queue(inputs.gathered["momentum_query"], queued_queries), inputs.scale,
+                                    offset, ALBEF_ALPHA)
     return (to_items + to_queries) / 2

@@ -19,10 +19,15 @@ def is_distributed() -> bool:
 def gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate `x` over ranks (rank order) along dim 0; gradients flow back to the owner.
 
-    Every rank must pass the same shape (the batch samplers drop the last incomplete batch).
+    Every rank must pass the same shape (the batch samplers drop the last incomplete batch). An
+    integer tensor (labels) has no gradient and is gathered as it is.
     """
     if not is_distributed():
         return x
+    if not x.is_floating_point():
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, dim=0)
     return torch.cat(dist_fn.all_gather(x), dim=0)
 
 

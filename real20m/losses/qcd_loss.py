@@ -10,7 +10,9 @@ total = sum over terms of weight[name] * term(name), in the table's order; with 
 Every InfoNCE uses negatives from all ranks (see contrastive.py); only the embeddings that some
 enabled term scores globally are gathered. Each term is handed only the model outputs it declares
 that it reads (terms.py), after a check that the model returned them. The optional cross-batch
-memory adds past (query, fused) pairs as negatives of the fused term, the one used for retrieval.
+memory adds past (query, fused) pairs as negatives of the fused term, the one used for retrieval;
+when a computed term reads the momentum encoder's outputs, it keeps their momentum features
+instead (the queue of ALBEF's contrast, albef.py), which the fused term then scores too.
 """
 import dataclasses
 import math
@@ -20,13 +22,17 @@ from torch import Tensor, nn
 
 from real20m.losses.contrastive import gather_with_grad, local_row_offset
 from real20m.losses.memory_bank import MemorySpec
-from real20m.losses.terms import TERMS, Term, TermInputs
+from real20m.losses.terms import MOMENTUM_PREFIX, TERMS, Term, TermInputs, TermSetting
 
 MAX_LOGIT_SCALE = 100.0
 EMBEDDING_KEYS = ("query", "title", "visual", "fused")
 OPTIONAL_EMBEDDING_KEYS = ("pair_fused",)  # the paired items of the no-query-guidance ablation
 # The in-batch accuracy logged every step compares queries with fused embeddings.
 ACCURACY_KEYS = ("query", "fused")
+# What the cross-batch memory keeps of each step: (query, fused) pairs, or with a term that reads
+# the momentum encoder the momentum features of those pairs (ALBEF's and MoCo's queue).
+MEMORY_KEYS = ("query", "fused")
+MOMENTUM_MEMORY_KEYS = tuple(MOMENTUM_PREFIX + key for key in MEMORY_KEYS)
 
 
 def merge_weights(weights: dict | None) -> dict[str, float]:
@@ -69,6 +75,7 @@ class QCDLoss(nn.Module):
         local_negatives: bool = False,
         log_terms: tuple[str, ...] = (),
         normalize_query: bool = True,
+        setting: TermSetting | None = None,
     ):
         super().__init__()
         if not 0 < logit_scale <= MAX_LOGIT_SCALE:
@@ -78,8 +85,9 @@ class QCDLoss(nn.Module):
         # Terms computed and logged but left out of the total (the original's image-text term).
         merge_weights(dict.fromkeys(log_terms, 0.0))  # refuses unknown names
         self.logged_only = [name for name in TERMS if name in log_terms and name not in self.enabled]
-        self.embedding_keys = _embedding_keys([term for name, term in TERMS.items()
-                                               if name in self.enabled + self.logged_only])
+        computed = [term for name, term in TERMS.items() if name in self.enabled + self.logged_only]
+        self.memory_keys = MOMENTUM_MEMORY_KEYS if any(term.reads_momentum for term in computed) else MEMORY_KEYS
+        self.embedding_keys = tuple(dict.fromkeys((*_embedding_keys(computed), *self.memory_keys)))
         self.local_negatives = local_negatives
         self.xbm_mode = memory.mode if memory is not None else "ours"
         self.normalize_query = normalize_query
@@ -90,6 +98,9 @@ class QCDLoss(nn.Module):
         else:
             self.register_buffer("log_scale", log_scale)
         self.memory = memory.build() if memory is not None else None
+        # The computed terms' own state (queues), saved with the objective; none for most runs.
+        self.term_states = nn.ModuleDict({name: TERMS[name].state(setting) for name in self.enabled + self.logged_only
+                                          if TERMS[name].state is not None})
 
     def logit_scale(self) -> Tensor:
         return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
@@ -106,6 +117,8 @@ class QCDLoss(nn.Module):
         if self.local_negatives:
             return []
         wanted = set(ACCURACY_KEYS).union(*(TERMS[name].gathers for name in self.enabled + self.logged_only))
+        if self.memory is not None:
+            wanted.update(self.memory_keys)
         return [key for key in self.embedding_keys if key in wanted]
 
     def check_outputs(self, out: dict) -> None:
@@ -124,7 +137,7 @@ class QCDLoss(nn.Module):
         term = TERMS[name]
         return term.compute(dataclasses.replace(
             inputs, local=_only(inputs.local, term.reads), gathered=_only(inputs.gathered, term.gathers),
-            outputs=_only(inputs.outputs, term.reads)))
+            outputs=_only(inputs.outputs, term.reads), state=self.term_states[name] if name in self.term_states else None))
 
     def forward(self, out: dict, write_memory: bool = True) -> tuple[Tensor, dict[str, float]]:
         """out: the model's outputs, L2-normalised local (B, D) "query", "title", "visual", "fused"
@@ -132,12 +145,14 @@ class QCDLoss(nn.Module):
         reads (the caption logits and targets, any registered output).
 
         Returns the weighted total and every term's unweighted value as floats (0.0 when disabled).
-        While training, the gathered (query, fused) pairs then enter the memory bank, unless
+        While training, the gathered (query, fused) pairs (``memory_keys``) then enter the memory bank, unless
         ``write_memory`` is false (gradient accumulation scores one batch N times, writes it once).
         """
         self.check_outputs(out)
         # Contrastive logits in fp32 even under autocast: softmax over thousands of columns.
-        local = {key: out[key].float() for key in self.embedding_keys if key in out}
+        # Integer outputs (category labels) stay integers: a gathered label is compared, not scored.
+        local = {key: out[key].float() if out[key].is_floating_point() else out[key]
+                 for key in self.embedding_keys if key in out}
         if not self.normalize_query:
             # The original scores the query projection itself: its norm (about 23 on the
             # train-step fixture) multiplies the logit scale of every query-guided term.
@@ -146,10 +161,11 @@ class QCDLoss(nn.Module):
             {key: gather_with_grad(local[key]) for key in self.keys_to_gather() if key in local}
         write = self.training and write_memory and self.memory is not None
         if write and self.writes_memory_first:
-            self.memory.write(local["query"], local["fused"])  # the release writes, then scores
+            self.memory.write(*(local[key] for key in self.memory_keys))  # the release writes, then scores
         inputs = TermInputs(local=local, gathered=gathered, scale=self.logit_scale(),
                             memory=self.memory.negatives() if self.memory is not None else None, outputs=out,
-                            offset=0 if self.local_negatives else None, xbm_mode=self.xbm_mode)
+                            offset=0 if self.local_negatives else None, xbm_mode=self.xbm_mode,
+                            update_state=self.training and write_memory)
         zero = local["query"].new_zeros(())
         terms = {name: self.compute_term(name, inputs) if name in self.enabled else zero for name in self.weights}
         for name in self.logged_only:
@@ -158,7 +174,7 @@ class QCDLoss(nn.Module):
                     self.weights[self.enabled[0]] * terms[self.enabled[0]]) if self.enabled else zero
         top1, top5 = topk_accuracy(local["query"].detach(), gathered["fused"].detach(), offset=inputs.offset)
         if write and not self.writes_memory_first:
-            self.memory.enqueue(gathered["query"], gathered["fused"])
+            self.memory.enqueue(*(gathered[key] for key in self.memory_keys))
         report = {**terms, "total": total, "top1": top1, "top5": top5, "logit_scale": inputs.scale}
         # One device->host copy for all terms instead of one sync per .item().
         values = torch.stack([value.detach().float() for value in report.values()]).tolist()

@@ -7,7 +7,9 @@ term and what provides them, ``needs``) and hands the term those alone. ``gather
 embeddings it scores against the whole (all-rank) batch, so only those are gathered; a gathered
 embedding is read. Adding a term is one ``@register_term`` function here (or in any module
 imported before the config is resolved), and one ``register_output`` entry (models/outputs.py)
-when it reads an output the model does not return yet.
+when it reads an output the model does not return yet. A term that keeps something across steps
+(a queue) declares ``state``: a module built from the ``TermSetting`` with the objective, saved in
+its state_dict (so a resumed run continues with it) and handed to the term as ``inputs.state``.
 """
 from __future__ import annotations
 
@@ -16,11 +18,14 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from real20m.losses.contrastive import info_nce_gathered
 
 IGNORE_INDEX = -100  # caption targets the loss skips (padding)
+# Outputs of the model's momentum encoder (an EMA copy of it) are named "momentum_<embedding>":
+# a computed term that reads one makes the configuration build that copy (models/momentum.py).
+MOMENTUM_PREFIX = "momentum_"
 
 
 @dataclass
@@ -29,7 +34,8 @@ class TermInputs:
     (all-rank) versions of its ``gathers`` (the local ones themselves with in-batch negatives), the
     logit scale, the memory bank's (queries, items) rows or None and how to use them ("ours":
     extra negatives; "original": the release's XBM), the model outputs as returned, and the row of
-    the first local positive in the gathered batch (None: this rank's position)."""
+    the first local positive in the gathered batch (None: this rank's position), and the term's own
+    ``state`` with whether this call may update it (training, once per optimizer step's batch)."""
 
     local: dict[str, Tensor]
     gathered: dict[str, Tensor]
@@ -38,6 +44,17 @@ class TermInputs:
     outputs: dict
     offset: int | None = None
     xbm_mode: str = "ours"
+    state: nn.Module | None = None
+    update_state: bool = False
+
+
+@dataclass(frozen=True)
+class TermSetting:
+    """What a term's state is built from: the embedding size and the number of goods categories
+    (0 when the run reads none)."""
+
+    dim: int
+    categories: int = 0
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,12 @@ class Term:
     reads: tuple[str, ...] = ()
     gathers: tuple[str, ...] = ()
     needs: str = ""   # what makes the model return the outputs it reads, for the error message
+    state: Callable[[TermSetting], nn.Module] | None = None
+
+    @property
+    def reads_momentum(self) -> bool:
+        """Whether it reads an output of the momentum encoder."""
+        return any(key.startswith(MOMENTUM_PREFIX) for key in self.reads)
 
     def missing_outputs_message(self, name: str, missing: list[str]) -> str:
         message = f"loss term {name!r} reads model output(s) {missing} that the model did not return"
@@ -57,14 +80,14 @@ TERMS: dict[str, Term] = {}
 
 
 def register_term(name: str, default_weight: float = 0.0, reads: tuple[str, ...] = (),
-                  gathers: tuple[str, ...] = (), needs: str = ""):
+                  gathers: tuple[str, ...] = (), needs: str = "", state: Callable[[TermSetting], nn.Module] | None = None):
     """Decorator: add ``fn(inputs) -> scalar`` to the objective as term ``name``, reading the model
-    outputs ``reads`` (and ``gathers``)."""
+    outputs ``reads`` (and ``gathers``), with the module ``state(setting)`` as its state."""
     def add(compute: Callable[[TermInputs], Tensor]) -> Callable[[TermInputs], Tensor]:
         if name in TERMS:
             raise ValueError(f"loss term {name!r} is already registered")
         TERMS[name] = Term(compute, float(default_weight), tuple(dict.fromkeys((*reads, *gathers))), tuple(gathers),
-                           needs)
+                           needs, state)
         return compute
     return add
 

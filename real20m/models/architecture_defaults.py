@@ -12,6 +12,7 @@ ARCHITECTURE_DEFAULTS = {
     "use_title_mask": True,
     "use_query_mask": True,
     "frame_fp16": False,
+    "category_classes": 0,   # no category classification head
 }
 
 

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from real20m.utils.checkpoint_io import load_checkpoint
 from real20m.utils.entry import exit_on_input_error
 
+from .momentum import MOMENTUM_STATE_PREFIX
 from .qcd import QCDModel, build_model
 from .release_layout import (
     ReleaseLayoutError,
@@ -134,10 +135,13 @@ def save_converted(model: QCDModel, out_dir) -> None:
     """Write model.safetensors + config.json (a model_cfg that rebuilds the model offline)."""
     os.makedirs(out_dir, exist_ok=True)
     # clone: safetensors refuses tensors that share storage (e.g. tied decoder embeddings)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    # A momentum encoder (momentum.py) serves training alone: the export embeds without it.
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
+             if not k.startswith(MOMENTUM_STATE_PREFIX)}
     save_file(state, os.path.join(out_dir, CONVERTED_WEIGHTS))
+    config = {k: v for k, v in model.resolved_config().items() if k != "momentum"}
     with open(os.path.join(out_dir, CONVERTED_CONFIG), "w", encoding="utf-8") as f:
-        json.dump(model.resolved_config(), f, indent=1)
+        json.dump(config, f, indent=1)
 
 
 def convert_checkpoint(src, dst_dir, release_cfg: dict | None = None, model_cfg: dict | None = None,

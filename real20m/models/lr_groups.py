@@ -29,6 +29,7 @@ QCD_LR_GROUPS = (
     LRGroup("fusion", "pooling.", 1.0, "the attention pooling"),
     LRGroup("frame", "frame.", 1e-2, "the frame transformer"),
     LRGroup("caption", "caption.", 1e-3, "the caption decoder"),
+    LRGroup("category", "category_head.", 1.0, "the goods-category classification head"),
 )
 
 

@@ -17,11 +17,13 @@ model_cfg keys (YAML section `model:`):
     fusion        attention (default) | title_only | visual_only | combiner | a registered one
     caption       {n_layer, n_head, n_embd[, n_positions, dropout, ignore_padding, token_type_ids,
                   visual_projection, attn_implementation]} or null (no caption decoder)
+    category_classes  outputs of a goods-category head on the fused embedding; absent / 0 for none
     gradient_checkpointing (bool), use_title_mask / use_query_mask (bool, default true; false =
                   the original's unmasked titles and queries), frame_fp16 (bool, default false;
                   true = the original's frame transformer under fp16 autocast on CUDA)
     pixel_stats   backbone | imagenet | {mean: [r, g, b], std: [r, g, b]}; absent = imagenet
                   (see below)
+    momentum      EMA coefficient of a momentum encoder (momentum.py), or absent / null for none
 
 Pixels: the data loader gives raw uint8 RGB frames, which the model normalises on its own device
 (``normalize_pixels``: /255, minus mean, over std), so that loader workers do no float work.
@@ -49,6 +51,7 @@ from .backbones import backbone_of
 from .caption import CaptionConfig, CaptionDecoder
 from .component_registry import FRAME_AGGREGATIONS, FUSIONS
 from .lr_groups import QCD_LR_GROUPS
+from .momentum import MomentumEncoder
 from .outputs import add_registered_outputs
 from .towers import architecture_kwargs, max_text_tokens
 
@@ -102,6 +105,9 @@ class QCDModel(nn.Module):
         caption_cfg = model_cfg.get("caption")
         text_vocab = self.text.encoder.get_input_embeddings().num_embeddings
         self.caption = CaptionDecoder(self.embed_dim, text_vocab, CaptionConfig(**caption_cfg)) if caption_cfg else None
+        # Only with the category term weighted, so that other models initialise (and draw) as before.
+        classes = int(model_cfg["category_classes"])
+        self.category_head = nn.Linear(self.embed_dim, classes) if classes else None
         self.use_title_mask = bool(model_cfg["use_title_mask"])
         self.use_query_mask = bool(model_cfg["use_query_mask"])
         self.vision_frozen = False   # freeze_vision()
@@ -113,6 +119,10 @@ class QCDModel(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(self.pixel_stats["mean"]).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.pixel_stats["std"]).view(3, 1, 1), persistent=False)
         self.set_gradient_checkpointing(bool(model_cfg["gradient_checkpointing"]))
+        # A copy of the parts above, so made last; only when asked (momentum.py), so that other
+        # models initialise exactly as before.
+        momentum = model_cfg.get("momentum")
+        self.momentum_encoder = MomentumEncoder(self, momentum) if momentum is not None else None
 
     def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """(..., 3, H, W) uint8 RGB -> float32 (pixels / 255 - mean) / std; float pixels pass unchanged.
@@ -168,8 +178,10 @@ class QCDModel(nn.Module):
         """Training step outputs: {"query", "title", "visual", "fused"}, each (B, D) unit-norm, the
         query's projection before normalisation "query_raw" (what the original's objective scores),
         and with a caption decoder its next-token "caption_logits" and "caption_targets"; for a
-        batch of item pairs (``batch["pair"]``) the paired items' "pair_fused"; then every
-        output registered in outputs.py."""
+        batch of item pairs (``batch["pair"]``) the paired items' "pair_fused"; with a momentum
+        encoder, in training mode, its "momentum_query" and "momentum_fused"; the batch's goods-category
+        labels "category" when it has them, and with a category head the fused embedding's
+        "category_logits"; then every output registered in outputs.py."""
         items = self.encode_items(batch["title_ids"], batch.get("title_mask"), batch["pixels"])
         query_raw = self.query_features(batch["query_ids"], batch["query_mask"])
         out = {"query": F.normalize(query_raw, dim=-1), "query_raw": query_raw, "title": items.title,
@@ -180,7 +192,18 @@ class QCDModel(nn.Module):
         if self.caption is not None:
             out["caption_logits"], out["caption_targets"] = self.caption(
                 items.visual, batch["query_ids"], batch["query_mask"])
+        if self.momentum_encoder is not None and self.training:
+            out.update(self.momentum_encoder(batch))
+        if "category" in batch:   # passed through, so that loss terms read (and gather) it as an output
+            out["category"] = batch["category"]
+        if self.category_head is not None:
+            out["category_logits"] = self.category_head(items.fused)
         return add_registered_outputs(self, batch, out)
+
+    def update_momentum(self) -> None:
+        """One EMA step of the momentum encoder, if there is one: once after each optimizer step."""
+        if self.momentum_encoder is not None:
+            self.momentum_encoder.update(self)
 
     # ------------------------------------------------------------------------------ training
     def freeze_vision(self) -> None:

@@ -227,3 +227,20 @@ def test_the_in_process_launcher_trains_a_component_registered_by_the_caller(tmp
         assert yaml.safe_load(file)["loss"]["weights"]["compare_test_cosine"] == 0.5
     document = json.load(open(os.path.join(out, "comparison.json"), encoding="utf-8"))
     assert list(document["variants"]) == ["with_cosine"] and document["variants"]["with_cosine"]["runs"] == 1
+
+
+def test_the_differences_section_names_the_variants_whose_intervals_are_disjoint_from_the_first():
+    from real20m.cli.compare_grid import Grid, Variant
+    from real20m.cli.compare_report import Comparison, VariantResult, differences_section
+    from real20m.cli.compare_summary import MetricSummary
+
+    def result(name, low, high):
+        summary = MetricSummary((low + high) / 2, 0.0, low, high, ((low + high) / 2,), "queries")
+        return VariantResult(Variant(name, "tiny"), 1, 1.0, {"video2goods": {"recall@10": summary}})
+
+    grid = Grid(variants=(), datasets=(), seeds=(0,), tasks=("video2goods",))
+    results = (result("qcd", 0.50, 0.60), result("better", 0.61, 0.71), result("touching", 0.60, 0.70),
+               result("worse", 0.30, 0.40), result("inside", 0.52, 0.58))
+    lines = differences_section(Comparison("grid.yaml", grid, results))
+    assert lines[0] == "## R@10: differences from qcd outside the intervals"
+    assert lines[2] == "- video2goods: above: better (+0.110); below: worse (-0.200)"
