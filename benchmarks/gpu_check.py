@@ -651,7 +651,8 @@ def train_step_owner(cfg, ctx: Context, model):
     from real20m.engine.optim import build_optimizer, build_scheduler
     from real20m.engine.trainer import TrainStep, build_grad_scaler
     from real20m.factory import build_objective
-    criterion = build_objective(cfg.loss, model.embed_dim).to(ctx.device)
+    from real20m.losses.terms import TermSetting
+    criterion = build_objective(cfg.loss, TermSetting(model.embed_dim)).to(ctx.device)
     optimizer = build_optimizer(model, cfg.optim, extra_params=list(criterion.parameters()))
     scaler = build_grad_scaler(cfg.optim, cfg.data.batch_size, ctx.device)  # the scaler the Trainer builds
     return types.SimpleNamespace(cfg=cfg, dist=ctx.dist_env(), model=model, step_module=TrainStep(model, criterion),

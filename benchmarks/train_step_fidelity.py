@@ -41,6 +41,7 @@ from real20m.datasets.tokenization import build_tokenizer
 from real20m.engine.optim import build_optimizer, build_scheduler
 from real20m.engine.trainer import TrainStep, apply_gradients, build_grad_scaler, compute_gradients
 from real20m.factory import build_model, build_objective
+from real20m.losses.terms import TermSetting
 from real20m.model_source import ReleaseCheckpoint, load_weights
 from real20m.models.release_layout import map_release_checkpoint
 from real20m.utils.checkpoint_io import load_checkpoint
@@ -219,7 +220,7 @@ class StepParts:
 
     @classmethod
     def build(cls, cfg: Config, model, steps_per_epoch: int) -> "StepParts":
-        criterion = build_objective(cfg.loss, model.embed_dim)
+        criterion = build_objective(cfg.loss, TermSetting(model.embed_dim))
         optimizer = build_optimizer(model, cfg.optim, extra_params=list(criterion.parameters()))
         return cls(model, criterion, TrainStep(model, criterion).train(), optimizer,
                    build_scheduler(optimizer, cfg.optim, steps_per_epoch),

@@ -57,6 +57,7 @@ def test_a_missing_config_file_stops_train_sh_with_one_line(tiny_data_root, tmp_
     ("real20m.cli.extract_frames", ["--videos", MISSING, "--out", "frames"], MISSING),
     ("real20m.search_cli", ["--checkpoint", f"{MISSING}.pth.tar", "--gallery", MISSING, "--query", "红色"], MISSING),
     ("real20m.serve", ["--checkpoint", f"{MISSING}.pth.tar", "--gallery", MISSING], MISSING),
+    ("real20m.cli.make_shards", ["--data_root", MISSING, "--out", "shards"], MISSING),
 ])
 def test_each_python_entry_point_names_the_missing_input(tmp_path, module, args, named):
     (tmp_path / "broken.yaml").write_text("data: [1,\n")

@@ -13,9 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ("real20m-train", "real20m-eval", "real20m-extract-frames", "real20m-convert",
-                "real20m-make-synthetic", "real20m-search", "real20m-serve", "real20m-compare")
+                "real20m-make-synthetic", "real20m-search", "real20m-serve", "real20m-compare", "real20m-make-shards")
 WITH_VERSION = ("real20m-train", "real20m-extract-frames", "real20m-convert", "real20m-search", "real20m-serve",
-                "real20m-compare")
+                "real20m-compare", "real20m-make-shards")
 PACKAGE_DATA = ("real20m/configs/tiny.yaml", "real20m/configs/paper.yaml", "real20m/assets/tokenizer_zh/vocab.txt")
 # What a build does not need and must not see: other engineers' data, runs and environments.
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", "Dataset",
