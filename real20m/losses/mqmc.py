@@ -62,23 +62,28 @@ class CategoryQueues(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, features: Tensor, categories: Tensor) -> None:
-        """Each row into its category's queue in row order (rows of an unknown category are left out)."""
+        """Each row into its category's queue in row order (rows of an unknown category are left out;
+        of more than ``size`` rows of one category, the last ``size``). No host sync: on a GPU the
+        queues are written by the device alone."""
+        known = categories != UNKNOWN_CATEGORY
+        features, categories = features.detach()[known], categories[known]
         size = self.features.shape[1]
-        for row, category in zip(features.detach(), categories.tolist()):
-            if category == UNKNOWN_CATEGORY:
-                continue
-            slot = int(self.ptr[category])
-            self.features[category, slot] = row.to(self.features.dtype)
-            self.ptr[category] = (slot + 1) % size
-            self.filled[category] = min(int(self.filled[category]) + 1, size)
+        one_hot = F.one_hot(categories, self.features.shape[0])
+        rows = torch.arange(categories.shape[0], device=categories.device)
+        order = one_hot.cumsum(0)[rows, categories] - 1          # the row's rank within its category
+        counts = one_hot.sum(0)
+        newest = order >= counts[categories] - size               # older rows would be overwritten anyway
+        slots = (self.ptr[categories] + order) % size
+        self.features[categories[newest], slots[newest]] = features[newest].to(self.features.dtype)
+        self.ptr.copy_((self.ptr + counts) % size)
+        self.filled.copy_(torch.clamp(self.filled + counts, max=size))
 
     def contents(self) -> tuple[Tensor, Tensor]:
         """(features (M, dim), categories (M,)) of every filled slot, category by category."""
-        filled = self.filled.tolist()
-        features = torch.cat([self.features[category, :count] for category, count in enumerate(filled)])
-        labels = torch.cat([torch.full((count,), category, dtype=torch.long, device=self.features.device)
-                            for category, count in enumerate(filled)])
-        return features, labels
+        categories, size = self.features.shape[:2]
+        filled = torch.arange(size, device=self.filled.device)[None, :] < self.filled[:, None]
+        labels = torch.arange(categories, device=self.filled.device)[:, None].expand(categories, size)
+        return self.features[filled], labels[filled]
 
 
 def category_queues(setting: TermSetting) -> CategoryQueues:

@@ -79,6 +79,15 @@ def test_each_category_queue_keeps_its_newest_rows_in_fifo_order():
     assert queues.filled.tolist() == [2, 0, 2] and queues.ptr.tolist() == [1, 0, 0]
 
 
+def test_more_rows_of_a_category_than_its_queue_holds_leave_the_newest():
+    queues = CategoryQueues(categories=2, size=2, dim=1)
+    queues.enqueue(torch.tensor([[1.0], [2.0], [3.0], [4.0], [5.0]]), torch.tensor([1, 1, 0, 1, 1]))
+    features, categories = queues.contents()
+    # Category 1 received 1, 2, 4, 5 in a ring of 2: 4 and 5 remain, 5 in slot 1 (the 4th write).
+    assert (features[:, 0].tolist(), categories.tolist()) == ([3.0, 4.0, 5.0], [0, 1, 1])
+    assert queues.ptr.tolist() == [1, 0] and queues.filled.tolist() == [1, 2]
+
+
 def test_the_queues_are_saved_with_the_state_dict():
     queues = CategoryQueues(categories=2, size=3, dim=2)
     queues.enqueue(torch.ones(2, 2), torch.tensor([1, 1]))
