@@ -19,7 +19,7 @@ import os
 from real20m.cli.compare_cells import (LAUNCHERS, TASKS, Cell, cell_paths, check_options, ensure_dataset, is_done,
                                        plan_cells, read_cell_metrics, read_done, run_cell)
 from real20m.cli.compare_grid import Grid, GridOverrides, Variant, apply_overrides, load_grid, parse_dataset
-from real20m.cli.compare_report import Comparison, VariantResult, write_outputs
+from real20m.cli.compare_report import Comparison, ResultGroup, VariantResult, write_outputs
 from real20m.cli.compare_summary import summarize_variant
 from real20m.utils.entry import add_version_argument, exit_on_input_error
 
@@ -59,8 +59,7 @@ def run(argv=None) -> Comparison:
         ensure_dataset(out, dataset, dict(grid.dataset_sizes))
     for cell in cells:
         run_cell(grid, cell, out, args.launcher)
-    comparison = Comparison(args.grid, grid, tuple(_variant_result(grid, variant, cells, out)
-                                                   for variant in grid.variants))
+    comparison = Comparison(args.grid, grid, result_groups(grid, cells, out))
     for path in write_outputs(comparison, out):
         print(f"wrote {path}")
     return comparison
@@ -71,6 +70,15 @@ def _check_unfinished_variants(grid: Grid, cells: list[Cell], out: str) -> None:
     to_run = [cell for cell in cells if not is_done(grid, cell, out)]
     for variant in dict.fromkeys(cell.variant for cell in to_run):
         check_options(grid, next(cell for cell in to_run if cell.variant == variant), out)
+
+
+def result_groups(grid: Grid, cells: list[Cell], out: str) -> tuple[ResultGroup, ...]:
+    """One group per dataset (the spread over seeds), then every run when there are several datasets."""
+    groups = [(str(dataset), [cell for cell in cells if cell.dataset == dataset]) for dataset in grid.datasets]
+    if len(groups) > 1:
+        groups.append(("all datasets", cells))
+    return tuple(ResultGroup(name, tuple(_variant_result(grid, variant, chosen, out) for variant in grid.variants))
+                 for name, chosen in groups)
 
 
 def _variant_result(grid: Grid, variant: Variant, cells: list[Cell], out: str) -> VariantResult:

@@ -1,9 +1,12 @@
 """The comparison's four outputs under OUT: ``comparison.json`` (everything, with every run's
-value), ``comparison.csv`` (one row per variant, a mean/std/low/high column per task and metric),
-``comparison.md`` (a summary table at Recall@10, the differences from the first variant that fall
-outside the intervals, and one table per task, one row per variant) and
-``comparison.png`` (Recall@K curves per variant; bars at Recall@10 with their intervals).
-Each is written whole or not at all."""
+value), ``comparison.csv`` (one row per variant and dataset group, a mean/std/low/high column per
+task and metric), ``comparison.md`` (per dataset group: a summary table at Recall@10, the
+differences from the first variant that fall outside the intervals, and one table per task, one
+row per variant) and ``comparison.png`` (Recall@K curves per variant; bars at Recall@10 with their
+intervals; over all the runs). Each is written whole or not at all.
+
+A dataset group is one dataset (its runs differ by training seed only, so the std is the spread
+over seeds) and, when the grid has several datasets, all of them together."""
 from __future__ import annotations
 
 import csv
@@ -29,10 +32,22 @@ class VariantResult:
 
 
 @dataclass(frozen=True)
+class ResultGroup:
+    """Every variant's result over the runs of some datasets: one (``products:2``) or all."""
+    name: str
+    results: tuple[VariantResult, ...]
+
+
+@dataclass(frozen=True)
 class Comparison:
     grid_file: str
     grid: Grid
-    results: tuple[VariantResult, ...]
+    groups: tuple[ResultGroup, ...]   # one per dataset, then all datasets when there are several
+
+    @property
+    def overall(self) -> ResultGroup:
+        """The group of every run."""
+        return self.groups[-1]
 
 
 def write_outputs(comparison: Comparison, out: str) -> list[str]:
@@ -63,19 +78,21 @@ def markdown(comparison: Comparison) -> str:
     steps = f"{grid.max_steps} steps" if grid.max_steps else "the configs' epochs"
     lines = [f"# Comparison: {comparison.grid_file}", "",
              f"Datasets {', '.join(map(str, grid.datasets))}; training seeds {', '.join(map(str, grid.seeds))}; "
-             f"{steps}. Each cell: mean ± std over the runs (seeds x datasets) [95% interval].", "",
-             f"## {_label(HEADLINE_METRIC)} of every task", ""]
-    header = ["variant", "runs", *grid.tasks, "train s"]
-    lines += _markdown_table(header, [
-        [result.variant.name, str(result.runs),
-         *(_cell(result.tasks[task].get(HEADLINE_METRIC)) for task in grid.tasks), f"{result.train_s:.1f}"]
-        for result in comparison.results])
-    lines += differences_section(comparison)
-    for task in grid.tasks:
-        lines += [f"## {task}", ""]
-        lines += _markdown_table(["variant", *map(_label, TABLE_METRICS)], [
-            [result.variant.name, *(_cell(result.tasks[task].get(name)) for name in TABLE_METRICS)]
-            for result in comparison.results])
+             f"{steps}. Each cell: mean ± std over the runs (the seeds; with all datasets, seeds x datasets) "
+             "[95% interval].", ""]
+    for group in comparison.groups:
+        lines += [f"## {group.name}: {_label(HEADLINE_METRIC)} of every task", ""]
+        lines += _markdown_table(["variant", "runs", *grid.tasks, "train s"], [
+            [result.variant.name, str(result.runs),
+             *(_cell(result.tasks[task].get(HEADLINE_METRIC)) for task in grid.tasks), f"{result.train_s:.1f}"]
+            for result in group.results])
+        lines += differences_section(group, grid.tasks)
+    for group in comparison.groups:
+        for task in grid.tasks:
+            lines += [f"## {group.name}: {task}", ""]
+            lines += _markdown_table(["variant", *map(_label, TABLE_METRICS)], [
+                [result.variant.name, *(_cell(result.tasks[task].get(name)) for name in TABLE_METRICS)]
+                for result in group.results])
     return "\n".join(lines)
 
 
@@ -89,11 +106,11 @@ def outside_intervals(reference: MetricSummary, other: MetricSummary) -> str:
     return ""
 
 
-def differences_section(comparison: Comparison) -> list[str]:
+def differences_section(group: ResultGroup, tasks: tuple[str, ...]) -> list[str]:
     """Per task, the variants whose headline interval is disjoint from the first variant's."""
-    reference, *others = comparison.results
-    lines = [f"## {_label(HEADLINE_METRIC)}: differences from {reference.variant.name} outside the intervals", ""]
-    for task in comparison.grid.tasks:
+    reference, *others = group.results
+    lines = [f"Differences from {reference.variant.name} at {_label(HEADLINE_METRIC)} outside the intervals:", ""]
+    for task in tasks:
         base = reference.tasks[task].get(HEADLINE_METRIC)
         found = {"above": [], "below": []}
         for result in others:
@@ -119,14 +136,15 @@ def write_csv(comparison: Comparison, path: str) -> None:
     columns = csv_columns(comparison.grid.tasks)
     with atomic_open(path, encoding="utf-8") as file:
         writer = csv.writer(file, lineterminator="\n")
-        writer.writerow(["variant", "runs", "train_s",
+        writer.writerow(["variant", "datasets", "runs", "train_s",
                          *(f"{task}/{name}/{statistic}" for task, name, statistic in columns)])
-        for result in comparison.results:
-            values = []
-            for task, name, statistic in columns:
-                summary = result.tasks[task].get(name)
-                values.append("" if summary is None else f"{getattr(summary, statistic):.6f}")
-            writer.writerow([result.variant.name, result.runs, f"{result.train_s:.2f}", *values])
+        for group in comparison.groups:
+            for result in group.results:
+                values = []
+                for task, name, statistic in columns:
+                    summary = result.tasks[task].get(name)
+                    values.append("" if summary is None else f"{getattr(summary, statistic):.6f}")
+                writer.writerow([result.variant.name, group.name, result.runs, f"{result.train_s:.2f}", *values])
 
 
 def write_json(comparison: Comparison, path: str) -> None:
@@ -136,16 +154,22 @@ def write_json(comparison: Comparison, path: str) -> None:
         "seeds": list(grid.seeds), "max_steps": grid.max_steps, "tasks": list(grid.tasks),
         "variants": {result.variant.name: {
             "config": result.variant.config, "options": dict(result.variant.options),
-            "description": result.variant.description, "runs": result.runs, "train_s": result.train_s,
-            "tasks": {task: {name: summary.as_dict() for name, summary in metrics.items()}
-                      for task, metrics in result.tasks.items()}}
-            for result in comparison.results}}
+            "description": result.variant.description, **_result_dict(result),
+            "datasets": {group.name: _result_dict(group.results[index]) for group in comparison.groups}}
+            for index, result in enumerate(comparison.overall.results)}}
     with atomic_open(path, encoding="utf-8") as file:
         json.dump(document, file, indent=1)
 
 
+def _result_dict(result: VariantResult) -> dict:
+    return {"runs": result.runs, "train_s": result.train_s,
+            "tasks": {task: {name: summary.as_dict() for name, summary in metrics.items()}
+                      for task, metrics in result.tasks.items()}}
+
+
 def write_plot(comparison: Comparison, path: str) -> None:
-    """One row per task: Recall@K curves (left), Recall@10 bars with the 95% interval (right)."""
+    """One row per task: Recall@K curves (left), Recall@10 bars with the 95% interval (right), over
+    every run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -153,8 +177,8 @@ def write_plot(comparison: Comparison, path: str) -> None:
     tasks = comparison.grid.tasks
     figure, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.2 * len(tasks)), squeeze=False)
     for row, task in zip(axes, tasks):
-        _plot_curves(row[0], comparison.results, task)
-        _plot_bars(row[1], comparison.results, task)
+        _plot_curves(row[0], comparison.overall.results, task)
+        _plot_bars(row[1], comparison.overall.results, task)
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=90)

@@ -96,16 +96,18 @@ def test_a_rerun_with_other_steps_is_refused_rather_than_mixed(smoke, capsys):
     assert "use another --out" in capsys.readouterr().err
 
 
-def fake_finished_runs(tmp_path, values, intervals=None):
-    """A grid of one variant, one dataset and len(values) seeds whose cells are marked done with
-    made-up metrics.json files: recall@10 = values[i] (and its interval) in every task."""
-    grid_file = write_grid(str(tmp_path), [{"name": "made_up"}], datasets=["products:0"],
-                           seeds=list(range(len(values))))
+def fake_finished_runs(tmp_path, values, intervals=None, datasets=("products:0",)):
+    """A grid of one variant, ``datasets`` and len(values) / len(datasets) seeds whose cells are
+    marked done with made-up metrics.json files: recall@10 = values[i] (and its interval) in every
+    task, i counting the seeds of the first dataset first."""
+    grid_file = write_grid(str(tmp_path), [{"name": "made_up"}], datasets=list(datasets),
+                           seeds=list(range(len(values) // len(datasets))))
     out = str(tmp_path / "out")
     grid = apply_overrides(load_grid(grid_file, tuple(TASKS)), GridOverrides())
-    os.makedirs(os.path.join(out, "data", "products_seed0"))
-    with open(os.path.join(out, "data", "products_seed0", DATA_MARKER), "w", encoding="utf-8") as file:
-        json.dump({"family": "products", "seed": 0, "sizes": SIZES}, file)
+    for dataset in grid.datasets:
+        os.makedirs(os.path.join(out, "data", dataset.name))
+        with open(os.path.join(out, "data", dataset.name, DATA_MARKER), "w", encoding="utf-8") as file:
+            json.dump({"family": dataset.family, "seed": dataset.seed, "sizes": SIZES}, file)
     for index, cell in enumerate(plan_cells(grid)):
         paths = cell_paths(out, cell)
         for task in TASKS:
@@ -139,6 +141,23 @@ def test_mean_std_and_interval_over_seeds_match_a_hand_calculation(tmp_path):
     assert [row[f"goods2video/recall@10/{name}"] for name in ("mean", "std", "low", "high")] == [
         "0.400000", f"{std:.6f}", "0.200000", "0.600000"]
     assert row["goods2video/recall@50/mean"] == ""   # not in the metrics files: left empty
+
+
+def test_each_dataset_gets_the_spread_over_its_seeds_and_all_datasets_pool_them(tmp_path):
+    document, out = fake_finished_runs(tmp_path, [0.2, 0.4, 0.7, 0.9], datasets=("products:0", "household:0"))
+    groups = document["variants"]["made_up"]["datasets"]
+    assert list(groups) == ["products:0", "household:0", "all datasets"]
+    recall = {name: group["tasks"]["video2goods"]["recall@10"] for name, group in groups.items()}
+    assert (recall["products:0"]["mean"], recall["products:0"]["std"]) == (pytest.approx(0.3), pytest.approx(0.1))
+    assert (recall["household:0"]["mean"], recall["household:0"]["std"]) == (pytest.approx(0.8), pytest.approx(0.1))
+    assert recall["all datasets"]["values"] == pytest.approx([0.2, 0.4, 0.7, 0.9])
+    assert document["variants"]["made_up"]["runs"] == 4   # the top level is every run
+    markdown = open(os.path.join(out, "comparison.md"), encoding="utf-8").read()
+    assert "## household:0: R@10 of every task" in markdown and "## all datasets: goods2video" in markdown
+    with open(os.path.join(out, "comparison.csv"), encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["datasets"], row["runs"]) for row in rows] == [("products:0", "2"), ("household:0", "2"),
+                                                                ("all datasets", "4")]
 
 
 def test_the_runs_own_intervals_are_averaged_when_every_run_has_one(tmp_path):
@@ -230,17 +249,16 @@ def test_the_in_process_launcher_trains_a_component_registered_by_the_caller(tmp
 
 
 def test_the_differences_section_names_the_variants_whose_intervals_are_disjoint_from_the_first():
-    from real20m.cli.compare_grid import Grid, Variant
-    from real20m.cli.compare_report import Comparison, VariantResult, differences_section
+    from real20m.cli.compare_grid import Variant
+    from real20m.cli.compare_report import ResultGroup, VariantResult, differences_section
     from real20m.cli.compare_summary import MetricSummary
 
     def result(name, low, high):
         summary = MetricSummary((low + high) / 2, 0.0, low, high, ((low + high) / 2,), "queries")
         return VariantResult(Variant(name, "tiny"), 1, 1.0, {"video2goods": {"recall@10": summary}})
 
-    grid = Grid(variants=(), datasets=(), seeds=(0,), tasks=("video2goods",))
     results = (result("qcd", 0.50, 0.60), result("better", 0.61, 0.71), result("touching", 0.60, 0.70),
                result("worse", 0.30, 0.40), result("inside", 0.52, 0.58))
-    lines = differences_section(Comparison("grid.yaml", grid, results))
-    assert lines[0] == "## R@10: differences from qcd outside the intervals"
+    lines = differences_section(ResultGroup("products:0", results), ("video2goods",))
+    assert lines[0] == "Differences from qcd at R@10 outside the intervals:"
     assert lines[2] == "- video2goods: above: better (+0.110); below: worse (-0.200)"
