@@ -186,10 +186,14 @@ def write_plot(comparison: Comparison, path: str) -> None:
 
 
 def _plot_curves(axis, results: tuple[VariantResult, ...], task: str) -> None:
-    for result in results:
+    from matplotlib import colormaps
+    # 20 colours and 4 markers: a grid's variants stay distinguishable past the default 10 colours.
+    colours = colormaps["tab20"].colors
+    for index, result in enumerate(results):
         points = [(k, result.tasks[task][f"recall@{k}"].mean) for k in CURVE_KS if f"recall@{k}" in result.tasks[task]]
         if points:
-            axis.plot(*zip(*points), marker="o", label=result.variant.name)
+            axis.plot(*zip(*points), marker="os^D"[index % 4], color=colours[index % len(colours)],
+                      label=result.variant.name)
     axis.set_xscale("log")
     axis.set_xlabel("K")
     axis.set_ylabel("Recall@K")
