@@ -4,15 +4,13 @@ import os
 import pytest
 
 from real20m.cli.make_shards import main
-from real20m.datasets.synthetic import generate
+from tests.conftest import synthetic_dataset
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shard_cli_data")
-    generate(str(root), seed=1, num_queries=2, num_test_queries=1, num_val_queries=0, goods_per_query=1,
-             videos_per_query=1, frames_per_video=2, image_size=16)
-    return str(root)
+    return synthetic_dataset(tmp_path_factory, "shard_cli_data", seed=1, num_queries=2, num_test_queries=1,
+                             num_val_queries=0, goods_per_query=1, videos_per_query=1, frames_per_video=2, image_size=16)
 
 
 def run(capsys, *argv):

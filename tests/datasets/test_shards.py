@@ -11,7 +11,7 @@ from PIL import Image
 
 from real20m.datasets.shards import ShardSettings, make_shards, verify_shards
 from real20m.datasets.shards.samples import ImageSettings, encode_image, reduction_for
-from real20m.datasets.synthetic import generate
+from tests.conftest import synthetic_dataset
 
 ITEM_FILES = ("train_file/train_items.txt", "test_file/video_queries.txt", "test_file/goods_gallery.txt",
               "val_file/video_queries.txt", "val_file/goods_gallery.txt")
@@ -24,10 +24,8 @@ class Interrupted(Exception):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """10 goods and 10 videos of 3 frames, 32 px square."""
-    root = tmp_path_factory.mktemp("shard_data")
-    generate(str(root), seed=0, num_queries=3, num_test_queries=1, num_val_queries=1, goods_per_query=2,
-             videos_per_query=2, frames_per_video=3, image_size=32)
-    return str(root)
+    return synthetic_dataset(tmp_path_factory, "shard_data", num_queries=3, num_test_queries=1, num_val_queries=1,
+                             goods_per_query=2, videos_per_query=2, frames_per_video=3, image_size=32)
 
 
 @pytest.fixture(scope="module")
