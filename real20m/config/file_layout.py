@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from real20m.datasets.layout import item_folders
+
 
 @dataclass(frozen=True)
 class FileFacts:
@@ -35,14 +37,8 @@ def fill_data_paths(data: dict, cluster_file_present: bool) -> None:
     """With data_root, every path left unset points into the standard Real400K/Real20M layout."""
     if not data["data_root"]:
         return
-    dataset = os.path.join(data["data_root"], data["dataset_name"])
-    layout = {
-        "goods_img_root": os.path.join(dataset, "goods", "images"),
-        "goods_text_root": os.path.join(dataset, "goods", "text"),
-        "photo_img_root": os.path.join(dataset, "video", "images"),
-        "photo_text_root": os.path.join(dataset, "video", "text"),
-        "train_file": os.path.join(data["data_root"], "train_file", "train.txt"),
-    }
+    layout = {**item_folders(data["data_root"], data["dataset_name"]),
+              "train_file": os.path.join(data["data_root"], "train_file", "train.txt")}
     if data["hard_sample"] and cluster_file_present:
         layout["cluster_file"] = cluster_file_of(data["data_root"])
     layout["val_dir"] = os.path.join(data["data_root"], "val_file")

@@ -258,7 +258,8 @@ class RunConfig:
 
 # Fields resolve() computes; they are not inputs (a YAML file or flag setting one is refused).
 DERIVED = {"data": ("item_pairs", "step_batch_size", "category_labels", "category_names"),
-           "model": ("clip_length", "image_size", "use_title_mask", "use_query_mask", "category_classes")}
+           "model": ("clip_length", "image_size", "use_title_mask", "use_query_mask", "category_classes",
+                     "momentum_encoder")}
 # Mappings whose entries are set one by one (``--optim.lr_mult.text``) and merged over the defaults.
 MAPPING_FIELDS = {"model.text", "model.vision", "model.caption", "loss.weights", "optim.lr_mult"}
 

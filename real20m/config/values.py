@@ -17,6 +17,7 @@ DERIVED_FROM = {
     "data.category_labels": "category labels follow the weights of the loss terms that read them",
     "data.category_names": "the category vocabulary is read from the cluster file (data.cluster_file)",
     "model.category_classes": "the category head follows loss.weights.category and the cluster file's categories",
+    "model.momentum_encoder": "the momentum encoder follows the loss terms that read its outputs",
 }
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from real20m.datasets.items import ItemRoots
+from real20m.datasets.layout import item_folders
 from real20m.datasets.shards.manifest import Journal, known_records, write_manifest
 from real20m.datasets.shards.plan import SOURCE_NAMES, ShardPlan, check_data_root, collect_items, plan_shards
 from real20m.datasets.shards.samples import ImageSettings
@@ -52,11 +53,7 @@ class ShardSettings:
                 "frameid_root": self.frameid_root}
 
     def reading(self) -> SourceRoots:
-        dataset = os.path.join(self.data_root, self.dataset_name)
-        roots = ItemRoots(goods_img_root=os.path.join(dataset, "goods", "images"),
-                          goods_text_root=os.path.join(dataset, "goods", "text"),
-                          photo_img_root=os.path.join(dataset, "video", "images"),
-                          photo_text_root=os.path.join(dataset, "video", "text"), frameid_root=self.frameid_root)
+        roots = ItemRoots(**item_folders(self.data_root, self.dataset_name), frameid_root=self.frameid_root)
         return SourceRoots(self.data_root, roots, ImageSettings(self.shard_image_size, self.jpeg_quality))
 
 
